@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the agent's tests need: a real containerd + runc,
+# the CNI plugins, the pieces the local images are built from, and protoc for
+# the CRI protos. Idempotent: skips apt when everything is already there.
+set -euo pipefail
+pkgs=(containerd runc containernetworking-plugins busybox-static catatonit protobuf-compiler iproute2 iptables)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,1 @@
+//! In-memory CRI runtime (work in progress).
