@@ -1,1 +1,16 @@
-//! mini-kubelet agent library.
+//! mini-kubelet: a Kubernetes node agent speaking CRI to containerd, cri-o or the built-in Docker adapter.
+
+pub mod agent;
+pub mod backoff;
+pub mod config;
+pub mod events;
+pub mod images;
+pub mod kuberuntime;
+pub mod metrics;
+pub mod pleg;
+pub mod pod_workers;
+pub mod qos;
+pub mod server;
+pub mod sources;
+pub mod status;
+pub mod sync;

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the agent's tests need: a real containerd + runc,
-# the CNI plugins, the pieces the local images are built from, and protoc for
-# the CRI protos. Idempotent: skips apt when everything is already there.
+# the CNI plugins, the pieces the local images are built from (busybox-static,
+# catatonit; python3 writes the OCI archives), and protoc for the CRI protos.
+# Idempotent: skips apt when everything is already there.
 set -euo pipefail
-pkgs=(containerd runc containernetworking-plugins busybox-static catatonit protobuf-compiler iproute2 iptables)
+pkgs=(containerd runc containernetworking-plugins busybox-static catatonit protobuf-compiler iproute2 iptables python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

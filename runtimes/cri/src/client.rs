@@ -52,12 +52,15 @@ impl CriClient {
     /// the first call, so the agent can start before its runtime does.
     pub fn new(endpoint: &str, timeout: Duration, metrics: CriMetrics) -> Result<Self, CriError> {
         let Endpoint::Unix(path) = parse_endpoint(endpoint)?;
-        let channel = tonic::transport::Endpoint::from_static("http://cri.invalid")
-            .connect_timeout(Duration::from_secs(5))
-            .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-            }));
+        let channel =
+            tonic::transport::Endpoint::from_static("http://cri.invalid")
+                .connect_timeout(Duration::from_secs(5))
+                .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
+                }));
         Ok(Self {
             endpoint: endpoint.to_string(),
             runtime: RuntimeServiceClient::new(channel.clone())
@@ -97,7 +100,9 @@ impl CriClient {
                     Err(_) => Err(CriError::Timeout { op, timeout: limit }),
                 }
             }
-            None => send(request).await.map_err(|s| CriError::from_status(op, s)),
+            None => send(request)
+                .await
+                .map_err(|s| CriError::from_status(op, s)),
         };
         self.metrics.observe(op, started.elapsed(), result.is_err());
         if let Err(err) = &result {
@@ -147,9 +152,12 @@ impl CriClient {
     ) -> Result<api::StopContainerResponse, CriError> {
         let grace = Duration::from_secs(u64::try_from(request.timeout).unwrap_or(0));
         let mut client = self.runtime.clone();
-        self.call("stop_container", Some(self.timeout + grace), request, |r| async move {
-            client.stop_container(r).await
-        })
+        self.call(
+            "stop_container",
+            Some(self.timeout + grace),
+            request,
+            |r| async move { client.stop_container(r).await },
+        )
         .await
     }
 
@@ -160,9 +168,12 @@ impl CriClient {
     ) -> Result<api::ExecSyncResponse, CriError> {
         let own = Duration::from_secs(u64::try_from(request.timeout).unwrap_or(0));
         let mut client = self.runtime.clone();
-        self.call("exec_sync", Some(self.timeout + own), request, |r| async move {
-            client.exec_sync(r).await
-        })
+        self.call(
+            "exec_sync",
+            Some(self.timeout + own),
+            request,
+            |r| async move { client.exec_sync(r).await },
+        )
         .await
     }
 
@@ -172,7 +183,9 @@ impl CriClient {
         request: api::PullImageRequest,
     ) -> Result<api::PullImageResponse, CriError> {
         let mut client = self.images.clone();
-        self.call("pull_image", None, request, |r| async move { client.pull_image(r).await })
-            .await
+        self.call("pull_image", None, request, |r| async move {
+            client.pull_image(r).await
+        })
+        .await
     }
 }

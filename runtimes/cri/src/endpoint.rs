@@ -51,7 +51,13 @@ mod tests {
 
     #[test]
     fn rejects_other_schemes_and_relative_paths() {
-        for bad in ["tcp://127.0.0.1:1234", "unix://", "unix://relative.sock", "containerd.sock", ""] {
+        for bad in [
+            "tcp://127.0.0.1:1234",
+            "unix://",
+            "unix://relative.sock",
+            "containerd.sock",
+            "",
+        ] {
             assert!(
                 matches!(parse_endpoint(bad), Err(CriError::Endpoint { .. })),
                 "{bad:?} should be rejected"

@@ -49,7 +49,10 @@ impl CriError {
 
     /// True when the runtime could not be reached at all (socket missing, daemon down, timeout).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, CriError::Unavailable { .. } | CriError::Timeout { .. })
+        matches!(
+            self,
+            CriError::Unavailable { .. } | CriError::Timeout { .. }
+        )
     }
 
     /// The short message the runtime gave, without the operation prefix.

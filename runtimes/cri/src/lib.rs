@@ -10,7 +10,7 @@ mod endpoint;
 mod error;
 mod metrics;
 
-pub use client::CriClient;
+pub use client::{CriClient, DEFAULT_TIMEOUT};
 pub use endpoint::{Endpoint, parse_endpoint};
 pub use error::CriError;
 pub use metrics::CriMetrics;

@@ -1,0 +1,314 @@
+//! The agent's configuration: a subset of `kubelet.config.k8s.io/v1beta1` KubeletConfiguration with
+//! kubelet's field names and defaults, loaded from YAML or JSON, then overridden by command-line flags.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
+pub const KIND: &str = "KubeletConfiguration";
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid YAML/JSON: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: field {field}: {message}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+/// A Go-style duration ("20s", "1m0s", "2m30s") as KubeletConfiguration writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for GoDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text)
+            .map(GoDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a Go duration string ("0", "20s", "1m0s", "100ms").
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?} (expected e.g. \"20s\" or \"1m0s\"): {e}"))
+}
+
+/// The KubeletConfiguration fields this agent reads. Field names and defaults are kubelet's.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct KubeletConfiguration {
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    pub static_pod_path: Option<PathBuf>,
+    pub container_runtime_endpoint: String,
+    pub read_only_port: u16,
+    pub healthz_port: u16,
+    pub healthz_bind_address: String,
+    pub address: String,
+    pub pod_logs_dir: PathBuf,
+    pub max_pods: u32,
+    #[serde(with = "go_duration")]
+    pub sync_frequency: Duration,
+    #[serde(with = "go_duration")]
+    pub file_check_frequency: Duration,
+    #[serde(with = "go_duration")]
+    pub runtime_request_timeout: Duration,
+    pub cgroup_root: String,
+    pub serialize_image_pulls: bool,
+}
+
+mod go_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        super::GoDuration::deserialize(deserializer).map(|d| d.0)
+    }
+}
+
+impl Default for KubeletConfiguration {
+    fn default() -> Self {
+        Self {
+            api_version: None,
+            kind: None,
+            static_pod_path: None,
+            container_runtime_endpoint: "unix:///run/containerd/containerd.sock".into(),
+            read_only_port: 0,
+            healthz_port: 10248,
+            healthz_bind_address: "127.0.0.1".into(),
+            address: "0.0.0.0".into(),
+            pod_logs_dir: "/var/log/pods".into(),
+            max_pods: 110,
+            sync_frequency: Duration::from_secs(60),
+            file_check_frequency: Duration::from_secs(20),
+            runtime_request_timeout: Duration::from_secs(120),
+            cgroup_root: "/".into(),
+            serialize_image_pulls: true,
+        }
+    }
+}
+
+/// The result of loading a file: the configuration and the unknown fields that were ignored.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: KubeletConfiguration,
+    pub unknown_fields: Vec<String>,
+}
+
+impl KubeletConfiguration {
+    /// Reads a KubeletConfiguration file. A wrong type or value fails with the field's path; unknown
+    /// fields are returned so the caller can warn about them.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
+        let value: serde_json::Value =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let value = if value.is_null() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            value
+        };
+        let mut unknown = BTreeSet::new();
+        let mut record = |field: serde_ignored::Path<'_>| {
+            unknown.insert(field.to_string());
+        };
+        let ignored = serde_ignored::Deserializer::new(&value, &mut record);
+        let config: KubeletConfiguration =
+            serde_path_to_error::deserialize(ignored).map_err(|e| ConfigError::Field {
+                path: path.to_path_buf(),
+                field: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        config.validate(path)?;
+        Ok(Loaded {
+            config,
+            unknown_fields: unknown.into_iter().collect(),
+        })
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let field = |field: &str, message: String| ConfigError::Field {
+            path: path.to_path_buf(),
+            field: field.into(),
+            message,
+        };
+        if let Some(v) = &self.api_version
+            && v != API_VERSION
+        {
+            return Err(field(
+                "apiVersion",
+                format!("expected {API_VERSION:?}, got {v:?}"),
+            ));
+        }
+        if let Some(k) = &self.kind
+            && k != KIND
+        {
+            return Err(field("kind", format!("expected {KIND:?}, got {k:?}")));
+        }
+        if self.max_pods == 0 {
+            return Err(field("maxPods", "must be greater than 0".into()));
+        }
+        if self.sync_frequency.is_zero() {
+            return Err(field("syncFrequency", "must be greater than 0".into()));
+        }
+        if self.file_check_frequency.is_zero() {
+            return Err(field("fileCheckFrequency", "must be greater than 0".into()));
+        }
+        if self.runtime_request_timeout.is_zero() {
+            return Err(field(
+                "runtimeRequestTimeout",
+                "must be greater than 0".into(),
+            ));
+        }
+        if let Err(e) = mk_cri::parse_endpoint(&self.container_runtime_endpoint) {
+            return Err(field("containerRuntimeEndpoint", e.to_string()));
+        }
+        if self
+            .healthz_bind_address
+            .parse::<std::net::IpAddr>()
+            .is_err()
+        {
+            return Err(field(
+                "healthzBindAddress",
+                format!("{:?} is not an IP address", self.healthz_bind_address),
+            ));
+        }
+        if self.address.parse::<std::net::IpAddr>().is_err() {
+            return Err(field(
+                "address",
+                format!("{:?} is not an IP address", self.address),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Loaded, ConfigError> {
+        KubeletConfiguration::parse(text, Path::new("kubelet.yaml"))
+    }
+
+    #[test]
+    fn empty_file_gives_kubelet_defaults() {
+        let loaded = parse("").expect("empty config");
+        assert_eq!(loaded.config, KubeletConfiguration::default());
+        assert_eq!(loaded.config.healthz_port, 10248);
+        assert_eq!(loaded.config.max_pods, 110);
+        assert_eq!(loaded.config.file_check_frequency, Duration::from_secs(20));
+        assert_eq!(
+            loaded.config.runtime_request_timeout,
+            Duration::from_secs(120)
+        );
+        assert_eq!(loaded.config.pod_logs_dir, PathBuf::from("/var/log/pods"));
+    }
+
+    #[test]
+    fn reads_kubelet_field_names_and_go_durations() {
+        let loaded = parse(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             staticPodPath: /etc/kubernetes/manifests\ncontainerRuntimeEndpoint: unix:///run/crio/crio.sock\n\
+             readOnlyPort: 10255\nmaxPods: 30\nsyncFrequency: 1m30s\nfileCheckFrequency: 5s\n\
+             runtimeRequestTimeout: 2m0s\npodLogsDir: /tmp/pods\n",
+        )
+        .expect("valid config");
+        let c = loaded.config;
+        assert_eq!(
+            c.static_pod_path,
+            Some(PathBuf::from("/etc/kubernetes/manifests"))
+        );
+        assert_eq!(c.container_runtime_endpoint, "unix:///run/crio/crio.sock");
+        assert_eq!(c.read_only_port, 10255);
+        assert_eq!(c.max_pods, 30);
+        assert_eq!(c.sync_frequency, Duration::from_secs(90));
+        assert_eq!(c.file_check_frequency, Duration::from_secs(5));
+        assert_eq!(c.pod_logs_dir, PathBuf::from("/tmp/pods"));
+        assert!(loaded.unknown_fields.is_empty());
+    }
+
+    #[test]
+    fn json_is_accepted_too() {
+        let loaded = parse(r#"{"kind":"KubeletConfiguration","maxPods":7}"#).expect("json");
+        assert_eq!(loaded.config.max_pods, 7);
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_not_fatal() {
+        let loaded = parse("maxPods: 10\nclusterDNS: [10.0.0.10]\nfeatureGates: {Foo: true}\n")
+            .expect("unknown fields are warnings");
+        assert_eq!(loaded.config.max_pods, 10);
+        assert_eq!(loaded.unknown_fields, vec!["clusterDNS", "featureGates"]);
+    }
+
+    #[test]
+    fn wrong_type_fails_with_the_field_path() {
+        let err = parse("maxPods: lots\n").expect_err("wrong type");
+        match err {
+            ConfigError::Field { field, .. } => assert_eq!(field, "maxPods"),
+            other => panic!("unexpected error {other}"),
+        }
+        let err = parse("syncFrequency: soon\n").expect_err("bad duration");
+        assert!(
+            matches!(err, ConfigError::Field { ref field, .. } if field == "syncFrequency"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_values_fail_with_the_field_path() {
+        for (text, expected) in [
+            ("kind: Pod\n", "kind"),
+            ("apiVersion: v1\n", "apiVersion"),
+            ("maxPods: 0\n", "maxPods"),
+            (
+                "containerRuntimeEndpoint: tcp://1.2.3.4:5\n",
+                "containerRuntimeEndpoint",
+            ),
+            ("healthzBindAddress: localhost\n", "healthzBindAddress"),
+            ("readOnlyPort: 70000\n", "readOnlyPort"),
+        ] {
+            match parse(text) {
+                Err(ConfigError::Field { field, .. }) => assert_eq!(field, expected, "{text}"),
+                other => panic!("{text}: expected a field error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_yaml_is_a_syntax_error() {
+        assert!(matches!(
+            parse("maxPods: [1,\n"),
+            Err(ConfigError::Syntax { .. })
+        ));
+    }
+}

@@ -1,0 +1,7 @@
+//! How pods map onto CRI objects: the labels that let a restarted agent rebuild its view, the observed
+//! state read back from the runtime, and the sandbox and container configs built from a pod spec.
+
+pub mod container_config;
+pub mod labels;
+pub mod observe;
+pub mod sandbox_config;

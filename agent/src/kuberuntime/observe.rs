@@ -1,0 +1,251 @@
+//! What the runtime holds for one pod, read through CRI and reduced to the facts pod sync needs.
+
+use std::collections::HashMap;
+
+use mk_cri::{CriClient, CriError, api};
+
+use super::labels;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxState {
+    Ready,
+    NotReady,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedSandbox {
+    pub id: String,
+    pub attempt: u32,
+    pub state: SandboxState,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
+    pub ips: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+impl ContainerState {
+    /// The `container_state` label value of `kubelet_running_containers`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Exited => "exited",
+            ContainerState::Unknown => "unknown",
+        }
+    }
+}
+
+impl From<i32> for ContainerState {
+    fn from(cri: i32) -> Self {
+        match api::ContainerState::try_from(cri) {
+            Ok(api::ContainerState::ContainerCreated) => ContainerState::Created,
+            Ok(api::ContainerState::ContainerRunning) => ContainerState::Running,
+            Ok(api::ContainerState::ContainerExited) => ContainerState::Exited,
+            _ => ContainerState::Unknown,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedContainer {
+    pub id: String,
+    pub name: String,
+    pub sandbox_id: String,
+    pub attempt: u32,
+    pub state: Option<ContainerState>,
+    /// Nanoseconds since the epoch; 0 when not applicable.
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub image: String,
+    pub image_ref: String,
+    pub hash: String,
+    pub restart_count: i32,
+    pub is_init: bool,
+}
+
+impl ObservedContainer {
+    pub fn state(&self) -> ContainerState {
+        self.state.unwrap_or(ContainerState::Unknown)
+    }
+}
+
+/// One pod's sandboxes and containers, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedPod {
+    pub sandboxes: Vec<ObservedSandbox>,
+    pub containers: Vec<ObservedContainer>,
+}
+
+impl ObservedPod {
+    pub fn sort(&mut self) {
+        self.sandboxes
+            .sort_by_key(|s| std::cmp::Reverse((s.created_at, s.attempt)));
+        self.containers
+            .sort_by_key(|c| std::cmp::Reverse((c.created_at, c.attempt)));
+    }
+
+    /// The newest instance of a container, by name.
+    pub fn latest(&self, name: &str) -> Option<&ObservedContainer> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// The instance before the newest one (the source of `lastState`).
+    pub fn previous(&self, name: &str) -> Option<&ObservedContainer> {
+        self.containers.iter().filter(|c| c.name == name).nth(1)
+    }
+
+    pub fn latest_sandbox(&self) -> Option<&ObservedSandbox> {
+        self.sandboxes.first()
+    }
+}
+
+fn uid_filter(uid: &str) -> HashMap<String, String> {
+    HashMap::from([(labels::POD_UID.to_string(), uid.to_string())])
+}
+
+/// Reads one pod's state from the runtime: its sandboxes and containers by the pod UID label, the
+/// latest sandbox's status (for its IPs) and the full status of each container.
+/// `cache` holds statuses of exited containers, which never change; it is updated in place.
+pub async fn observe_pod(
+    cri: &CriClient,
+    uid: &str,
+    node_name: &str,
+    cache: &mut HashMap<String, ObservedContainer>,
+) -> Result<ObservedPod, CriError> {
+    let sandboxes = cri
+        .list_pod_sandbox(api::ListPodSandboxRequest {
+            filter: Some(api::PodSandboxFilter {
+                label_selector: uid_filter(uid),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .items;
+    let containers = cri
+        .list_containers(api::ListContainersRequest {
+            filter: Some(api::ContainerFilter {
+                label_selector: uid_filter(uid),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .containers;
+
+    let mut observed = ObservedPod::default();
+    for s in sandboxes
+        .into_iter()
+        .filter(|s| labels::owned_by(&s.labels, node_name))
+    {
+        observed.sandboxes.push(ObservedSandbox {
+            id: s.id,
+            attempt: s.metadata.map(|m| m.attempt).unwrap_or(0),
+            state: if s.state == api::PodSandboxState::SandboxReady as i32 {
+                SandboxState::Ready
+            } else {
+                SandboxState::NotReady
+            },
+            created_at: s.created_at,
+            ips: Vec::new(),
+        });
+    }
+    observed.sort();
+    if let Some(latest) = observed.sandboxes.first_mut()
+        && latest.state == SandboxState::Ready
+    {
+        match cri
+            .pod_sandbox_status(api::PodSandboxStatusRequest {
+                pod_sandbox_id: latest.id.clone(),
+                verbose: false,
+            })
+            .await
+        {
+            Ok(resp) => {
+                if let Some(network) = resp.status.and_then(|s| s.network) {
+                    if !network.ip.is_empty() {
+                        latest.ips.push(network.ip);
+                    }
+                    latest
+                        .ips
+                        .extend(network.additional_ips.into_iter().map(|ip| ip.ip));
+                }
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+
+    let live: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
+    cache.retain(|id, _| live.contains(id));
+    for c in containers
+        .into_iter()
+        .filter(|c| labels::owned_by(&c.labels, node_name))
+    {
+        if let Some(done) = cache.get(&c.id) {
+            observed.containers.push(done.clone());
+            continue;
+        }
+        let status = match cri
+            .container_status(api::ContainerStatusRequest {
+                container_id: c.id.clone(),
+                verbose: false,
+            })
+            .await
+        {
+            Ok(resp) => resp.status,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        };
+        let Some(status) = status else { continue };
+        let container = from_status(status, &c.pod_sandbox_id);
+        if container.state() == ContainerState::Exited {
+            cache.insert(container.id.clone(), container.clone());
+        }
+        observed.containers.push(container);
+    }
+    observed.sort();
+    Ok(observed)
+}
+
+fn from_status(status: api::ContainerStatus, sandbox_id: &str) -> ObservedContainer {
+    let annotation = |key: &str| status.annotations.get(key).cloned().unwrap_or_default();
+    ObservedContainer {
+        name: status
+            .labels
+            .get(labels::CONTAINER_NAME)
+            .cloned()
+            .or_else(|| status.metadata.as_ref().map(|m| m.name.clone()))
+            .unwrap_or_default(),
+        attempt: status.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
+        sandbox_id: sandbox_id.to_string(),
+        state: Some(ContainerState::from(status.state)),
+        created_at: status.created_at,
+        started_at: status.started_at,
+        finished_at: status.finished_at,
+        exit_code: status.exit_code,
+        reason: status.reason.clone(),
+        message: status.message.clone(),
+        image: status
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default(),
+        image_ref: status.image_ref.clone(),
+        hash: annotation(labels::CONTAINER_HASH),
+        restart_count: annotation(labels::CONTAINER_RESTART_COUNT)
+            .parse()
+            .unwrap_or(0),
+        is_init: annotation(labels::CONTAINER_IS_INIT) == "true",
+        id: status.id,
+    }
+}

@@ -1,0 +1,217 @@
+//! The agent's Prometheus metrics under kubelet's names, so existing dashboards keep working.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub container_state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContainerTypeLabels {
+    pub container_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContainerErrorLabels {
+    pub container_type: &'static str,
+    pub code: String,
+}
+
+fn pod_start_histogram() -> Histogram {
+    // kubelet's pod start buckets.
+    Histogram::new([
+        0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0, 180.0, 240.0,
+        300.0, 360.0, 480.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0,
+    ])
+}
+
+fn operation_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.5, 14))
+}
+
+/// Every metric the agent exports. Cheap to clone; all clones share the same values.
+#[derive(Clone)]
+pub struct Metrics {
+    pub cri: mk_cri::CriMetrics,
+    pub running_pods: Gauge,
+    pub running_containers: Family<StateLabels, Gauge>,
+    pub pod_start_duration: Histogram,
+    pub pod_worker_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    pub pleg_relist_duration: Histogram,
+    pub pleg_relist_interval: Histogram,
+    pub started_pods: Counter,
+    pub started_containers: Family<ContainerTypeLabels, Counter>,
+    pub started_containers_errors: Family<ContainerErrorLabels, Counter>,
+    pub desired_pods: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            cri: mk_cri::CriMetrics::default(),
+            running_pods: Gauge::default(),
+            running_containers: Family::default(),
+            pod_start_duration: pod_start_histogram(),
+            pod_worker_duration: Family::new_with_constructor(operation_histogram),
+            pleg_relist_duration: operation_histogram(),
+            pleg_relist_interval: operation_histogram(),
+            started_pods: Counter::default(),
+            started_containers: Family::default(),
+            started_containers_errors: Family::default(),
+            desired_pods: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// A registry holding every metric with kubelet's `kubelet_` prefix.
+    pub fn registry(&self) -> Registry {
+        let mut root = Registry::default();
+        let r = root.sub_registry_with_prefix("kubelet");
+        self.cri.register(r);
+        r.register(
+            "running_pods",
+            "Number of pods that have a running pod sandbox",
+            self.running_pods.clone(),
+        );
+        r.register(
+            "running_containers",
+            "Number of containers currently running",
+            self.running_containers.clone(),
+        );
+        r.register(
+            "pod_start_duration_seconds",
+            "Duration in seconds from kubelet seeing a pod for the first time to the pod starting to run",
+            self.pod_start_duration.clone(),
+        );
+        r.register(
+            "pod_worker_duration_seconds",
+            "Duration in seconds to sync a single pod. Broken down by operation type: create, update, or sync",
+            self.pod_worker_duration.clone(),
+        );
+        r.register(
+            "pleg_relist_duration_seconds",
+            "Duration in seconds for relisting pods in PLEG.",
+            self.pleg_relist_duration.clone(),
+        );
+        r.register(
+            "pleg_relist_interval_seconds",
+            "Interval in seconds between relisting in PLEG.",
+            self.pleg_relist_interval.clone(),
+        );
+        r.register(
+            "started_pods",
+            "Cumulative number of pods started",
+            self.started_pods.clone(),
+        );
+        r.register(
+            "started_containers",
+            "Cumulative number of containers started",
+            self.started_containers.clone(),
+        );
+        r.register(
+            "started_containers_errors",
+            "Cumulative number of errors when starting containers",
+            self.started_containers_errors.clone(),
+        );
+        r.register(
+            "desired_pods",
+            "The number of pods the kubelet is being instructed to run.",
+            self.desired_pods.clone(),
+        );
+        root
+    }
+}
+
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Encodes the registry for a scraper: OpenMetrics when the Accept header asks for it, else the
+/// classic Prometheus text format (counters' metadata named with `_total`, no `# EOF`).
+pub fn encode(
+    registry: &Registry,
+    accept: &str,
+) -> Result<(String, &'static str), std::fmt::Error> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    if accept.contains("application/openmetrics-text") {
+        return Ok((text, OPENMETRICS_CONTENT_TYPE));
+    }
+    Ok((to_classic_text(&text), TEXT_CONTENT_TYPE))
+}
+
+fn to_classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_kubelet_names_in_both_formats() {
+        let m = Metrics::default();
+        m.running_pods.set(2);
+        m.running_containers
+            .get_or_create(&StateLabels {
+                container_state: "running",
+            })
+            .set(3);
+        m.started_pods.inc();
+        let registry = m.registry();
+        let (om, ct) =
+            encode(&registry, "application/openmetrics-text;version=1.0.0").expect("encode");
+        assert_eq!(ct, OPENMETRICS_CONTENT_TYPE);
+        assert!(om.contains("kubelet_running_pods 2"), "{om}");
+        assert!(
+            om.contains("kubelet_running_containers{container_state=\"running\"} 3"),
+            "{om}"
+        );
+        assert!(om.ends_with("# EOF\n"));
+
+        let (text, ct) = encode(&registry, "text/plain").expect("encode");
+        assert_eq!(ct, TEXT_CONTENT_TYPE);
+        assert!(
+            text.contains("# TYPE kubelet_started_pods_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("kubelet_started_pods_total 1"), "{text}");
+        assert!(text.contains("# TYPE kubelet_pod_start_duration_seconds histogram"));
+        assert!(!text.contains("# EOF"));
+    }
+}

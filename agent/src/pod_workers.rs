@@ -1,0 +1,714 @@
+//! Pod workers: one task per pod. Each turn observes the pod through CRI, asks the pure sync core what
+//! to do, does it, and publishes the pod's status. Only a pod's own worker calls mutating CRI methods for
+//! that pod.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use mk_cri::{CriClient, api};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::backoff::Backoff;
+use crate::events::{EventRecorder, EventType};
+use crate::images::{Ensured, ImageManager};
+use crate::kuberuntime::observe::{
+    ContainerState, ObservedContainer, ObservedPod, SandboxState, observe_pod,
+};
+use crate::kuberuntime::{container_config, labels, sandbox_config};
+use crate::metrics::{ContainerErrorLabels, ContainerTypeLabels, Metrics, OperationLabels};
+use crate::qos;
+use crate::sources::{PodSet, pod_key};
+use crate::status::{StatusContext, StatusManager, WaitingReason};
+use crate::sync::{self, PodActions};
+
+/// kubelet's `minimumGracePeriodInSeconds`.
+const MIN_GRACE_SECONDS: i64 = 2;
+/// Retry delay after a sync that failed on the runtime.
+const ERROR_RETRY: Duration = Duration::from_secs(2);
+
+/// What every pod worker shares.
+pub struct WorkerContext {
+    pub cri: CriClient,
+    pub images: ImageManager,
+    pub status: StatusManager,
+    pub metrics: Metrics,
+    pub events: EventRecorder,
+    pub node_name: String,
+    /// `containerd`, `cri-o`, `docker`: the prefix of container IDs in pod status.
+    pub runtime_name: String,
+    pub pod_logs_dir: PathBuf,
+    pub cgroup_root: String,
+    pub cgroup_mount: PathBuf,
+    pub host_ip: Option<String>,
+    pub resync: Duration,
+}
+
+#[derive(Clone)]
+enum Desired {
+    Run(Arc<Pod>),
+    Terminate,
+}
+
+struct Worker {
+    tx: watch::Sender<Desired>,
+    wake: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+/// Owns the workers, keyed by pod UID.
+pub struct PodWorkers {
+    ctx: Arc<WorkerContext>,
+    workers: HashMap<String, Worker>,
+}
+
+impl PodWorkers {
+    pub fn new(ctx: Arc<WorkerContext>) -> Self {
+        Self {
+            ctx,
+            workers: HashMap::new(),
+        }
+    }
+
+    fn spawn(&mut self, uid: &str, desired: Desired) {
+        let (tx, rx) = watch::channel(desired);
+        let wake = Arc::new(Notify::new());
+        let task = tokio::spawn(run_worker(self.ctx.clone(), rx, wake.clone()));
+        self.workers
+            .insert(uid.to_string(), Worker { tx, wake, task });
+    }
+
+    /// Brings the workers in line with the desired pods: new pods get a worker, changed pods are sent
+    /// their new spec, pods no longer desired are terminated.
+    pub fn update(&mut self, desired: &PodSet) {
+        self.reap();
+        for (uid, pod) in &desired.pods {
+            match self.workers.get(uid) {
+                Some(w) => {
+                    w.tx.send_if_modified(|current| match current {
+                        Desired::Run(old) if Arc::ptr_eq(old, pod) || **old == **pod => false,
+                        _ => {
+                            *current = Desired::Run(pod.clone());
+                            true
+                        }
+                    });
+                }
+                None => self.spawn(uid, Desired::Run(pod.clone())),
+            }
+        }
+        for (uid, w) in &self.workers {
+            if !desired.pods.contains_key(uid) {
+                w.tx.send_if_modified(|current| {
+                    let changed = !matches!(current, Desired::Terminate);
+                    *current = Desired::Terminate;
+                    changed
+                });
+            }
+        }
+        self.ctx
+            .metrics
+            .desired_pods
+            .set(i64::try_from(desired.pods.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Wakes a pod's worker (a PLEG event).
+    pub fn wake(&self, uid: &str) {
+        if let Some(w) = self.workers.get(uid) {
+            w.wake.notify_one();
+        }
+    }
+
+    /// Starts termination for pods the runtime holds that nobody wants (removed while the agent was
+    /// down, or left by a crash). `identity` maps such a UID to its namespace and name.
+    pub fn clean_up_orphans(
+        &mut self,
+        runtime_pods: &HashMap<String, (String, String)>,
+        desired: &PodSet,
+    ) {
+        self.reap();
+        for (uid, (namespace, name)) in runtime_pods {
+            if desired.pods.contains_key(uid) || self.workers.contains_key(uid) {
+                continue;
+            }
+            tracing::info!(pod = %format!("{namespace}/{name}"), uid, "cleaning up pod that is no longer desired");
+            let orphan: Pod = Pod {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(namespace.clone()),
+                    uid: Some(uid.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            self.spawn(uid, Desired::Run(Arc::new(orphan)));
+            if let Some(w) = self.workers.get(uid) {
+                w.tx.send_replace(Desired::Terminate);
+            }
+        }
+    }
+
+    /// Forgets workers whose task ended (terminated pods).
+    pub fn reap(&mut self) {
+        self.workers.retain(|_, w| !w.task.is_finished());
+    }
+
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+}
+
+/// A worker's memory between turns.
+struct WorkerState {
+    backoff: Backoff,
+    reasons: HashMap<String, WaitingReason>,
+    cache: HashMap<String, ObservedContainer>,
+    first_seen: Instant,
+    start_time: Timestamp,
+    started_reported: bool,
+    last_status: Option<PodStatus>,
+}
+
+fn now_ns() -> i64 {
+    i64::try_from(Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
+}
+
+async fn run_worker(ctx: Arc<WorkerContext>, mut rx: watch::Receiver<Desired>, wake: Arc<Notify>) {
+    let mut state = WorkerState {
+        backoff: Backoff::default(),
+        reasons: HashMap::new(),
+        cache: HashMap::new(),
+        first_seen: Instant::now(),
+        start_time: Timestamp::now(),
+        started_reported: false,
+        last_status: None,
+    };
+    let mut current: Option<Arc<Pod>> = None;
+    loop {
+        let desired = rx.borrow_and_update().clone();
+        match desired {
+            Desired::Terminate => {
+                let pod = current.unwrap_or_default();
+                terminate(&ctx, &pod, &mut state).await;
+                return;
+            }
+            Desired::Run(pod) => {
+                let operation = if current.is_none() { "create" } else { "sync" };
+                let started = Instant::now();
+                let next = sync_pod(&ctx, &pod, &mut state).await;
+                ctx.metrics
+                    .pod_worker_duration
+                    .get_or_create(&OperationLabels {
+                        operation_type: operation,
+                    })
+                    .observe(started.elapsed().as_secs_f64());
+                current = Some(pod);
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(next) => {}
+                }
+            }
+        }
+    }
+}
+
+fn container_spec<'a>(pod: &'a Pod, name: &str) -> Option<(&'a Container, bool)> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .map(|c| (c, false))
+        .chain(spec.init_containers.iter().flatten().map(|c| (c, true)))
+        .find(|(c, _)| c.name == name)
+}
+
+fn sandbox_options(ctx: &WorkerContext) -> sandbox_config::SandboxOptions<'_> {
+    sandbox_config::SandboxOptions {
+        node_name: &ctx.node_name,
+        pod_logs_dir: &ctx.pod_logs_dir,
+        cgroup_root: &ctx.cgroup_root,
+    }
+}
+
+/// One turn for a running pod. Returns when the worker should look again at the latest.
+async fn sync_pod(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) -> Duration {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let observed = match observe_pod(&ctx.cri, &uid, &ctx.node_name, &mut state.cache).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(pod = %pod_key(pod), error = %e, "cannot read pod state from the runtime");
+            return ERROR_RETRY;
+        }
+    };
+    let now = now_ns();
+    state.backoff.gc(now);
+    let actions = sync::compute(pod, &observed, &state.backoff, now);
+    let mut next = ctx.resync;
+    let acted = !actions.changes_nothing();
+    if let Err(retry) = execute(ctx, pod, &observed, &actions, state).await {
+        next = next.min(retry);
+    }
+    for w in &actions.backoff {
+        next = next.min(w.remaining + Duration::from_millis(50));
+    }
+    let observed = if acted {
+        match observe_pod(&ctx.cri, &uid, &ctx.node_name, &mut state.cache).await {
+            Ok(o) => o,
+            Err(_) => observed,
+        }
+    } else {
+        observed
+    };
+    publish_status(ctx, pod, &observed, state, false);
+    next
+}
+
+fn publish_status(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    observed: &ObservedPod,
+    state: &mut WorkerState,
+    terminating: bool,
+) {
+    let status_ctx = StatusContext {
+        runtime_name: &ctx.runtime_name,
+        reasons: &state.reasons,
+        host_ip: ctx.host_ip.as_deref(),
+        start_time: state.start_time,
+        terminating,
+    };
+    let status = crate::status::compute(
+        pod,
+        observed,
+        &status_ctx,
+        state.last_status.as_ref(),
+        Timestamp::now(),
+    );
+    let all_running = pod.spec.as_ref().is_some_and(|s| {
+        s.containers.iter().all(|c| {
+            observed
+                .latest(&c.name)
+                .is_some_and(|o| o.state() == ContainerState::Running)
+        })
+    });
+    if all_running && !state.started_reported {
+        state.started_reported = true;
+        ctx.metrics
+            .pod_start_duration
+            .observe(state.first_seen.elapsed().as_secs_f64());
+        ctx.metrics.started_pods.inc();
+        tracing::info!(pod = %pod_key(pod), seconds = state.first_seen.elapsed().as_secs_f64(), "pod started");
+    }
+    if state.last_status.as_ref() != Some(&status) {
+        ctx.status.set(Arc::new(pod.clone()), status.clone());
+        state.last_status = Some(status);
+    }
+}
+
+fn grace_seconds(pod: &Pod) -> i64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(crate::sources::defaults::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS)
+        .max(MIN_GRACE_SECONDS)
+}
+
+/// Does what the sync core decided. An error returns how soon to retry.
+async fn execute(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    observed: &ObservedPod,
+    actions: &PodActions,
+    state: &mut WorkerState,
+) -> Result<(), Duration> {
+    for id in &actions.remove_containers {
+        remove_container(ctx, id).await;
+    }
+    for id in &actions.remove_sandboxes {
+        remove_sandbox(ctx, id).await;
+    }
+    let grace = grace_seconds(pod);
+    for kill in &actions.kill {
+        ctx.events.record(
+            pod,
+            Some(&kill.name),
+            EventType::Normal,
+            "Killing",
+            format!("Stopping container {}", kill.name),
+        );
+        stop_container(ctx, &kill.id, grace).await;
+    }
+    if actions.kill_pod {
+        kill_pod(ctx, pod, observed, grace).await;
+    }
+    let pod_name = pod_key(pod);
+    for w in &actions.backoff {
+        state.reasons.insert(
+            w.name.clone(),
+            WaitingReason {
+                reason: "CrashLoopBackOff".into(),
+                message: format!(
+                    "back-off {} restarting failed container={} pod={}_{}({})",
+                    humantime::format_duration(w.backoff),
+                    w.name,
+                    pod.metadata.name.as_deref().unwrap_or_default(),
+                    pod.metadata.namespace.as_deref().unwrap_or_default(),
+                    pod.metadata.uid.as_deref().unwrap_or_default(),
+                ),
+            },
+        );
+        ctx.events.record(
+            pod,
+            Some(&w.name),
+            EventType::Warning,
+            "BackOff",
+            "Back-off restarting failed container",
+        );
+    }
+    if actions.start.is_empty() {
+        return Ok(());
+    }
+    let sandbox_request = sandbox_config::build(
+        pod,
+        actions.create_sandbox.unwrap_or(0),
+        &sandbox_options(ctx),
+    );
+    let Some(sandbox_cfg) = sandbox_request.config.clone() else {
+        return Ok(());
+    };
+    let sandbox_id = match (&actions.sandbox_id, actions.create_sandbox) {
+        (_, Some(attempt)) => match ctx.cri.run_pod_sandbox(sandbox_request).await {
+            Ok(resp) => {
+                tracing::info!(pod = %pod_name, sandbox = %resp.pod_sandbox_id, attempt, "created pod sandbox");
+                resp.pod_sandbox_id
+            }
+            Err(e) => {
+                let message = format!("Failed to create pod sandbox: {e}");
+                ctx.events.record(
+                    pod,
+                    None,
+                    EventType::Warning,
+                    "FailedCreatePodSandBox",
+                    &message,
+                );
+                for start in &actions.start {
+                    state.reasons.insert(
+                        start.name.clone(),
+                        WaitingReason {
+                            reason: "ContainerCreating".into(),
+                            message: message.clone(),
+                        },
+                    );
+                }
+                return Err(ERROR_RETRY * 2);
+            }
+        },
+        (Some(id), None) => id.clone(),
+        (None, None) => return Ok(()),
+    };
+    let mut result = Ok(());
+    for start in &actions.start {
+        let Some((container, init)) = container_spec(pod, &start.name) else {
+            continue;
+        };
+        if let Err(retry) = start_container(
+            ctx,
+            pod,
+            container,
+            init,
+            start,
+            &sandbox_id,
+            &sandbox_cfg,
+            state,
+        )
+        .await
+        {
+            result = Err(retry);
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_container(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    container: &Container,
+    init: bool,
+    start: &sync::ContainerStart,
+    sandbox_id: &str,
+    sandbox_cfg: &api::PodSandboxConfig,
+    state: &mut WorkerState,
+) -> Result<(), Duration> {
+    let container_type = if init { "init_container" } else { "container" };
+    let fail = |state: &mut WorkerState, reason: &str, message: String, code: &str| {
+        ctx.events.record(
+            pod,
+            Some(&container.name),
+            EventType::Warning,
+            "Failed",
+            &message,
+        );
+        ctx.metrics
+            .started_containers_errors
+            .get_or_create(&ContainerErrorLabels {
+                container_type,
+                code: code.to_string(),
+            })
+            .inc();
+        state.reasons.insert(
+            container.name.clone(),
+            WaitingReason {
+                reason: reason.into(),
+                message,
+            },
+        );
+    };
+    let image = container.image.as_deref().unwrap_or_default();
+    let scope = pod.metadata.uid.as_deref().unwrap_or_default();
+    let needs_pull_event = container.image_pull_policy.as_deref() == Some("Always");
+    if needs_pull_event {
+        ctx.events.record(
+            pod,
+            Some(&container.name),
+            EventType::Normal,
+            "Pulling",
+            format!("Pulling image \"{image}\""),
+        );
+    }
+    let image_ref = match ctx.images.ensure(container, scope).await {
+        Ok(ensured) => {
+            match &ensured {
+                Ensured::Present(_) => ctx.events.record(
+                    pod,
+                    Some(&container.name),
+                    EventType::Normal,
+                    "Pulled",
+                    format!("Container image \"{image}\" already present on machine"),
+                ),
+                Ensured::Pulled { seconds, .. } => ctx.events.record(
+                    pod,
+                    Some(&container.name),
+                    EventType::Normal,
+                    "Pulled",
+                    format!("Successfully pulled image \"{image}\" in {seconds:.3}s"),
+                ),
+            }
+            ensured.image_ref().to_string()
+        }
+        Err(e) => {
+            let reason = e.reason();
+            fail(state, reason, e.to_string(), reason);
+            return Err(crate::backoff::INITIAL);
+        }
+    };
+    let request = container_config::build(
+        pod,
+        container,
+        start,
+        sandbox_id,
+        sandbox_cfg.clone(),
+        &image_ref,
+        &ctx.node_name,
+    );
+    let id = match ctx.cri.create_container(request).await {
+        Ok(resp) => resp.container_id,
+        Err(e) => {
+            fail(
+                state,
+                "CreateContainerError",
+                e.message(),
+                "CreateContainerError",
+            );
+            return Err(ERROR_RETRY);
+        }
+    };
+    ctx.events.record(
+        pod,
+        Some(&container.name),
+        EventType::Normal,
+        "Created",
+        format!("Created container {}", container.name),
+    );
+    if let Some(finished_at) = start.replaces_finished_at {
+        state
+            .backoff
+            .next(&sync::actions::backoff_key(pod, container), finished_at);
+    }
+    if let Err(e) = ctx
+        .cri
+        .start_container(api::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+    {
+        fail(state, "RunContainerError", e.message(), "RunContainerError");
+        return Err(ERROR_RETRY);
+    }
+    ctx.metrics
+        .started_containers
+        .get_or_create(&ContainerTypeLabels { container_type })
+        .inc();
+    ctx.events.record(
+        pod,
+        Some(&container.name),
+        EventType::Normal,
+        "Started",
+        format!("Started container {}", container.name),
+    );
+    state.reasons.remove(&container.name);
+    Ok(())
+}
+
+async fn stop_container(ctx: &WorkerContext, id: &str, grace: i64) {
+    if let Err(e) = ctx
+        .cri
+        .stop_container(api::StopContainerRequest {
+            container_id: id.to_string(),
+            timeout: grace,
+        })
+        .await
+        && !e.is_not_found()
+    {
+        tracing::warn!(container = id, error = %e, "failed to stop container");
+    }
+}
+
+async fn remove_container(ctx: &WorkerContext, id: &str) {
+    if let Err(e) = ctx
+        .cri
+        .remove_container(api::RemoveContainerRequest {
+            container_id: id.to_string(),
+        })
+        .await
+        && !e.is_not_found()
+    {
+        tracing::warn!(container = id, error = %e, "failed to remove container");
+    }
+}
+
+async fn remove_sandbox(ctx: &WorkerContext, id: &str) {
+    if let Err(e) = ctx
+        .cri
+        .remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        && !e.is_not_found()
+    {
+        tracing::warn!(sandbox = id, error = %e, "failed to remove pod sandbox");
+    }
+}
+
+/// Stops every live container (in parallel, each with the grace period) and every ready sandbox.
+async fn kill_pod(ctx: &WorkerContext, pod: &Pod, observed: &ObservedPod, grace: i64) {
+    let live: Vec<&ObservedContainer> = observed
+        .containers
+        .iter()
+        .filter(|c| c.state() != ContainerState::Exited)
+        .collect();
+    for c in &live {
+        ctx.events.record(
+            pod,
+            Some(&c.name),
+            EventType::Normal,
+            "Killing",
+            format!("Stopping container {}", c.name),
+        );
+    }
+    futures::future::join_all(live.iter().map(|c| stop_container(ctx, &c.id, grace))).await;
+    for s in observed
+        .sandboxes
+        .iter()
+        .filter(|s| s.state == SandboxState::Ready)
+    {
+        if let Err(e) = ctx
+            .cri
+            .stop_pod_sandbox(api::StopPodSandboxRequest {
+                pod_sandbox_id: s.id.clone(),
+            })
+            .await
+            && !e.is_not_found()
+        {
+            tracing::warn!(sandbox = %s.id, error = %e, "failed to stop pod sandbox");
+        }
+    }
+}
+
+/// Stops and removes everything the runtime holds for the pod, then its cgroups and log directory.
+async fn terminate(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let name = pod_key(pod);
+    let started = Instant::now();
+    let observed = loop {
+        match observe_pod(&ctx.cri, &uid, &ctx.node_name, &mut state.cache).await {
+            Ok(o) => break o,
+            Err(e) => {
+                tracing::warn!(pod = %name, error = %e, "cannot read pod state to terminate it; retrying");
+                tokio::time::sleep(ERROR_RETRY).await;
+            }
+        }
+    };
+    // An orphan has no spec: use the grace period recorded on its containers.
+    let grace = if pod.spec.is_some() {
+        grace_seconds(pod)
+    } else {
+        MIN_GRACE_SECONDS.max(30)
+    };
+    publish_status(ctx, pod, &observed, state, true);
+    kill_pod(ctx, pod, &observed, grace).await;
+    for c in &observed.containers {
+        remove_container(ctx, &c.id).await;
+    }
+    for s in &observed.sandboxes {
+        remove_sandbox(ctx, &s.id).await;
+    }
+    let parents: Vec<String> = if pod.spec.is_some() {
+        vec![qos::pod_cgroup_parent(pod, &ctx.cgroup_root)]
+    } else {
+        let root = ctx.cgroup_root.trim_end_matches('/');
+        ["", "/burstable", "/besteffort"]
+            .iter()
+            .map(|q| format!("{root}/kubepods{q}/pod{uid}"))
+            .collect()
+    };
+    for parent in parents {
+        qos::remove_pod_cgroups(&ctx.cgroup_mount, &parent);
+    }
+    let log_dir = sandbox_config::log_dir_of(pod, &ctx.pod_logs_dir);
+    if let Err(e) = std::fs::remove_dir_all(&log_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %log_dir.display(), error = %e, "cannot remove pod log directory");
+    }
+    ctx.status.remove(&uid);
+    tracing::info!(pod = %name, seconds = started.elapsed().as_secs_f64(), "pod terminated and removed");
+}
+
+/// The pods the runtime holds, by UID, with their namespace and name (from the sandbox labels).
+pub fn runtime_pods(
+    sandboxes: &[api::PodSandbox],
+    node_name: &str,
+) -> HashMap<String, (String, String)> {
+    sandboxes
+        .iter()
+        .filter(|s| labels::owned_by(&s.labels, node_name))
+        .filter_map(|s| {
+            let uid = s.labels.get(labels::POD_UID)?.clone();
+            let ns = s
+                .labels
+                .get(labels::POD_NAMESPACE)
+                .cloned()
+                .unwrap_or_default();
+            let name = s.labels.get(labels::POD_NAME).cloned().unwrap_or_default();
+            Some((uid, (ns, name)))
+        })
+        .collect()
+}

@@ -1,0 +1,380 @@
+//! Pod status: computing a v1 `PodStatus` from the spec and what the runtime holds (after kubelet's
+//! `generateAPIPodStatus`), and the status manager, the single owner of every pod's latest status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState as ApiState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::kuberuntime::observe::{ContainerState, ObservedContainer, ObservedPod, SandboxState};
+use crate::qos;
+
+/// Why a container is not running, as the pod worker last saw it (kubelet's reason cache):
+/// `ErrImagePull`, `ImagePullBackOff`, `CrashLoopBackOff`, `CreateContainerError`, ...
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingReason {
+    pub reason: String,
+    pub message: String,
+}
+
+/// Inputs of [`compute`] beyond the pod and its observed state.
+pub struct StatusContext<'a> {
+    /// Runtime name for container IDs (`containerd://<id>`).
+    pub runtime_name: &'a str,
+    pub reasons: &'a HashMap<String, WaitingReason>,
+    pub host_ip: Option<&'a str>,
+    pub start_time: Timestamp,
+    /// The pod is being terminated by the agent.
+    pub terminating: bool,
+}
+
+fn time(ns: i64) -> Option<Time> {
+    (ns > 0)
+        .then(|| Timestamp::from_nanosecond(i128::from(ns)).ok().map(Time))
+        .flatten()
+}
+
+fn terminated(c: &ObservedContainer, runtime: &str) -> ContainerStateTerminated {
+    let reason = if !c.reason.is_empty() {
+        c.reason.clone()
+    } else if c.exit_code == 0 {
+        "Completed".into()
+    } else {
+        "Error".into()
+    };
+    ContainerStateTerminated {
+        exit_code: c.exit_code,
+        reason: Some(reason),
+        message: (!c.message.is_empty()).then(|| c.message.clone()),
+        started_at: time(c.started_at),
+        finished_at: time(c.finished_at),
+        container_id: Some(format!("{runtime}://{}", c.id)),
+        signal: None,
+    }
+}
+
+fn waiting(reason: &str, message: Option<&str>) -> ApiState {
+    ApiState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.into()),
+            message: message.filter(|m| !m.is_empty()).map(String::from),
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_status(
+    spec: &Container,
+    observed: &ObservedPod,
+    ctx: &StatusContext<'_>,
+    default_reason: &str,
+) -> ContainerStatus {
+    let latest = observed.latest(&spec.name);
+    let cached = ctx.reasons.get(&spec.name);
+    let mut status = ContainerStatus {
+        name: spec.name.clone(),
+        image: spec.image.clone().unwrap_or_default(),
+        image_id: String::new(),
+        ready: false,
+        restart_count: 0,
+        started: Some(false),
+        ..Default::default()
+    };
+    let Some(latest) = latest else {
+        status.state = Some(match cached {
+            Some(r) => waiting(&r.reason, Some(&r.message)),
+            None => waiting(default_reason, None),
+        });
+        return status;
+    };
+    status.restart_count = latest.restart_count;
+    status.image_id = latest.image_ref.clone();
+    status.container_id = Some(format!("{}://{}", ctx.runtime_name, latest.id));
+    let previous = observed
+        .previous(&spec.name)
+        .filter(|p| p.state() == ContainerState::Exited);
+    match latest.state() {
+        ContainerState::Running => {
+            status.state = Some(ApiState {
+                running: Some(ContainerStateRunning {
+                    started_at: time(latest.started_at),
+                }),
+                ..Default::default()
+            });
+            status.ready = !ctx.terminating;
+            status.started = Some(true);
+            status.last_state = previous.map(|p| ApiState {
+                terminated: Some(terminated(p, ctx.runtime_name)),
+                ..Default::default()
+            });
+        }
+        ContainerState::Exited => match cached {
+            // It will be restarted: waiting, with the run that ended as lastState.
+            Some(r) => {
+                status.state = Some(waiting(&r.reason, Some(&r.message)));
+                status.last_state = Some(ApiState {
+                    terminated: Some(terminated(latest, ctx.runtime_name)),
+                    ..Default::default()
+                });
+            }
+            None => {
+                status.state = Some(ApiState {
+                    terminated: Some(terminated(latest, ctx.runtime_name)),
+                    ..Default::default()
+                });
+                status.last_state = previous.map(|p| ApiState {
+                    terminated: Some(terminated(p, ctx.runtime_name)),
+                    ..Default::default()
+                });
+            }
+        },
+        ContainerState::Created | ContainerState::Unknown => {
+            status.state = Some(match cached {
+                Some(r) => waiting(&r.reason, Some(&r.message)),
+                None => waiting(default_reason, None),
+            });
+            status.last_state = previous.map(|p| ApiState {
+                terminated: Some(terminated(p, ctx.runtime_name)),
+                ..Default::default()
+            });
+        }
+    }
+    status
+}
+
+/// kubelet's `getPhase` over the app containers' statuses.
+pub fn phase(
+    restart_policy: &str,
+    statuses: &[ContainerStatus],
+    init_done: bool,
+    init_failed: bool,
+) -> &'static str {
+    if init_failed {
+        return "Failed";
+    }
+    if !init_done {
+        return "Pending";
+    }
+    let (mut pending, mut running, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for s in statuses {
+        let state = s.state.as_ref();
+        if state.and_then(|st| st.running.as_ref()).is_some() {
+            running += 1;
+        } else if let Some(t) = state.and_then(|st| st.terminated.as_ref()) {
+            stopped += 1;
+            if t.exit_code == 0 {
+                succeeded += 1;
+            }
+        } else if s
+            .last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .is_some()
+        {
+            // Waiting to restart after a previous run.
+            stopped += 1;
+        } else {
+            pending += 1;
+        }
+    }
+    match () {
+        _ if pending > 0 => "Pending",
+        _ if running > 0 => "Running",
+        _ if stopped > 0 => match restart_policy {
+            "Always" => "Running",
+            "OnFailure" if stopped == succeeded => "Succeeded",
+            "OnFailure" => "Running",
+            _ if stopped == succeeded => "Succeeded",
+            _ => "Failed",
+        },
+        _ => "Pending",
+    }
+}
+
+fn condition(
+    kind: &str,
+    ok: bool,
+    reason: Option<&str>,
+    now: &Time,
+    previous: Option<&PodStatus>,
+) -> PodCondition {
+    let status = if ok { "True" } else { "False" };
+    // Keep the transition time while the condition's status is unchanged.
+    let last = previous
+        .and_then(|p| p.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == kind))
+        .filter(|c| c.status == status)
+        .and_then(|c| c.last_transition_time.clone());
+    PodCondition {
+        type_: kind.into(),
+        status: status.into(),
+        reason: if ok { None } else { reason.map(String::from) },
+        last_transition_time: Some(last.unwrap_or_else(|| now.clone())),
+        ..Default::default()
+    }
+}
+
+/// Computes the pod's status. `previous` keeps condition transition times stable.
+pub fn compute(
+    pod: &Pod,
+    observed: &ObservedPod,
+    ctx: &StatusContext<'_>,
+    previous: Option<&PodStatus>,
+    now: Timestamp,
+) -> PodStatus {
+    let Some(spec) = pod.spec.as_ref() else {
+        return PodStatus::default();
+    };
+    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+    let inits = spec.init_containers.as_deref().unwrap_or_default();
+    let init_statuses: Vec<ContainerStatus> = inits
+        .iter()
+        .map(|c| container_status(c, observed, ctx, "PodInitializing"))
+        .collect();
+    let init_succeeded = |s: &ContainerStatus| {
+        s.state
+            .as_ref()
+            .and_then(|st| st.terminated.as_ref())
+            .is_some_and(|t| t.exit_code == 0)
+    };
+    let init_done = init_statuses.iter().all(init_succeeded);
+    let init_failed = policy == "Never"
+        && init_statuses.iter().any(|s| {
+            s.state
+                .as_ref()
+                .and_then(|st| st.terminated.as_ref())
+                .is_some_and(|t| t.exit_code != 0)
+        });
+    let app_default = if init_done {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
+    let statuses: Vec<ContainerStatus> = spec
+        .containers
+        .iter()
+        .map(|c| container_status(c, observed, ctx, app_default))
+        .collect();
+    let phase = phase(policy, &statuses, init_done, init_failed);
+    let sandbox_ready = observed
+        .latest_sandbox()
+        .is_some_and(|s| s.state == SandboxState::Ready);
+    let containers_ready = statuses.iter().all(|s| s.ready);
+    let now_time = Time(now);
+    let finished = matches!(phase, "Succeeded" | "Failed");
+    let ready_reason = if finished {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
+    let conditions = vec![
+        condition(
+            "PodReadyToStartContainers",
+            sandbox_ready,
+            None,
+            &now_time,
+            previous,
+        ),
+        condition(
+            "Initialized",
+            init_done,
+            Some(if finished {
+                "PodCompleted"
+            } else {
+                "ContainersNotInitialized"
+            }),
+            &now_time,
+            previous,
+        ),
+        condition(
+            "Ready",
+            containers_ready && !finished,
+            Some(ready_reason),
+            &now_time,
+            previous,
+        ),
+        condition(
+            "ContainersReady",
+            containers_ready && !finished,
+            Some(ready_reason),
+            &now_time,
+            previous,
+        ),
+        condition("PodScheduled", true, None, &now_time, previous),
+    ];
+    let ips: Vec<String> = if spec.host_network.unwrap_or(false) {
+        ctx.host_ip.map(String::from).into_iter().collect()
+    } else {
+        observed
+            .latest_sandbox()
+            .filter(|s| s.state == SandboxState::Ready)
+            .map(|s| s.ips.clone())
+            .unwrap_or_default()
+    };
+    PodStatus {
+        phase: Some(phase.into()),
+        conditions: Some(conditions),
+        container_statuses: Some(statuses),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
+        host_ip: ctx.host_ip.map(String::from),
+        host_ips: ctx
+            .host_ip
+            .map(|ip| vec![k8s_openapi::api::core::v1::HostIP { ip: ip.into() }]),
+        pod_ip: ips.first().cloned(),
+        pod_ips: (!ips.is_empty()).then(|| ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
+        qos_class: Some(qos::qos_class(pod).as_str().into()),
+        start_time: Some(Time(ctx.start_time)),
+        ..Default::default()
+    }
+}
+
+/// The single owner of the pods' statuses. Pod workers write; the HTTP server (and, with an API server,
+/// the status syncer) read.
+#[derive(Clone, Default)]
+pub struct StatusManager {
+    inner: Arc<RwLock<StatusMap>>,
+}
+
+/// Pod UID → the pod as last synced and its latest status.
+type StatusMap = BTreeMap<String, (Arc<Pod>, PodStatus)>;
+
+impl StatusManager {
+    pub fn set(&self, pod: Arc<Pod>, status: PodStatus) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if let Ok(mut map) = self.inner.write() {
+            map.insert(uid, (pod, status));
+        }
+    }
+
+    pub fn get(&self, uid: &str) -> Option<PodStatus> {
+        self.inner.read().ok()?.get(uid).map(|(_, s)| s.clone())
+    }
+
+    pub fn remove(&self, uid: &str) {
+        if let Ok(mut map) = self.inner.write() {
+            map.remove(uid);
+        }
+    }
+
+    /// Every pod with its latest status, as `/pods` serves them.
+    pub fn pods(&self) -> Vec<Pod> {
+        let Ok(map) = self.inner.read() else {
+            return Vec::new();
+        };
+        map.values()
+            .map(|(pod, status)| {
+                let mut pod = (**pod).clone();
+                pod.status = Some(status.clone());
+                pod
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

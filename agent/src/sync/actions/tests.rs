@@ -1,0 +1,351 @@
+//! Table tests of the pure sync core.
+
+use super::*;
+use crate::kuberuntime::labels::container_hash;
+use crate::kuberuntime::observe::{ObservedSandbox, SandboxState};
+
+const S: i64 = 1_000_000_000;
+const NOW: i64 = 1_000 * S;
+
+fn pod(policy: &str, containers: &[&str], inits: &[&str]) -> Pod {
+    let list = |names: &[&str]| -> Vec<serde_json::Value> {
+        names
+            .iter()
+            .map(|n| serde_json::json!({"name": n, "image": "busybox:1.36"}))
+            .collect()
+    };
+    let mut spec = serde_json::json!({"restartPolicy": policy, "containers": list(containers)});
+    if !inits.is_empty() {
+        spec["initContainers"] = serde_json::Value::Array(list(inits));
+    }
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+        "spec": spec,
+    }))
+    .expect("pod")
+}
+
+fn sandbox(id: &str, attempt: u32, ready: bool, created: i64) -> ObservedSandbox {
+    ObservedSandbox {
+        id: id.into(),
+        attempt,
+        state: if ready {
+            SandboxState::Ready
+        } else {
+            SandboxState::NotReady
+        },
+        created_at: created,
+        ips: vec![],
+    }
+}
+
+fn container(
+    pod: &Pod,
+    name: &str,
+    sandbox: &str,
+    attempt: u32,
+    state: ContainerState,
+    exit: i32,
+) -> ObservedContainer {
+    let spec = pod.spec.as_ref().expect("spec");
+    let c = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == name);
+    ObservedContainer {
+        id: format!("{name}-{attempt}"),
+        name: name.into(),
+        sandbox_id: sandbox.into(),
+        attempt,
+        state: Some(state),
+        created_at: (attempt as i64 + 1) * S,
+        started_at: (attempt as i64 + 1) * S,
+        finished_at: if state == ContainerState::Exited {
+            NOW - 2 * S
+        } else {
+            0
+        },
+        exit_code: exit,
+        hash: c.map(container_hash).unwrap_or_default(),
+        restart_count: attempt as i32,
+        ..Default::default()
+    }
+}
+
+fn observed(sandboxes: Vec<ObservedSandbox>, containers: Vec<ObservedContainer>) -> ObservedPod {
+    let mut o = ObservedPod {
+        sandboxes,
+        containers,
+    };
+    o.sort();
+    o
+}
+
+fn starts(a: &PodActions) -> Vec<(&str, u32)> {
+    a.start
+        .iter()
+        .map(|s| (s.name.as_str(), s.attempt))
+        .collect()
+}
+
+use ContainerState::{Created, Exited, Running, Unknown};
+
+#[test]
+fn new_pod_creates_a_sandbox_and_starts_every_container() {
+    let p = pod("Always", &["a", "b"], &[]);
+    let a = compute(&p, &ObservedPod::default(), &Backoff::default(), NOW);
+    assert_eq!(a.create_sandbox, Some(0));
+    assert!(!a.kill_pod);
+    assert_eq!(starts(&a), vec![("a", 0), ("b", 0)]);
+}
+
+#[test]
+fn running_pod_needs_nothing() {
+    let p = pod("Always", &["a"], &[]);
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![container(&p, "a", "s1", 0, Running, 0)],
+    );
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert!(a.changes_nothing() && a.backoff.is_empty(), "{a:?}");
+}
+
+#[test]
+fn restart_policy_table_for_an_exited_container() {
+    // (policy, exit code, restarted?, pod killed?)
+    let table = [
+        ("Always", 0, true, false),
+        ("Always", 1, true, false),
+        ("OnFailure", 0, false, true),
+        ("OnFailure", 1, true, false),
+        ("Never", 0, false, true),
+        ("Never", 3, false, true),
+    ];
+    for (policy, exit, restarted, killed) in table {
+        let p = pod(policy, &["a"], &[]);
+        let o = observed(
+            vec![sandbox("s1", 0, true, S)],
+            vec![container(&p, "a", "s1", 0, Exited, exit)],
+        );
+        let a = compute(&p, &o, &Backoff::default(), NOW);
+        assert_eq!(
+            !a.start.is_empty(),
+            restarted,
+            "{policy} exit {exit}: {a:?}"
+        );
+        assert_eq!(a.kill_pod, killed, "{policy} exit {exit}: {a:?}");
+        if restarted {
+            assert_eq!(starts(&a), vec![("a", 1)], "attempt grows");
+            assert_eq!(a.start[0].replaces_finished_at, Some(NOW - 2 * S));
+            assert_eq!(a.sandbox_id.as_deref(), Some("s1"));
+        }
+    }
+}
+
+#[test]
+fn crash_loop_waits_for_the_backoff() {
+    let p = pod("Always", &["a"], &[]);
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![container(&p, "a", "s1", 1, Exited, 1)],
+    );
+    let key = backoff_key(&p, &p.spec.as_ref().expect("spec").containers[0]);
+    let mut b = Backoff::default();
+    b.next(&key, NOW - 60 * S); // first failure, restarted at once
+    let a = compute(&p, &o, &b, NOW);
+    assert!(a.start.is_empty());
+    assert_eq!(
+        a.backoff,
+        vec![Waiting {
+            name: "a".into(),
+            remaining: Duration::from_secs(8),
+            backoff: Duration::from_secs(10)
+        }]
+    );
+    assert!(!a.kill_pod, "a container in back-off keeps the pod alive");
+    // Once the back-off has passed, it restarts.
+    let a = compute(&p, &o, &b, NOW + 9 * S);
+    assert_eq!(starts(&a), vec![("a", 2)]);
+}
+
+#[test]
+fn other_containers_keep_running_while_one_restarts() {
+    let p = pod("Always", &["a", "b"], &[]);
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![
+            container(&p, "a", "s1", 0, Running, 0),
+            container(&p, "b", "s1", 0, Exited, 2),
+        ],
+    );
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert_eq!(starts(&a), vec![("b", 1)]);
+    assert!(a.kill.is_empty() && !a.kill_pod);
+}
+
+#[test]
+fn dead_sandbox_is_replaced_and_containers_restarted() {
+    let p = pod("Always", &["a"], &[]);
+    let o = observed(
+        vec![sandbox("s1", 0, false, S)],
+        vec![container(&p, "a", "s1", 0, Exited, 137)],
+    );
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert!(a.kill_pod);
+    assert_eq!(a.create_sandbox, Some(1));
+    assert_eq!(starts(&a), vec![("a", 1)]);
+}
+
+#[test]
+fn two_ready_sandboxes_are_reconciled_into_a_new_one() {
+    let p = pod("Always", &["a"], &[]);
+    let o = observed(
+        vec![sandbox("s1", 0, true, S), sandbox("s2", 1, true, 2 * S)],
+        vec![],
+    );
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert!(a.kill_pod);
+    assert_eq!(a.create_sandbox, Some(2));
+}
+
+#[test]
+fn finished_never_pod_gets_no_new_sandbox() {
+    let p = pod("Never", &["a"], &[]);
+    let o = observed(
+        vec![sandbox("s1", 0, false, S)],
+        vec![container(&p, "a", "s1", 0, Exited, 0)],
+    );
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert_eq!(a.create_sandbox, None);
+    assert!(a.start.is_empty());
+}
+
+#[test]
+fn on_failure_new_sandbox_skips_succeeded_containers() {
+    let p = pod("OnFailure", &["ok", "bad"], &[]);
+    let o = observed(
+        vec![sandbox("s1", 0, false, S)],
+        vec![
+            container(&p, "ok", "s1", 0, Exited, 0),
+            container(&p, "bad", "s1", 0, Exited, 1),
+        ],
+    );
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert_eq!(a.create_sandbox, Some(1));
+    assert_eq!(starts(&a), vec![("bad", 1)]);
+}
+
+#[test]
+fn changed_spec_restarts_the_running_container() {
+    let p = pod("Always", &["a"], &[]);
+    let mut c = container(&p, "a", "s1", 0, Running, 0);
+    c.hash = "stale".into();
+    let o = observed(vec![sandbox("s1", 0, true, S)], vec![c]);
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert_eq!(a.kill.len(), 1);
+    assert_eq!(a.kill[0].id, "a-0");
+    assert_eq!(starts(&a), vec![("a", 1)]);
+}
+
+#[test]
+fn created_or_unknown_containers_are_started_again() {
+    let p = pod("Always", &["a"], &[]);
+    for state in [Created, Unknown] {
+        let o = observed(
+            vec![sandbox("s1", 0, true, S)],
+            vec![container(&p, "a", "s1", 0, state, 0)],
+        );
+        let a = compute(&p, &o, &Backoff::default(), NOW);
+        assert_eq!(starts(&a), vec![("a", 1)], "{state:?}");
+        assert_eq!(a.kill.len(), usize::from(state == Unknown), "{state:?}");
+    }
+}
+
+#[test]
+fn init_containers_run_one_at_a_time_before_app_containers() {
+    let p = pod("Always", &["app"], &["i1", "i2"]);
+    let a = compute(&p, &ObservedPod::default(), &Backoff::default(), NOW);
+    assert_eq!(a.create_sandbox, Some(0));
+    assert_eq!(starts(&a), vec![("i1", 0)]);
+    assert!(a.start[0].init);
+
+    let running = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![container(&p, "i1", "s1", 0, Running, 0)],
+    );
+    assert!(
+        compute(&p, &running, &Backoff::default(), NOW)
+            .start
+            .is_empty()
+    );
+
+    let first_done = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![container(&p, "i1", "s1", 0, Exited, 0)],
+    );
+    assert_eq!(
+        starts(&compute(&p, &first_done, &Backoff::default(), NOW)),
+        vec![("i2", 0)]
+    );
+
+    let all_done = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![
+            container(&p, "i1", "s1", 0, Exited, 0),
+            container(&p, "i2", "s1", 0, Exited, 0),
+        ],
+    );
+    assert_eq!(
+        starts(&compute(&p, &all_done, &Backoff::default(), NOW)),
+        vec![("app", 0)]
+    );
+}
+
+#[test]
+fn failed_init_container_is_retried_or_fails_the_pod() {
+    let p = pod("Always", &["app"], &["i1"]);
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![container(&p, "i1", "s1", 0, Exited, 1)],
+    );
+    assert_eq!(
+        starts(&compute(&p, &o, &Backoff::default(), NOW)),
+        vec![("i1", 1)]
+    );
+
+    let never = pod("Never", &["app"], &["i1"]);
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![container(&never, "i1", "s1", 0, Exited, 1)],
+    );
+    let a = compute(&never, &o, &Backoff::default(), NOW);
+    assert!(a.kill_pod);
+    assert!(a.start.is_empty());
+}
+
+#[test]
+fn garbage_keeps_two_instances_per_container_and_drops_unused_sandboxes() {
+    let p = pod("Always", &["a"], &[]);
+    let o = observed(
+        vec![
+            sandbox("s2", 1, true, 5 * S),
+            sandbox("s1", 0, false, S),
+            sandbox("s0", 0, false, 0),
+        ],
+        vec![
+            container(&p, "a", "s2", 3, Running, 0),
+            container(&p, "a", "s1", 2, Exited, 1),
+            container(&p, "a", "s1", 1, Exited, 1),
+            container(&p, "a", "s1", 0, Exited, 1),
+        ],
+    );
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert_eq!(a.remove_containers, vec!["a-1", "a-0"]);
+    assert_eq!(
+        a.remove_sandboxes,
+        vec!["s0"],
+        "s1 still holds the lastState instance"
+    );
+    assert!(a.start.is_empty() && !a.kill_pod);
+}

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Stops the private containerd that containerd-up.sh started for STATEDIR and removes every trace of it,
+# so that up/down/up works repeatedly: the daemon (TERM, then KILL after 10 s), the containers left in
+# its runc Root and their shims, every mount under STATEDIR (rootfs overlays, sandbox shm, netns), the
+# iptables rules/chains the CNI plugins made for its network, its bridge, its shim sockets in
+# /run/containerd/s, its subnet claim, and finally STATEDIR itself. Safe to run when nothing is running
+# or when STATEDIR is already gone.
+# Usage: containerd-down.sh STATEDIR
+set -euo pipefail
+
+if (($# != 1)); then
+  echo "usage: $0 STATEDIR" >&2
+  exit 2
+fi
+say() { echo "containerd-down: $*" >&2; }
+if ! [[ -d $1 ]]; then
+  say "$1 does not exist: nothing to do"
+  exit 0
+fi
+statedir=$(cd "$1" && pwd -P)
+config=$statedir/config.toml
+sock=$statedir/containerd.sock
+if [[ $statedir == / ]] || ! [[ -f $config ]] || ! grep -q 'containerd-up.sh' "$config"; then
+  say "$statedir was not made by containerd-up.sh (no config.toml of ours): refusing to touch it"
+  exit 1
+fi
+hash=$(printf '%s' "$statedir" | sha256sum | cut -c1-8)
+bridge=mk${hash}
+netname=mk-e2e-$hash
+if [[ -f $statedir/network.env ]]; then
+  bridge=$(sed -n 's/^BRIDGE=//p' "$statedir/network.env")
+  netname=$(sed -n 's/^NETWORK=//p' "$statedir/network.env")
+fi
+
+# Pids of processes whose command line contains all the given words.
+pids_matching() {
+  local c pid line
+  for c in /proc/[0-9]*/cmdline; do
+    pid=${c#/proc/}
+    pid=${pid%/cmdline}
+    line=$( { tr '\0' ' ' <"$c"; } 2>/dev/null) || continue
+    local w ok=1
+    for w in "$@"; do
+      [[ $line == *"$w"* ]] || ok=0
+    done
+    if ((ok)) && [[ $pid != "$$" && $pid != "$BASHPID" ]]; then echo "$pid"; fi
+  done
+}
+
+# True while a process exists and is not a zombie (an orphaned daemon is reaped late by PID 1).
+alive() {
+  local state
+  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z ]]
+}
+
+# 1. The daemon: TERM, then KILL after 10 s.
+daemon=$(pids_matching "containerd --config $config" | head -n 1 || true)
+if [[ -z $daemon && -f $statedir/containerd.pid ]]; then
+  daemon=$(<"$statedir/containerd.pid")
+  alive "$daemon" || daemon=""
+fi
+if [[ -n $daemon ]]; then
+  say "stopping containerd pid $daemon"
+  kill -TERM "$daemon" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    alive "$daemon" || break
+    sleep 0.1
+  done
+  if alive "$daemon"; then
+    say "containerd did not exit after 10 s: KILL"
+    kill -KILL "$daemon" 2>/dev/null || true
+    sleep 0.2
+  fi
+fi
+
+# 2. Containers still running in our runc Root (one directory per containerd namespace), then shims.
+if [[ -d $statedir/runc ]]; then
+  for root in "$statedir"/runc/*/; do
+    [[ -d $root ]] || continue
+    for id in $(runc --root "$root" list -q 2>/dev/null || true); do
+      say "removing leftover container $id"
+      runc --root "$root" kill -a "$id" KILL >/dev/null 2>&1 || true
+      runc --root "$root" delete -f "$id" >/dev/null 2>&1 || true
+    done
+  done
+fi
+shims=$(pids_matching containerd-shim "-address $sock" || true)
+if [[ -n $shims ]]; then
+  say "killing shims: $(echo "$shims" | tr '\n' ' ')"
+  # shellcheck disable=SC2086 # one pid per word
+  kill -KILL $shims 2>/dev/null || true
+  sleep 0.2
+fi
+# Shim sockets live in /run/containerd/s/; each task bundle records its own in an `address` file.
+for address in "$statedir"/state/io.containerd.runtime.v2.task/*/*/address; do
+  [[ -f $address ]] || continue
+  socket=$(sed -e 's|^unix://||' "$address")
+  if [[ $socket == /run/containerd/s/* ]]; then rm -f "$socket"; fi
+done
+
+# 3. Everything mounted under STATEDIR, deepest first (rootfs overlays, shm, netns bind mounts).
+unmount_all() {
+  local m
+  # mountinfo field 5 is the mount point, with spaces etc. octal-escaped.
+  awk -v p="$statedir/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo |
+    awk '{ print length($0) " " $0 }' | sort -rn | cut -d' ' -f2- | while read -r m; do
+      m=$(printf '%b' "$m")
+      umount "$m" 2>/dev/null || umount -R "$m" 2>/dev/null || umount -l "$m" 2>/dev/null ||
+        say "could not unmount $m"
+    done
+}
+unmount_all
+unmount_all # a second pass for mounts that were stacked
+
+# 4. iptables: the rules the bridge (ipMasq) and portmap plugins tagged with our network's name, and the
+#    per-container chains they jump to.
+if command -v iptables-save >/dev/null; then
+  python3 - "$netname" <<'PY'
+import shlex, subprocess, sys
+net = sys.argv[1]
+tag = f'name: "{net}" id: '
+for table in ("nat", "filter"):
+    dump = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True).stdout
+    chains = set()
+    for line in dump.splitlines():
+        if not line.startswith("-A "):
+            continue
+        words = shlex.split(line)
+        comment = words[words.index("--comment") + 1] if "--comment" in words else ""
+        if tag not in comment:
+            continue
+        if "-j" in words and words[words.index("-j") + 1].startswith("CNI-") \
+                and not words[words.index("-j") + 1].startswith("CNI-HOSTPORT-"):
+            chains.add(words[words.index("-j") + 1])
+        subprocess.run(["iptables", "-w", "-t", table, "-D"] + words[1:], capture_output=True)
+    for chain in sorted(chains):
+        subprocess.run(["iptables", "-w", "-t", table, "-F", chain], capture_output=True)
+        subprocess.run(["iptables", "-w", "-t", table, "-X", chain], capture_output=True)
+    if chains:
+        print(f"containerd-down: removed iptables {table} chains {' '.join(sorted(chains))}", file=sys.stderr)
+PY
+fi
+
+# 5. The bridge, the subnet claim, and the state directory.
+if ip link show "$bridge" >/dev/null 2>&1; then
+  say "deleting bridge $bridge"
+  ip link delete "$bridge" || true
+fi
+rm -f "/run/mini-kubelet-e2e/$hash.subnet"
+if awk -v p="$statedir/" 'index($5, p) == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
+  say "mounts remain under $statedir:"
+  awk -v p="$statedir/" 'index($5, p) == 1 { print "  " $5 }' /proc/self/mountinfo >&2
+  exit 1
+fi
+rm -rf "$statedir"
+say "removed $statedir"

@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# Starts a PRIVATE containerd (never the system one) whose every path lives under STATEDIR:
+# config.toml, root/, state/, containerd.sock (+ ttrpc), runc Root, CNI conf_dir with one bridge+portmap
+# conflist (bridge name, network name and /24 subnet derived from STATEDIR, so instances don't collide),
+# host-local IPAM data, network namespaces (netns_mounts_under_state_dir); the subnet is also claimed in
+# /run/mini-kubelet-e2e/<hash>.subnet so that concurrent instances pick different ones. Then imports the
+# local pause and busybox images into the k8s.io namespace and prints the CRI endpoint
+# unix://STATEDIR/containerd.sock as the last line on stdout (progress goes to stderr). Idempotent: an instance already running for
+# STATEDIR is reused. Stop it with containerd-down.sh STATEDIR.
+# Usage: containerd-up.sh STATEDIR [IMAGEDIR]
+#   IMAGEDIR (default $MK_E2E_IMAGE_DIR, else <repo>/target/e2e-images) holds pause.tar and busybox.tar;
+#   they are built there by build-images.sh when missing.
+set -euo pipefail
+
+if (($# < 1 || $# > 2)); then
+  echo "usage: $0 STATEDIR [IMAGEDIR]" >&2
+  exit 2
+fi
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+mkdir -p "$1"
+statedir=$(cd "$1" && pwd -P)
+imagedir=${2:-${MK_E2E_IMAGE_DIR:-$repo/target/e2e-images}}
+sock=$statedir/containerd.sock
+config=$statedir/config.toml
+pidfile=$statedir/containerd.pid
+log=$statedir/containerd.log
+
+say() { echo "containerd-up: $*" >&2; }
+
+if ((${#sock} > 100)); then
+  say "STATEDIR path too long for a unix socket: $sock"
+  exit 1
+fi
+for bin in containerd ctr runc /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/portmap; do
+  if ! command -v "$bin" >/dev/null; then
+    say "$bin missing: run e2e/scripts/install-deps.sh"
+    exit 1
+  fi
+done
+
+# The pid of the containerd serving this config, if one runs.
+running_pid() {
+  local pid
+  [[ -f $pidfile ]] || return 1
+  pid=$(<"$pidfile")
+  [[ $pid =~ ^[0-9]+$ ]] && [[ -r /proc/$pid/cmdline ]] || return 1
+  { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "--config $config" || return 1
+  echo "$pid"
+}
+
+if pid=$(running_pid) && ctr -a "$sock" version >/dev/null 2>&1; then
+  say "containerd already running for $statedir (pid $pid)"
+else
+  # Per-instance network identity, derived from the state directory's path.
+  hash=$(printf '%s' "$statedir" | sha256sum | cut -c1-8)
+  bridge=mk${hash}
+  netname=mk-e2e-$hash
+  # A 10.x.y.0/24 that overlaps no route of this host and no other instance's subnet.
+  subnet=$(python3 - "$hash" <<'PY'
+import glob, ipaddress, subprocess, sys
+h = int(sys.argv[1], 16)
+taken = []
+for line in subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"], capture_output=True,
+                           text=True).stdout.splitlines():
+    dst = line.split()[0] if line.split() else ""
+    if dst in ("default", "broadcast", "local", "unreachable", "prohibit", "blackhole"):
+        dst = line.split()[1]
+    try:
+        net = ipaddress.ip_network(dst, strict=False)
+    except ValueError:
+        continue
+    if net.prefixlen > 0:
+        taken.append(net)
+for claim in glob.glob("/run/mini-kubelet-e2e/*.subnet"):  # other instances' subnets
+    try:
+        taken.append(ipaddress.ip_network(open(claim).read().strip()))
+    except (OSError, ValueError):
+        pass
+for i in range(25600):
+    n = (h + i) % 25600
+    cand = ipaddress.ip_network(f"10.{100 + n // 256}.{n % 256}.0/24")
+    if not any(cand.overlaps(t) for t in taken):
+        print(cand)
+        break
+else:
+    sys.exit("no free 10.x.y.0/24 subnet")
+PY
+)
+  mkdir -p "$statedir"/{root,state,opt,runc,cni,cni-ipam,tmp} /run/mini-kubelet-e2e
+  echo "$subnet" >"/run/mini-kubelet-e2e/$hash.subnet"
+  cat >"$statedir/network.env" <<EOF
+BRIDGE=$bridge
+NETWORK=$netname
+SUBNET=$subnet
+EOF
+  cat >"$statedir/cni/10-$netname.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "$netname",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$bridge",
+      "isGateway": true,
+      "ipMasq": true,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{ "subnet": "$subnet" }]],
+        "routes": [{ "dst": "0.0.0.0/0" }],
+        "dataDir": "$statedir/cni-ipam"
+      }
+    },
+    { "type": "portmap", "capabilities": { "portMappings": true } }
+  ]
+}
+EOF
+  cat >"$config" <<EOF
+# Private containerd for mini-kubelet's end-to-end tests (written by e2e/scripts/containerd-up.sh).
+version = 2
+root = "$statedir/root"
+state = "$statedir/state"
+temp = "$statedir/tmp"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = "$sock"
+
+[ttrpc]
+  address = "$statedir/containerd-ttrpc.sock"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$statedir/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "mini-kubelet.local/pause:3.10"
+  # Root here lacks CAP_SYS_RESOURCE: sandboxes' oom_score_adj -998 would make every RunPodSandbox fail.
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "$statedir/runc"
+
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$statedir/cni"
+    max_conf_num = 1
+EOF
+  say "starting containerd: config $config, log $log (bridge $bridge, subnet $subnet)"
+  started=$(date +%s%N)
+  # setsid: its own session, so a ctrl-c in the caller's terminal reaches the caller's EXIT trap
+  # (which runs containerd-down.sh) rather than killing containerd halfway.
+  setsid containerd --config "$config" </dev/null >>"$log" 2>&1 &
+  launched=$!
+  pid=""
+  for _ in $(seq 1 300); do
+    # setsid execs in place here, but look the daemon up by its config path to be sure.
+    if [[ -z $pid ]]; then
+      for c in /proc/[0-9]*/cmdline; do
+        if { tr '\0' ' ' <"$c"; } 2>/dev/null | grep -qF -- "containerd --config $config"; then
+          pid=${c#/proc/}
+          pid=${pid%/cmdline}
+          echo "$pid" >"$pidfile"
+          break
+        fi
+      done
+    fi
+    if ctr -a "$sock" version >/dev/null 2>&1; then
+      break
+    fi
+    if ! kill -0 "$launched" 2>/dev/null && { [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; }; then
+      say "containerd exited during start-up; last lines of $log:"
+      tail -n 30 "$log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  if ! ctr -a "$sock" version >/dev/null 2>&1; then
+    say "containerd did not answer on $sock within 30 s; last lines of $log:"
+    tail -n 30 "$log" >&2
+    exit 1
+  fi
+  say "containerd up (pid $(<"$pidfile")) in $((($(date +%s%N) - started) / 1000000)) ms"
+fi
+
+if ! [[ -f $imagedir/pause.tar && -f $imagedir/busybox.tar ]]; then
+  "$here/build-images.sh" "$imagedir" >&2
+fi
+for image in pause busybox; do
+  ctr -a "$sock" -n k8s.io images import "$imagedir/$image.tar" >&2
+done
+say "images: $(ctr -a "$sock" -n k8s.io images ls -q | tr '\n' ' ')"
+echo "unix://$sock"
