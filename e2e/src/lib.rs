@@ -1,1 +1,356 @@
-//! Harness for the end-to-end tests.
+//! Harness for mini-kubelet's end-to-end tests: runs the real agent binary against the real runtime
+//! that `e2e/run-tests.sh` started, and looks at the results the way a user would: through CRI, the
+//! agent's HTTP endpoints, its log files and its own log.
+//!
+//! Every agent gets its own node name, so the runtime objects of concurrent tests never mix (the agent
+//! only manages objects labelled with its node), and everything a test created is removed when its
+//! [`Agent`] is dropped, even after a failed assertion.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Pod;
+use mk_cri::{CriClient, CriMetrics, api};
+
+pub const BUSYBOX: &str = "mini-kubelet.local/busybox:1.36";
+pub const ENDPOINT_VAR: &str = "MK_E2E_CRI_ENDPOINT";
+pub const NODE_LABEL: &str = "io.mini-kubelet.node-name";
+pub const UID_LABEL: &str = "io.kubernetes.pod.uid";
+
+/// The runtime endpoint the tests use. Panics with instructions when it is not set: the e2e tests
+/// never skip silently.
+pub fn endpoint() -> String {
+    match std::env::var(ENDPOINT_VAR) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{ENDPOINT_VAR} is not set: the end-to-end tests need a real container runtime. Run them \
+             through e2e/run-tests.sh, which installs and starts a private containerd and sets it."
+        ),
+    }
+}
+
+pub fn cri() -> CriClient {
+    CriClient::new(&endpoint(), Duration::from_secs(60), CriMetrics::default())
+        .expect("MK_E2E_CRI_ENDPOINT is not a valid CRI endpoint")
+}
+
+/// The agent binary: `MK_E2E_AGENT_BIN`, or the workspace's debug build.
+pub fn agent_binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("MK_E2E_AGENT_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug/mini-kubelet")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+fn unique_node(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A running agent with its own manifest folder, log folder, ports and node name.
+pub struct Agent {
+    pub node: String,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub healthz_port: u16,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+impl Agent {
+    /// Starts an agent whose node name begins with `prefix`.
+    pub fn start(prefix: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("mk-e2e-agent-").tempdir()?;
+        std::fs::create_dir_all(dir.path().join("manifests"))?;
+        let mut agent = Agent {
+            node: unique_node(prefix),
+            dir,
+            port: free_port(),
+            healthz_port: free_port(),
+            child: None,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        };
+        let config = format!(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             staticPodPath: {}\ncontainerRuntimeEndpoint: {}\nreadOnlyPort: {}\nhealthzPort: {}\n\
+             address: 127.0.0.1\npodLogsDir: {}\nfileCheckFrequency: 5s\nsyncFrequency: 10s\n",
+            agent.manifests().display(),
+            endpoint(),
+            agent.port,
+            agent.healthz_port,
+            agent.pod_logs_dir().display(),
+        );
+        std::fs::write(agent.dir.path().join("kubelet.yaml"), config)?;
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    pub fn manifests(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    pub fn pod_logs_dir(&self) -> PathBuf {
+        self.dir.path().join("pods")
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// The agent's own log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_file()).unwrap_or_default()
+    }
+
+    /// (Re)starts the agent process, appending to its log.
+    pub fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file())?;
+        let child = Command::new(agent_binary())
+            .arg("--config")
+            .arg(self.dir.path().join("kubelet.yaml"))
+            .arg("--hostname-override")
+            .arg(&self.node)
+            .arg("--root-dir")
+            .arg(self.dir.path().join("root"))
+            .env("RUST_LOG", "info,mini_kubelet=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (build it with cargo build --bins)",
+                    agent_binary().display()
+                )
+            })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the agent with SIGKILL, as a crash would, leaving its pods running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Panics when the agent process exited.
+    pub fn assert_alive(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!("the agent exited ({status}); its log:\n{}", self.log());
+        }
+    }
+
+    pub fn write_manifest(&self, file: &str, text: &str) -> Result<()> {
+        // Write then rename, as editors and config management do, so no half file is read.
+        let tmp = self.manifests().join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.manifests().join(file))?;
+        Ok(())
+    }
+
+    pub fn remove_manifest(&self, file: &str) -> Result<()> {
+        Ok(std::fs::remove_file(self.manifests().join(file))?)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn get(&self, path: &str) -> Result<String> {
+        let resp = self.http.get(self.url(path)).send().await?;
+        Ok(resp.text().await?)
+    }
+
+    /// `/pods` from the read-only port.
+    pub async fn pods(&self) -> Result<Vec<Pod>> {
+        let body = self.get("/pods").await?;
+        let list: serde_json::Value = serde_json::from_str(&body).context("parsing /pods")?;
+        let items = list
+            .get("items")
+            .cloned()
+            .unwrap_or(serde_json::Value::Array(vec![]));
+        Ok(serde_json::from_value(items)?)
+    }
+
+    /// The pod named `<name>-<node>` from `/pods`.
+    pub async fn pod(&self, name: &str) -> Result<Option<Pod>> {
+        let full = format!("{name}-{}", self.node);
+        Ok(self
+            .pods()
+            .await?
+            .into_iter()
+            .find(|p| p.metadata.name.as_deref() == Some(full.as_str())))
+    }
+
+    /// Polls `/pods` until `check` returns Some for the named pod, or fails after `timeout` with the last
+    /// status seen and the agent's log.
+    pub async fn wait_pod<T>(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Pod) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            self.assert_alive();
+            if let Ok(Some(pod)) = self.pod(name).await {
+                if let Some(v) = check(&pod) {
+                    return Ok(v);
+                }
+                last = Some(pod);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pod {name} did not reach the expected state within {timeout:?}; last status: {}\nagent log:\n{}",
+                    last.map(|p| serde_json::to_string_pretty(&p.status).unwrap_or_default())
+                        .unwrap_or_else(|| "(pod absent)".into()),
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the named pod is absent from `/pods`.
+    pub async fn wait_pod_gone(&mut self, name: &str, timeout: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            self.assert_alive();
+            if matches!(self.pod(name).await, Ok(None)) {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "pod {name} still present after {timeout:?}\nagent log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// This agent's sandboxes in the runtime.
+    pub async fn sandboxes(&self) -> Result<Vec<api::PodSandbox>> {
+        let resp = cri()
+            .list_pod_sandbox(api::ListPodSandboxRequest {
+                filter: Some(api::PodSandboxFilter {
+                    label_selector: HashMap::from([(NODE_LABEL.to_string(), self.node.clone())]),
+                    ..Default::default()
+                }),
+            })
+            .await?;
+        Ok(resp.items)
+    }
+
+    /// This agent's containers in the runtime.
+    pub async fn containers(&self) -> Result<Vec<api::Container>> {
+        let resp = cri()
+            .list_containers(api::ListContainersRequest {
+                filter: Some(api::ContainerFilter {
+                    label_selector: HashMap::from([(NODE_LABEL.to_string(), self.node.clone())]),
+                    ..Default::default()
+                }),
+            })
+            .await?;
+        Ok(resp.containers)
+    }
+}
+
+/// Stops and removes every sandbox of `node` (and so its containers).
+pub async fn remove_node_objects(node: &str) -> Result<()> {
+    let cri = cri();
+    let sandboxes = cri
+        .list_pod_sandbox(api::ListPodSandboxRequest {
+            filter: Some(api::PodSandboxFilter {
+                label_selector: HashMap::from([(NODE_LABEL.to_string(), node.to_string())]),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .items;
+    for s in sandboxes {
+        let _ = cri
+            .stop_pod_sandbox(api::StopPodSandboxRequest {
+                pod_sandbox_id: s.id.clone(),
+            })
+            .await;
+        let _ = cri
+            .remove_pod_sandbox(api::RemovePodSandboxRequest {
+                pod_sandbox_id: s.id,
+            })
+            .await;
+    }
+    Ok(())
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        if std::env::var("MK_E2E_KEEP").is_ok_and(|v| v == "1") {
+            return;
+        }
+        let node = self.node.clone();
+        // Drop cannot await: clean up on a thread with its own runtime.
+        let cleanup = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(remove_node_objects(&node)))
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A static pod manifest with one busybox container running `script` under `sh -c`.
+pub fn busybox_pod(name: &str, restart_policy: &str, grace: u32, script: &str) -> String {
+    let script = script.replace('\'', "''");
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: {restart_policy}\n  \
+         terminationGracePeriodSeconds: {grace}\n  containers:\n  - name: main\n    image: {BUSYBOX}\n    \
+         command: [sh, -c, '{script}']\n"
+    )
+}
+
+/// The container state name (`running`, `waiting`, `terminated`) and reason of a pod's first container.
+pub fn container_state(pod: &Pod) -> Option<(String, String, i32)> {
+    let cs = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    let state = cs.state.as_ref()?;
+    let (kind, reason) = if state.running.is_some() {
+        ("running", String::new())
+    } else if let Some(w) = &state.waiting {
+        ("waiting", w.reason.clone().unwrap_or_default())
+    } else if let Some(t) = &state.terminated {
+        ("terminated", t.reason.clone().unwrap_or_default())
+    } else {
+        return None;
+    };
+    Some((kind.to_string(), reason, cs.restart_count))
+}
