@@ -96,6 +96,17 @@ impl CriClient {
             Some(limit) => {
                 request.set_timeout(limit);
                 match tokio::time::timeout(limit, send(request)).await {
+                    // tonic's own deadline layer (driven by the grpc-timeout header set above)
+                    // fires first with Cancelled("Timeout expired"); a server may answer
+                    // DeadlineExceeded. Either way it is our deadline that passed.
+                    Ok(Err(status))
+                        if matches!(
+                            status.code(),
+                            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                        ) && started.elapsed() >= limit =>
+                    {
+                        Err(CriError::Timeout { op, timeout: limit })
+                    }
                     Ok(answer) => answer.map_err(|s| CriError::from_status(op, s)),
                     Err(_) => Err(CriError::Timeout { op, timeout: limit }),
                 }
