@@ -1,7 +1,7 @@
 //! The agent's configuration: a subset of `kubelet.config.k8s.io/v1beta1` KubeletConfiguration with
 //! kubelet's field names and defaults, loaded from YAML or JSON, then overridden by command-line flags.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -73,6 +73,21 @@ pub struct KubeletConfiguration {
     pub runtime_request_timeout: Duration,
     pub cgroup_root: String,
     pub serialize_image_pulls: bool,
+    pub register_node: bool,
+    pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// Resource name → quantity (`cpu: 100m`, `memory: 256Mi`).
+    pub kube_reserved: BTreeMap<String, String>,
+    pub system_reserved: BTreeMap<String, String>,
+    /// Signal → threshold (`memory.available: 100Mi`, `nodefs.available: 10%`).
+    pub eviction_hard: BTreeMap<String, String>,
+    #[serde(with = "go_duration")]
+    pub node_status_update_frequency: Duration,
+    #[serde(with = "go_duration")]
+    pub node_status_report_frequency: Duration,
+    pub node_lease_duration_seconds: i32,
+    #[serde(rename = "clusterDNS")]
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
 }
 
 mod go_duration {
@@ -103,6 +118,24 @@ impl Default for KubeletConfiguration {
             runtime_request_timeout: Duration::from_secs(120),
             cgroup_root: "/".into(),
             serialize_image_pulls: true,
+            register_node: true,
+            register_with_taints: Vec::new(),
+            kube_reserved: BTreeMap::new(),
+            system_reserved: BTreeMap::new(),
+            eviction_hard: [
+                ("memory.available", "100Mi"),
+                ("nodefs.available", "10%"),
+                ("nodefs.inodesFree", "5%"),
+                ("imagefs.available", "15%"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            node_status_update_frequency: Duration::from_secs(10),
+            node_status_report_frequency: Duration::from_secs(300),
+            node_lease_duration_seconds: 40,
+            cluster_dns: Vec::new(),
+            cluster_domain: String::new(),
         }
     }
 }
@@ -181,6 +214,12 @@ impl KubeletConfiguration {
         }
         if self.file_check_frequency.is_zero() {
             return Err(field("fileCheckFrequency", "must be greater than 0".into()));
+        }
+        if self.node_lease_duration_seconds <= 0 {
+            return Err(field("nodeLeaseDurationSeconds", "must be greater than 0".into()));
+        }
+        if self.node_status_update_frequency.is_zero() {
+            return Err(field("nodeStatusUpdateFrequency", "must be greater than 0".into()));
         }
         if self.runtime_request_timeout.is_zero() {
             return Err(field(
@@ -264,10 +303,11 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_reported_not_fatal() {
-        let loaded = parse("maxPods: 10\nclusterDNS: [10.0.0.10]\nfeatureGates: {Foo: true}\n")
+        let loaded = parse("maxPods: 10\nclusterDNS: [10.0.0.10]\nfeatureGates: {Foo: true}\nimageGCHighThresholdPercent: 85\n")
             .expect("unknown fields are warnings");
         assert_eq!(loaded.config.max_pods, 10);
-        assert_eq!(loaded.unknown_fields, vec!["clusterDNS", "featureGates"]);
+        assert_eq!(loaded.config.cluster_dns, vec!["10.0.0.10"]);
+        assert_eq!(loaded.unknown_fields, vec!["featureGates", "imageGCHighThresholdPercent"]);
     }
 
     #[test]

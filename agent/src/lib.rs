@@ -7,6 +7,7 @@ pub mod events;
 pub mod images;
 pub mod kuberuntime;
 pub mod metrics;
+pub mod node;
 pub mod pleg;
 pub mod pod_workers;
 pub mod qos;

@@ -150,6 +150,11 @@ impl Agent {
         Ok(())
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the agent with SIGKILL, as a crash would, leaving its pods running.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,9 +1,11 @@
 //! Pod sources: where desired pods come from. Each source publishes its complete set of pods; the
 //! agent merges the sets by UID into one desired state.
 
+pub mod apiserver;
 pub mod defaults;
 pub mod file;
 pub mod manifest;
+pub mod merge;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
