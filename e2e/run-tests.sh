@@ -44,6 +44,6 @@ cargo build --workspace --bins
 
 step "cargo test --workspace $*"
 status=0
-cargo test --workspace "$@" || status=$?
+cargo test --workspace --no-fail-fast "$@" || status=$?
 step "cargo test exited with status $status"
 exit "$status"

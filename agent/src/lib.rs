@@ -1,6 +1,7 @@
 //! mini-kubelet: a Kubernetes node agent speaking CRI to containerd, cri-o or the built-in Docker adapter.
 
 pub mod agent;
+pub mod apiserver;
 pub mod backoff;
 pub mod config;
 pub mod events;

@@ -202,7 +202,11 @@ async fn run_worker(ctx: Arc<WorkerContext>, mut rx: watch::Receiver<Desired>, w
             Desired::Run(pod) => {
                 let operation = if current.is_none() { "create" } else { "sync" };
                 let started = Instant::now();
-                let next = sync_pod(&ctx, &pod, &mut state).await;
+                let next = if pod.metadata.deletion_timestamp.is_some() {
+                    sync_deleting(&ctx, &pod, &mut state).await
+                } else {
+                    sync_pod(&ctx, &pod, &mut state).await
+                };
                 ctx.metrics
                     .pod_worker_duration
                     .get_or_create(&OperationLabels {
@@ -268,6 +272,46 @@ async fn sync_pod(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) -> Du
     };
     publish_status(ctx, pod, &observed, state, false);
     next
+}
+
+/// One turn for a pod the API server is deleting: stop it within its deletion grace period, report
+/// the final status, and tell the status manager it may be deleted.
+async fn sync_deleting(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) -> Duration {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let observed = match observe_pod(&ctx.cri, &uid, &ctx.node_name, &mut state.cache).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(pod = %pod_key(pod), error = %e, "cannot read pod state from the runtime");
+            return ERROR_RETRY;
+        }
+    };
+    let live = |o: &ObservedPod| {
+        o.containers
+            .iter()
+            .any(|c| c.state() != ContainerState::Exited)
+            || o.sandboxes.iter().any(|s| s.state == SandboxState::Ready)
+    };
+    let observed = if live(&observed) {
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .unwrap_or_else(|| grace_seconds(pod))
+            .max(MIN_GRACE_SECONDS);
+        publish_status(ctx, pod, &observed, state, true);
+        kill_pod(ctx, pod, &observed, grace).await;
+        match observe_pod(&ctx.cri, &uid, &ctx.node_name, &mut state.cache).await {
+            Ok(o) => o,
+            Err(_) => return ERROR_RETRY,
+        }
+    } else {
+        observed
+    };
+    publish_status(ctx, pod, &observed, state, true);
+    if live(&observed) {
+        return ERROR_RETRY;
+    }
+    ctx.status.mark_terminated(&uid);
+    ctx.resync
 }
 
 fn publish_status(

@@ -230,7 +230,12 @@ pub fn compute(
     let Some(spec) = pod.spec.as_ref() else {
         return PodStatus::default();
     };
-    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+    // A pod being terminated is not restarted: its phase follows how its containers ended.
+    let policy = if ctx.terminating {
+        "Never"
+    } else {
+        spec.restart_policy.as_deref().unwrap_or("Always")
+    };
     let inits = spec.init_containers.as_deref().unwrap_or_default();
     let init_statuses: Vec<ContainerStatus> = inits
         .iter()
@@ -333,43 +338,97 @@ pub fn compute(
     }
 }
 
-/// The single owner of the pods' statuses. Pod workers write; the HTTP server (and, with an API server,
-/// the status syncer) read.
-#[derive(Clone, Default)]
+/// The single owner of the pods' statuses. Pod workers write; the HTTP server and the API status
+/// syncer read, the latter woken through [`StatusManager::changes`].
+#[derive(Clone)]
 pub struct StatusManager {
     inner: Arc<RwLock<StatusMap>>,
+    version: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-/// Pod UID → the pod as last synced and its latest status.
-type StatusMap = BTreeMap<String, (Arc<Pod>, PodStatus)>;
+/// One pod's entry: the pod as its worker last saw it, its latest status, and whether the worker has
+/// finished terminating it (all its containers stopped), which allows its deletion from the API.
+#[derive(Debug, Clone)]
+pub struct PodEntry {
+    pub pod: Arc<Pod>,
+    pub status: PodStatus,
+    pub terminated: bool,
+}
+
+/// Pod UID → entry.
+type StatusMap = BTreeMap<String, PodEntry>;
+
+impl Default for StatusManager {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            version: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+}
 
 impl StatusManager {
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
     pub fn set(&self, pod: Arc<Pod>, status: PodStatus) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if let Ok(mut map) = self.inner.write() {
-            map.insert(uid, (pod, status));
+            let terminated = map.get(&uid).is_some_and(|e| e.terminated);
+            map.insert(
+                uid,
+                PodEntry {
+                    pod,
+                    status,
+                    terminated,
+                },
+            );
         }
+        self.bump();
+    }
+
+    /// Records that the pod's worker stopped all its containers.
+    pub fn mark_terminated(&self, uid: &str) {
+        if let Ok(mut map) = self.inner.write()
+            && let Some(entry) = map.get_mut(uid)
+        {
+            entry.terminated = true;
+        }
+        self.bump();
     }
 
     pub fn get(&self, uid: &str) -> Option<PodStatus> {
-        self.inner.read().ok()?.get(uid).map(|(_, s)| s.clone())
+        self.inner.read().ok()?.get(uid).map(|e| e.status.clone())
     }
 
     pub fn remove(&self, uid: &str) {
         if let Ok(mut map) = self.inner.write() {
             map.remove(uid);
         }
+        self.bump();
+    }
+
+    /// A copy of every entry.
+    pub fn entries(&self) -> Vec<PodEntry> {
+        self.inner
+            .read()
+            .map(|map| map.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Notifies on every change.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// Every pod with its latest status, as `/pods` serves them.
     pub fn pods(&self) -> Vec<Pod> {
-        let Ok(map) = self.inner.read() else {
-            return Vec::new();
-        };
-        map.values()
-            .map(|(pod, status)| {
-                let mut pod = (**pod).clone();
-                pod.status = Some(status.clone());
+        self.entries()
+            .into_iter()
+            .map(|e| {
+                let mut pod = (*e.pod).clone();
+                pod.status = Some(e.status);
                 pod
             })
             .collect()

@@ -49,9 +49,13 @@ fn apply(
         watcher::Event::InitApply(pod) => {
             let uid = pod_uid(&pod).to_string();
             if is_mirror(&pod) {
-                mirrors_pending.get_or_insert_with(BTreeMap::new).insert(uid, Arc::new(pod));
+                mirrors_pending
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(uid, Arc::new(pod));
             } else {
-                pending.get_or_insert_with(BTreeMap::new).insert(uid, Arc::new(mark_source(pod)));
+                pending
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(uid, Arc::new(mark_source(pod)));
             }
             false
         }
@@ -111,9 +115,18 @@ pub async fn run(
                     failing = false;
                 }
                 let is_init_done = matches!(event, watcher::Event::InitDone);
-                if apply(event, &mut published, &mut pending, &mut mirrors, &mut mirrors_pending) {
+                if apply(
+                    event,
+                    &mut published,
+                    &mut pending,
+                    &mut mirrors,
+                    &mut mirrors_pending,
+                ) {
                     if is_init_done {
-                        tracing::info!(pods = published.pods.len(), "listed the node's pods from the API server");
+                        tracing::info!(
+                            pods = published.pods.len(),
+                            "listed the node's pods from the API server"
+                        );
                     }
                     tx.send_replace(published.clone());
                     mirrors_tx.send_replace(mirrors.clone());
@@ -149,22 +162,44 @@ mod tests {
     fn relist_replaces_the_set_and_mirrors_are_kept_apart() {
         let mut published = PodSet::default();
         let (mut pending, mut mirrors, mut mirrors_pending) = (None, BTreeMap::new(), None);
-        let mut feed = |e| apply(e, &mut published, &mut pending, &mut mirrors, &mut mirrors_pending);
+        let mut feed = |e| {
+            apply(
+                e,
+                &mut published,
+                &mut pending,
+                &mut mirrors,
+                &mut mirrors_pending,
+            )
+        };
         assert!(!feed(watcher::Event::Init));
         assert!(!feed(watcher::Event::InitApply(pod("a", "x:1", false))));
         assert!(!feed(watcher::Event::InitApply(pod("m", "x:1", true))));
         assert!(feed(watcher::Event::InitDone));
-        assert!(!feed(watcher::Event::Apply(pod("a", "x:1", false))), "same pod again is no change");
+        assert!(
+            !feed(watcher::Event::Apply(pod("a", "x:1", false))),
+            "same pod again is no change"
+        );
         assert!(feed(watcher::Event::Apply(pod("b", "x:1", false))));
         // A relist (after 410 Gone) that no longer holds b drops it; a is unchanged.
         feed(watcher::Event::Init);
         feed(watcher::Event::InitApply(pod("a", "x:1", false)));
         assert!(feed(watcher::Event::InitDone));
+        assert!(
+            feed(watcher::Event::Apply(pod("m", "x:1", true))),
+            "a mirror pod appears"
+        );
         assert!(feed(watcher::Event::Delete(pod("m", "x:1", true))));
+        assert!(
+            !feed(watcher::Event::Delete(pod("zz", "x:1", false))),
+            "deleting an unknown pod changes nothing"
+        );
         assert_eq!(published.pods.keys().collect::<Vec<_>>(), vec!["a"]);
         assert!(published.synced);
         assert!(mirrors.is_empty());
         let a = &published.pods["a"];
-        assert!(!crate::sources::is_static(a), "API pods are marked with source api");
+        assert!(
+            !crate::sources::is_static(a),
+            "API pods are marked with source api"
+        );
     }
 }

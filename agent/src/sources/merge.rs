@@ -14,16 +14,26 @@ pub fn merge(sets: &[PodSet]) -> PodSet {
     };
     for set in sets {
         for (uid, pod) in &set.pods {
-            merged.pods.entry(uid.clone()).or_insert_with(|| pod.clone());
+            merged
+                .pods
+                .entry(uid.clone())
+                .or_insert_with(|| pod.clone());
         }
     }
     merged
 }
 
 /// Republishes the merge of `sources` on `tx` whenever one of them changes, until `cancel`.
-pub async fn run(mut sources: Vec<watch::Receiver<PodSet>>, tx: watch::Sender<PodSet>, cancel: CancellationToken) {
+pub async fn run(
+    mut sources: Vec<watch::Receiver<PodSet>>,
+    tx: watch::Sender<PodSet>,
+    cancel: CancellationToken,
+) {
     loop {
-        let sets: Vec<PodSet> = sources.iter_mut().map(|rx| rx.borrow_and_update().clone()).collect();
+        let sets: Vec<PodSet> = sources
+            .iter_mut()
+            .map(|rx| rx.borrow_and_update().clone())
+            .collect();
         tx.send_replace(merge(&sets));
         let changes = sources.iter_mut().map(|rx| Box::pin(rx.changed()));
         tokio::select! {
@@ -45,7 +55,10 @@ mod tests {
 
     fn set(uids: &[&str], synced: bool) -> PodSet {
         PodSet {
-            pods: uids.iter().map(|u| (u.to_string(), Arc::new(Default::default()))).collect(),
+            pods: uids
+                .iter()
+                .map(|u| (u.to_string(), Arc::new(Default::default())))
+                .collect(),
             synced,
         }
     }
