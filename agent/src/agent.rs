@@ -1,17 +1,23 @@
 //! Wiring: the sources feed the desired pod set, the sync loop hands it to the pod workers, PLEG wakes
 //! them, housekeeping removes what nobody wants, and the HTTP servers report.
 
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use mk_cri::{CriClient, api};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{self, NodeView};
+use crate::apiserver;
+use crate::node;
 use crate::config::KubeletConfiguration;
-use crate::events::EventRecorder;
+use crate::events::{EventRecorder, EventType};
 use crate::images::ImageManager;
 use crate::metrics::Metrics;
 use crate::pleg::{Pleg, PlegHealth, Relist};
@@ -27,6 +33,8 @@ const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(2);
 pub enum AgentError {
     #[error(transparent)]
     Cri(#[from] mk_cri::CriError),
+    #[error(transparent)]
+    Api(#[from] apiserver::ClientError),
     #[error("invalid address {0}")]
     Address(String),
     #[error("HTTP server on {addr}: {source}")]
@@ -44,9 +52,15 @@ pub struct AgentOptions {
     pub root_dir: PathBuf,
     pub cgroup_mount: PathBuf,
     pub pleg_period: Duration,
+    /// Join the cluster of this kubeconfig; without it the agent runs static pods only.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--node-ip`: the node's InternalIP (else the default route's address).
+    pub node_ip: Option<IpAddr>,
+    /// `--node-labels`.
+    pub node_labels: BTreeMap<String, String>,
 }
 
-fn now_version_name(v: &api::VersionResponse) -> String {
+fn runtime_name(v: &api::VersionResponse) -> String {
     if v.runtime_name.is_empty() {
         "cri".into()
     } else {
@@ -54,15 +68,27 @@ fn now_version_name(v: &api::VersionResponse) -> String {
     }
 }
 
+/// Waits for the runtime to answer Version, as kubelet does before it starts pods.
+async fn wait_for_runtime(cri: &CriClient, endpoint: &str, cancel: &CancellationToken) -> Option<api::VersionResponse> {
+    loop {
+        match cri.version(api::VersionRequest { version: "v1".into() }).await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::error!(endpoint, error = %e, "container runtime is not ready; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Runs the agent until `cancel`. Running pods are left running on exit, as kubelet does.
 pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(), AgentError> {
     let metrics = Metrics::default();
     let config = &options.config;
-    let cri = CriClient::new(
-        &config.container_runtime_endpoint,
-        config.runtime_request_timeout,
-        metrics.cri.clone(),
-    )?;
+    let cri = CriClient::new(&config.container_runtime_endpoint, config.runtime_request_timeout, metrics.cri.clone())?;
     let status = StatusManager::default();
     let pleg_health = PlegHealth::default();
     let server_state = ServerState {
@@ -72,23 +98,12 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
     };
     start_servers(config, server_state, &cancel).await?;
 
-    // Wait for the runtime, as kubelet does before it starts pods.
-    let version = loop {
-        match cri
-            .version(api::VersionRequest {
-                version: "v1".into(),
-            })
-            .await
-        {
-            Ok(v) => break v,
-            Err(e) => {
-                tracing::error!(endpoint = %config.container_runtime_endpoint, error = %e, "container runtime is not ready; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
-        }
+    let client = match &options.kubeconfig {
+        Some(path) => Some(apiserver::client_from_kubeconfig(path).await?),
+        None => None,
+    };
+    let Some(version) = wait_for_runtime(&cri, &config.container_runtime_endpoint, &cancel).await else {
+        return Ok(());
     };
     tracing::info!(
         runtime = %version.runtime_name,
@@ -98,40 +113,67 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         "connected to container runtime"
     );
 
-    let ctx = Arc::new(WorkerContext {
-        images: ImageManager::new(cri.clone(), config.serialize_image_pulls),
-        cri: cri.clone(),
-        status,
-        metrics: metrics.clone(),
-        events: EventRecorder::log_only(),
-        node_name: options.node_name.clone(),
-        runtime_name: now_version_name(&version),
-        pod_logs_dir: config.pod_logs_dir.clone(),
-        cgroup_root: config.cgroup_root.clone(),
-        cgroup_mount: options.cgroup_mount.clone(),
-        host_ip: None,
-        resync: config.sync_frequency,
-    });
-
-    let (desired_tx, desired_rx) = watch::channel(PodSet::default());
+    // Sources: the static pod folder and, joined to a cluster, the API server.
+    let (file_tx, file_rx) = watch::channel(PodSet::default());
     match &config.static_pod_path {
         Some(dir) => {
-            tokio::spawn(sources::file::run(
-                dir.clone(),
-                options.node_name.clone(),
-                config.file_check_frequency,
-                desired_tx,
-                cancel.clone(),
-            ));
+            tokio::spawn(sources::file::run(dir.clone(), options.node_name.clone(), config.file_check_frequency, file_tx, cancel.clone()));
         }
         None => {
             tracing::info!("no staticPodPath configured; no static pods");
-            desired_tx.send_replace(PodSet {
-                synced: true,
-                ..Default::default()
-            });
+            file_tx.send_replace(PodSet { synced: true, ..Default::default() });
         }
     }
+    let mut source_rxs = vec![file_rx.clone()];
+    let (node_tx, node_rx) = watch::channel::<Option<Node>>(None);
+    let (recorder, host_ip) = match &client {
+        Some(client) => {
+            let (api_tx, api_rx) = watch::channel(PodSet::default());
+            let (mirrors_tx, mirrors_rx) = watch::channel(BTreeMap::new());
+            tokio::spawn(sources::apiserver::run(client.clone(), options.node_name.clone(), api_tx, mirrors_tx, cancel.clone()));
+            source_rxs.push(api_rx);
+            let (recorder, queue) = EventRecorder::with_queue(1024);
+            tokio::spawn(apiserver::events::run(client.clone(), options.node_name.clone(), queue, cancel.clone()));
+            tokio::spawn(apiserver::status_sync::run(client.clone(), status.clone(), mirrors_rx.clone(), cancel.clone()));
+            tokio::spawn(apiserver::mirror_pods::run(client.clone(), options.node_name.clone(), file_rx, mirrors_rx, cancel.clone()));
+            let host_ip = node::spawn(node::NodeAgentOptions {
+                client: client.clone(),
+                cri: cri.clone(),
+                config: config.clone(),
+                node_name: options.node_name.clone(),
+                node_ip: options.node_ip,
+                node_labels: options.node_labels.clone(),
+                root_dir: options.root_dir.clone(),
+                runtime_name: runtime_name(&version),
+                runtime_version: version.runtime_version.clone(),
+                pleg: pleg_health.clone(),
+                node_tx,
+                cancel: cancel.clone(),
+            });
+            (recorder, host_ip)
+        }
+        None => {
+            drop(node_tx);
+            (EventRecorder::log_only(), options.node_ip)
+        }
+    };
+    let (desired_tx, desired_rx) = watch::channel(PodSet::default());
+    tokio::spawn(sources::merge::run(source_rxs, desired_tx, cancel.clone()));
+
+    let ctx = Arc::new(WorkerContext {
+        images: ImageManager::new(cri.clone(), config.serialize_image_pulls),
+        cri: cri.clone(),
+        status: status.clone(),
+        metrics: metrics.clone(),
+        events: recorder.clone(),
+        node_name: options.node_name.clone(),
+        runtime_name: runtime_name(&version),
+        pod_logs_dir: config.pod_logs_dir.clone(),
+        cgroup_root: config.cgroup_root.clone(),
+        cgroup_mount: options.cgroup_mount.clone(),
+        host_ip: host_ip.map(|ip| ip.to_string()),
+        resync: config.sync_frequency,
+    });
 
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (relist_tx, relist_rx) = watch::channel(None);
@@ -144,14 +186,18 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
     };
     tokio::spawn(pleg.run(events_tx, relist_tx, cancel.clone()));
 
-    sync_loop(
-        PodWorkers::new(ctx),
-        desired_rx,
-        events_rx,
-        relist_rx,
-        cancel,
-    )
-    .await;
+    let sync = SyncLoop {
+        workers: PodWorkers::new(ctx),
+        status,
+        events: recorder,
+        node: node_rx,
+        node_name: options.node_name.clone(),
+        max_pods: config.max_pods,
+        admitted: HashSet::new(),
+        rejected: HashSet::new(),
+        runnable: PodSet::default(),
+    };
+    sync.run(desired_rx, events_rx, relist_rx, cancel).await;
     Ok(())
 }
 
@@ -199,37 +245,120 @@ async fn start_servers(
     Ok(())
 }
 
-async fn sync_loop(
-    mut workers: PodWorkers,
-    mut desired: watch::Receiver<PodSet>,
-    mut events: mpsc::Receiver<String>,
-    relists: watch::Receiver<Option<Relist>>,
-    cancel: CancellationToken,
-) {
-    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_PERIOD);
-    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            changed = desired.changed() => {
-                if changed.is_err() {
-                    return;
+/// The main loop: admits new pods, hands the desired set to the pod workers, forwards PLEG events,
+/// and cleans up pods the runtime holds that nobody wants.
+struct SyncLoop {
+    workers: PodWorkers,
+    status: StatusManager,
+    events: EventRecorder,
+    node: watch::Receiver<Option<Node>>,
+    node_name: String,
+    max_pods: u32,
+    admitted: HashSet<String>,
+    rejected: HashSet<String>,
+    runnable: PodSet,
+}
+
+impl SyncLoop {
+    fn node_view(&self) -> NodeView {
+        let node = self.node.borrow().clone();
+        let mut view = NodeView { name: self.node_name.clone(), ..Default::default() };
+        if let Some(node) = node {
+            view.labels = node.metadata.labels.clone().unwrap_or_default();
+            view.taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+            view.allocatable = node.status.as_ref().and_then(|s| s.allocatable.clone()).unwrap_or_default();
+        }
+        view.allocatable
+            .entry("pods".into())
+            .or_insert_with(|| Quantity(self.max_pods.to_string()));
+        view
+    }
+
+    fn is_terminal(&self, uid: &str) -> bool {
+        self.status
+            .get(uid)
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p == "Succeeded" || p == "Failed")
+    }
+
+    /// Admits the new pods of `desired` (oldest first, as kubelet) and passes the admitted ones on.
+    fn update(&mut self, desired: &PodSet) {
+        self.admitted.retain(|uid| desired.pods.contains_key(uid));
+        let gone: Vec<String> = self.rejected.iter().filter(|uid| !desired.pods.contains_key(*uid)).cloned().collect();
+        for uid in gone {
+            self.rejected.remove(&uid);
+            self.status.remove(&uid);
+        }
+        let mut new: Vec<&Arc<Pod>> = desired
+            .pods
+            .iter()
+            .filter(|(uid, _)| !self.admitted.contains(*uid) && !self.rejected.contains(*uid))
+            .map(|(_, p)| p)
+            .collect();
+        new.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        let node = self.node_view();
+        for pod in new {
+            let uid = sources::pod_uid(pod).to_string();
+            let others: Vec<&Pod> = self
+                .admitted
+                .iter()
+                .filter(|u| !self.is_terminal(u))
+                .filter_map(|u| desired.pods.get(u).map(|p| p.as_ref()))
+                .collect();
+            match admission::admit(pod, &node, &others) {
+                Ok(()) => {
+                    self.admitted.insert(uid);
                 }
-                let set = desired.borrow_and_update().clone();
-                workers.update(&set);
+                Err(rejection) => {
+                    tracing::warn!(pod = %sources::pod_key(pod), reason = %rejection.reason, message = %rejection.message, "pod rejected");
+                    self.events.record(pod, None, EventType::Warning, &rejection.reason, &rejection.message);
+                    self.status.set(pod.clone(), rejection.status());
+                    self.rejected.insert(uid);
+                }
             }
-            Some(uid) = events.recv() => workers.wake(&uid),
-            _ = housekeeping.tick() => {
-                let set = desired.borrow().clone();
-                // Until every source has listed once, a pod missing from the set may just be unread.
-                if !set.synced {
-                    continue;
+        }
+        self.runnable = PodSet {
+            synced: desired.synced,
+            pods: desired
+                .pods
+                .iter()
+                .filter(|(uid, _)| self.admitted.contains(*uid))
+                .map(|(uid, p)| (uid.clone(), p.clone()))
+                .collect(),
+        };
+        self.workers.update(&self.runnable);
+    }
+
+    async fn run(
+        mut self,
+        mut desired: watch::Receiver<PodSet>,
+        mut events: mpsc::Receiver<String>,
+        relists: watch::Receiver<Option<Relist>>,
+        cancel: CancellationToken,
+    ) {
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_PERIOD);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = desired.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let set = desired.borrow_and_update().clone();
+                    self.update(&set);
                 }
-                let relist = relists.borrow().clone();
-                if let Some(relist) = relist {
-                    workers.clean_up_orphans(&relist.pods, &set);
-                } else {
-                    workers.reap();
+                Some(uid) = events.recv() => self.workers.wake(&uid),
+                _ = housekeeping.tick() => {
+                    // Until every source has listed once, a pod missing from the set may just be unread.
+                    if !self.runnable.synced {
+                        continue;
+                    }
+                    let relist = relists.borrow().clone();
+                    match relist {
+                        Some(relist) => self.workers.clean_up_orphans(&relist.pods, &self.runnable),
+                        None => self.workers.reap(),
+                    }
                 }
             }
         }

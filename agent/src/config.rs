@@ -216,10 +216,16 @@ impl KubeletConfiguration {
             return Err(field("fileCheckFrequency", "must be greater than 0".into()));
         }
         if self.node_lease_duration_seconds <= 0 {
-            return Err(field("nodeLeaseDurationSeconds", "must be greater than 0".into()));
+            return Err(field(
+                "nodeLeaseDurationSeconds",
+                "must be greater than 0".into(),
+            ));
         }
         if self.node_status_update_frequency.is_zero() {
-            return Err(field("nodeStatusUpdateFrequency", "must be greater than 0".into()));
+            return Err(field(
+                "nodeStatusUpdateFrequency",
+                "must be greater than 0".into(),
+            ));
         }
         if self.runtime_request_timeout.is_zero() {
             return Err(field(
@@ -307,7 +313,10 @@ mod tests {
             .expect("unknown fields are warnings");
         assert_eq!(loaded.config.max_pods, 10);
         assert_eq!(loaded.config.cluster_dns, vec!["10.0.0.10"]);
-        assert_eq!(loaded.unknown_fields, vec!["featureGates", "imageGCHighThresholdPercent"]);
+        assert_eq!(
+            loaded.unknown_fields,
+            vec!["featureGates", "imageGCHighThresholdPercent"]
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! mini-kubelet: a Kubernetes node agent speaking CRI to containerd, cri-o or the built-in Docker adapter.
 
+pub mod admission;
 pub mod agent;
 pub mod apiserver;
 pub mod backoff;

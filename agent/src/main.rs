@@ -47,6 +47,15 @@ struct Cli {
     /// Cgroup root for pods (cgroupRoot).
     #[arg(long)]
     cgroup_root: Option<String>,
+    /// Join the cluster this kubeconfig names (kube's standard loading); without it only static pods run.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The node's InternalIP (default: the address of the default route's interface).
+    #[arg(long)]
+    node_ip: Option<std::net::IpAddr>,
+    /// Labels to add when registering the node: key=value,key2=value2.
+    #[arg(long, value_delimiter = ',')]
+    node_labels: Vec<String>,
     /// Log verbosity, as klog's -v: 0-2 info, 3-4 debug, 5+ trace. RUST_LOG overrides it.
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     verbosity: u8,
@@ -119,8 +128,18 @@ fn resolve(cli: Cli) -> anyhow::Result<AgentOptions> {
         !node_name.is_empty(),
         "the node name is empty: set --hostname-override"
     );
+    let mut node_labels = std::collections::BTreeMap::new();
+    for pair in cli.node_labels.iter().filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("--node-labels: {pair:?} is not key=value"))?;
+        node_labels.insert(k.trim().to_string(), v.trim().to_string());
+    }
     Ok(AgentOptions {
         config,
+        kubeconfig: cli.kubeconfig,
+        node_ip: cli.node_ip,
+        node_labels,
         node_name,
         root_dir: cli.root_dir,
         cgroup_mount: PathBuf::from("/sys/fs/cgroup"),

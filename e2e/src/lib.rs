@@ -6,6 +6,8 @@
 //! only manages objects labelled with its node), and everything a test created is removed when its
 //! [`Agent`] is dropped, even after a failed assertion.
 
+pub mod cluster;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -72,6 +74,7 @@ pub struct Agent {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub healthz_port: u16,
+    pub kubeconfig: Option<PathBuf>,
     child: Option<Child>,
     http: reqwest::Client,
 }
@@ -79,6 +82,11 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent whose node name begins with `prefix`.
     pub fn start(prefix: &str) -> Result<Self> {
+        Self::start_with(prefix, None, "")
+    }
+
+    /// Starts an agent joined to the cluster of `kubeconfig`, with extra KubeletConfiguration lines.
+    pub fn start_with(prefix: &str, kubeconfig: Option<&Path>, extra_config: &str) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("mk-e2e-agent-").tempdir()?;
         std::fs::create_dir_all(dir.path().join("manifests"))?;
         let mut agent = Agent {
@@ -86,6 +94,7 @@ impl Agent {
             dir,
             port: free_port(),
             healthz_port: free_port(),
+            kubeconfig: None,
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -94,7 +103,7 @@ impl Agent {
         let config = format!(
             "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
              staticPodPath: {}\ncontainerRuntimeEndpoint: {}\nreadOnlyPort: {}\nhealthzPort: {}\n\
-             address: 127.0.0.1\npodLogsDir: {}\nfileCheckFrequency: 5s\nsyncFrequency: 10s\n",
+             address: 127.0.0.1\npodLogsDir: {}\nfileCheckFrequency: 5s\nsyncFrequency: 10s\n{extra_config}",
             agent.manifests().display(),
             endpoint(),
             agent.port,
@@ -102,6 +111,7 @@ impl Agent {
             agent.pod_logs_dir().display(),
         );
         std::fs::write(agent.dir.path().join("kubelet.yaml"), config)?;
+        agent.kubeconfig = kubeconfig.map(Path::to_path_buf);
         agent.spawn()?;
         Ok(agent)
     }
@@ -129,7 +139,11 @@ impl Agent {
             .create(true)
             .append(true)
             .open(self.log_file())?;
-        let child = Command::new(agent_binary())
+        let mut command = Command::new(agent_binary());
+        if let Some(kubeconfig) = &self.kubeconfig {
+            command.arg("--kubeconfig").arg(kubeconfig);
+        }
+        let child = command
             .arg("--config")
             .arg(self.dir.path().join("kubelet.yaml"))
             .arg("--hostname-override")

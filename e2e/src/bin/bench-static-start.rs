@@ -38,25 +38,46 @@ async fn raw_cri_pod(i: usize, logs: &std::path::Path) -> Result<f64> {
     let uid = format!("bench-raw-{}-{i}", std::process::id());
     let labels = HashMap::from([(NODE_LABEL.to_string(), "bench-raw".to_string())]);
     let sandbox_config = api::PodSandboxConfig {
-        metadata: Some(api::PodSandboxMetadata { name: uid.clone(), uid: uid.clone(), namespace: "bench".into(), attempt: 0 }),
+        metadata: Some(api::PodSandboxMetadata {
+            name: uid.clone(),
+            uid: uid.clone(),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
         hostname: format!("raw{i}"),
         log_directory: logs.join(&uid).to_string_lossy().into_owned(),
         labels: labels.clone(),
-        linux: Some(api::LinuxPodSandboxConfig { cgroup_parent: format!("/kubepods/besteffort/pod{uid}"), ..Default::default() }),
+        linux: Some(api::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/kubepods/besteffort/pod{uid}"),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let started = Instant::now();
     let sandbox = cri
-        .run_pod_sandbox(api::RunPodSandboxRequest { config: Some(sandbox_config.clone()), runtime_handler: String::new() })
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: String::new(),
+        })
         .await?
         .pod_sandbox_id;
     let container = cri
         .create_container(api::CreateContainerRequest {
             pod_sandbox_id: sandbox.clone(),
             config: Some(api::ContainerConfig {
-                metadata: Some(api::ContainerMetadata { name: "main".into(), attempt: 0 }),
-                image: Some(api::ImageSpec { image: BUSYBOX.into(), ..Default::default() }),
-                command: vec!["sh".into(), "-c".into(), "trap 'exit 0' TERM; while true; do sleep 1; done".into()],
+                metadata: Some(api::ContainerMetadata {
+                    name: "main".into(),
+                    attempt: 0,
+                }),
+                image: Some(api::ImageSpec {
+                    image: BUSYBOX.into(),
+                    ..Default::default()
+                }),
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "trap 'exit 0' TERM; while true; do sleep 1; done".into(),
+                ],
                 log_path: "main/0.log".into(),
                 labels,
                 ..Default::default()
@@ -65,12 +86,25 @@ async fn raw_cri_pod(i: usize, logs: &std::path::Path) -> Result<f64> {
         })
         .await?
         .container_id;
-    cri.start_container(api::StartContainerRequest { container_id: container }).await?;
+    cri.start_container(api::StartContainerRequest {
+        container_id: container,
+    })
+    .await?;
     let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-    cri.stop_pod_sandbox(api::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await?;
-    cri.remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: sandbox }).await?;
-    for controller in ["cpu", "cpuacct", "memory", "pids", "blkio", "devices", "freezer", "cpuset", "systemd"] {
-        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{controller}/kubepods/besteffort/pod{uid}"));
+    cri.stop_pod_sandbox(api::StopPodSandboxRequest {
+        pod_sandbox_id: sandbox.clone(),
+    })
+    .await?;
+    cri.remove_pod_sandbox(api::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox,
+    })
+    .await?;
+    for controller in [
+        "cpu", "cpuacct", "memory", "pids", "blkio", "devices", "freezer", "cpuset", "systemd",
+    ] {
+        let _ = std::fs::remove_dir(format!(
+            "/sys/fs/cgroup/{controller}/kubepods/besteffort/pod{uid}"
+        ));
     }
     Ok(elapsed)
 }
@@ -91,19 +125,33 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let n: usize = std::env::args().nth(1).map(|a| a.parse()).transpose().context("N must be a number")?.unwrap_or(10);
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()
+        .context("N must be a number")?
+        .unwrap_or(10);
     let logs = tempfile::tempdir()?;
-    println!("runtime {}; agent {}", mk_e2e::endpoint(), mk_e2e::agent_binary().display());
+    println!(
+        "runtime {}; agent {}",
+        mk_e2e::endpoint(),
+        mk_e2e::agent_binary().display()
+    );
 
     let mut raw = Vec::new();
     for i in 0..n {
         raw.push(raw_cri_pod(i, logs.path()).await?);
     }
 
-    let mut agent = Agent::start("bench")?;
+    let agent = Agent::start("bench")?;
     // Let the agent connect and finish its first relist before timing.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while agent.get("/healthz").await.map(|b| b != "ok").unwrap_or(true) {
+    while agent
+        .get("/healthz")
+        .await
+        .map(|b| b != "ok")
+        .unwrap_or(true)
+    {
         if Instant::now() > deadline {
             bail!("agent not healthy:\n{}", agent.log());
         }
@@ -113,7 +161,15 @@ async fn main() -> Result<()> {
     for i in 0..n {
         let name = format!("bench{i}");
         let started = Instant::now();
-        agent.write_manifest(&format!("{name}.yaml"), &busybox_pod(&name, "Always", 2, "trap 'exit 0' TERM; while true; do sleep 1; done"))?;
+        agent.write_manifest(
+            &format!("{name}.yaml"),
+            &busybox_pod(
+                &name,
+                "Always",
+                2,
+                "trap 'exit 0' TERM; while true; do sleep 1; done",
+            ),
+        )?;
         loop {
             if running_container_of(&agent, &name).await? {
                 break;
@@ -132,7 +188,10 @@ async fn main() -> Result<()> {
     summary("raw CRI floor (sandbox+create+start)", raw);
     summary("agent: manifest written -> container running", agent_ms);
     if let Some(kib) = rss {
-        println!("agent resident memory with {n} pods running: {:.1} MiB", kib as f64 / 1024.0);
+        println!(
+            "agent resident memory with {n} pods running: {:.1} MiB",
+            kib as f64 / 1024.0
+        );
     }
     Ok(())
 }

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Stops the private dockerd that dockerd-up.sh started for STATEDIR and removes every trace of it, so
+# that up/down/up works repeatedly: its containers (removed through the API while it still answers),
+# the daemon (TERM, then KILL after 20 s), its own containerd, shims, runc containers and
+# docker-proxy processes left behind, every mount under STATEDIR (overlay2 rootfs, shm, netns, the
+# data root's own bind mount), the iptables rules naming its bridge or subnet (and Docker's shared
+# chains when no other dockerd runs), its bridge, its subnet claim, and finally STATEDIR itself. Safe
+# to run when nothing is running or when STATEDIR is already gone.
+# Usage: dockerd-down.sh STATEDIR
+set -euo pipefail
+
+if (($# != 1)); then
+  echo "usage: $0 STATEDIR" >&2
+  exit 2
+fi
+say() { echo "dockerd-down: $*" >&2; }
+if ! [[ -d $1 ]]; then
+  say "$1 does not exist: nothing to do"
+  exit 0
+fi
+statedir=$(cd "$1" && pwd -P)
+marker=$statedir/dockerd-up.env
+sock=$statedir/docker.sock
+config=$statedir/daemon.json
+docker=/usr/bin/docker
+if [[ $statedir == / ]] || ! [[ -f $marker ]] || ! grep -q 'dockerd-up.sh' "$marker"; then
+  say "$statedir was not made by dockerd-up.sh (no dockerd-up.env of ours): refusing to touch it"
+  exit 1
+fi
+hash=$(printf '%s' "$statedir" | sha256sum | cut -c1-8)
+bridge=$(sed -n 's/^BRIDGE=//p' "$marker")
+subnet=$(sed -n 's/^SUBNET=//p' "$marker")
+bridge=${bridge:-mkd$hash}
+
+# Pids of processes whose command line contains all the given words.
+pids_matching() {
+  local c pid line
+  for c in /proc/[0-9]*/cmdline; do
+    pid=${c#/proc/}
+    pid=${pid%/cmdline}
+    line=$( { tr '\0' ' ' <"$c"; } 2>/dev/null) || continue
+    local w ok=1
+    for w in "$@"; do
+      [[ $line == *"$w"* ]] || ok=0
+    done
+    if ((ok)) && [[ $pid != "$$" && $pid != "$BASHPID" ]]; then echo "$pid"; fi
+  done
+}
+
+# True while a process exists and is not a zombie (an orphaned daemon is reaped late by PID 1).
+alive() {
+  local state
+  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z ]]
+}
+
+stop_pids() { # TERM, wait up to $1 tenths of a second, then KILL
+  local limit=$1 pid
+  shift
+  (($#)) || return 0
+  kill -TERM "$@" 2>/dev/null || true
+  for _ in $(seq 1 "$limit"); do
+    local any=0
+    for pid in "$@"; do alive "$pid" && any=1; done
+    ((any)) || return 0
+    sleep 0.1
+  done
+  say "still alive after $((limit / 10)) s: KILL $*"
+  kill -KILL "$@" 2>/dev/null || true
+  sleep 0.2
+}
+
+# 1. Its containers, while the daemon still answers (faster than letting dockerd stop each one).
+if [[ -S $sock ]] && ids=$(timeout 10 "$docker" -H "unix://$sock" ps -aq 2>/dev/null) && [[ -n $ids ]]; then
+  say "removing $(echo "$ids" | wc -l) container(s)"
+  # shellcheck disable=SC2086 # one id per word
+  timeout 60 "$docker" -H "unix://$sock" rm -f -v $ids >/dev/null 2>&1 || say "docker rm -f failed"
+fi
+
+# 2. The daemon, then whatever of its family survived it: its containerd, shims, docker-proxy.
+daemon=$(pids_matching "dockerd --config-file $config" | head -n 1 || true)
+if [[ -z $daemon && -f $statedir/docker.pid ]]; then
+  daemon=$(<"$statedir/docker.pid")
+  [[ $daemon =~ ^[0-9]+$ ]] && alive "$daemon" || daemon=""
+fi
+if [[ -n $daemon ]]; then
+  say "stopping dockerd pid $daemon"
+  stop_pids 200 "$daemon"
+fi
+if [[ -d $statedir/exec ]]; then
+  for root in "$statedir"/exec/runtime-runc/*/; do
+    [[ -d $root ]] || continue
+    for id in $(runc --root "$root" list -q 2>/dev/null || true); do
+      say "removing leftover container $id"
+      runc --root "$root" kill -a "$id" KILL >/dev/null 2>&1 || true
+      runc --root "$root" delete -f "$id" >/dev/null 2>&1 || true
+    done
+  done
+fi
+# shellcheck disable=SC2046 # one pid per word
+stop_pids 50 $(pids_matching containerd-shim "-address $statedir/exec/" || true)
+# shellcheck disable=SC2046
+stop_pids 50 $(pids_matching "containerd --config $statedir/exec/" || true)
+if [[ -n $subnet ]]; then
+  # shellcheck disable=SC2046
+  stop_pids 20 $(pids_matching docker-proxy "-container-ip ${subnet%.0/24}." || true)
+fi
+
+# 3. Everything mounted under STATEDIR, deepest first.
+unmount_all() {
+  local m
+  # mountinfo field 5 is the mount point, with spaces etc. octal-escaped.
+  awk -v p="$statedir/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo |
+    awk '{ print length($0) " " $0 }' | sort -rn | cut -d' ' -f2- | while read -r m; do
+      m=$(printf '%b' "$m")
+      umount "$m" 2>/dev/null || umount -R "$m" 2>/dev/null || umount -l "$m" 2>/dev/null ||
+        say "could not unmount $m"
+    done
+}
+unmount_all
+unmount_all # a second pass for mounts that were stacked
+
+# 4. iptables: every rule naming our bridge or subnet; Docker's own chains (shared by every dockerd on
+#    this host) only when no other dockerd runs.
+if command -v iptables-save >/dev/null; then
+  others=""
+  for comm in /proc/[0-9]*/comm; do
+    pid=${comm#/proc/}
+    pid=${pid%/comm}
+    if [[ $(cat "$comm" 2>/dev/null) == dockerd ]] && alive "$pid"; then others+=" $pid"; fi
+  done
+  python3 - "$bridge" "$subnet" "${others:+others}" <<'PY'
+import shlex, subprocess, sys
+bridge, subnet, others = sys.argv[1], sys.argv[2], sys.argv[3] == "others"
+docker_chains = ("DOCKER", "DOCKER-USER", "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2")
+removed = 0
+for table in ("nat", "filter"):
+    dump = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True).stdout
+    rules = [shlex.split(l) for l in dump.splitlines() if l.startswith("-A ")]
+    chains = {l.split()[0][1:] for l in dump.splitlines() if l.startswith(":")}
+    for words in rules:
+        ours = bridge in words or (subnet and any(w.startswith(subnet) for w in words))
+        if not ours and not others:
+            # Docker's jumps into its own chains and the chains' default RETURNs.
+            target = words[words.index("-j") + 1] if "-j" in words else ""
+            ours = target in docker_chains or (words[1] in docker_chains and words[2:] == ["-j", "RETURN"])
+        if ours:
+            if subprocess.run(["iptables", "-w", "-t", table, "-D"] + words[1:],
+                              capture_output=True).returncode == 0:
+                removed += 1
+    if not others:
+        for chain in docker_chains:
+            if chain in chains:
+                subprocess.run(["iptables", "-w", "-t", table, "-F", chain], capture_output=True)
+                subprocess.run(["iptables", "-w", "-t", table, "-X", chain], capture_output=True)
+if removed:
+    print(f"dockerd-down: removed {removed} iptables rule(s)", file=sys.stderr)
+PY
+fi
+
+# 5. The bridge, the subnet claim, and the state directory.
+if ip link show "$bridge" >/dev/null 2>&1; then
+  say "deleting bridge $bridge"
+  ip link delete "$bridge" || true
+fi
+rm -f "/run/mini-kubelet-e2e/dockerd-$hash.subnet"
+if awk -v p="$statedir/" 'index($5, p) == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
+  say "mounts remain under $statedir:"
+  awk -v p="$statedir/" 'index($5, p) == 1 { print "  " $5 }' /proc/self/mountinfo >&2
+  exit 1
+fi
+rm -rf "$statedir"
+say "removed $statedir"

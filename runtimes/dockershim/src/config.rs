@@ -1,0 +1,97 @@
+//! The shim's settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::DockerShimError;
+
+/// The pause image of sandboxes unless configured otherwise (built locally by
+/// `e2e/scripts/build-images.sh`).
+pub const DEFAULT_POD_INFRA_IMAGE: &str = "mini-kubelet.local/pause:3.10";
+/// Debian's (and everyone's) dockerd socket.
+pub const DEFAULT_DOCKER_ENDPOINT: &str = "unix:///var/run/docker.sock";
+
+/// How the shim reaches dockerd and shapes what it creates there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerShimConfig {
+    /// dockerd's API socket: `unix:///var/run/docker.sock` or an absolute path.
+    pub docker_endpoint: String,
+    /// The image of every sandbox's pause container. Pulled (without credentials) by
+    /// RunPodSandbox when absent.
+    pub pod_infra_image: String,
+    /// The deadline of each Docker API request that is not a stream (StopContainer adds the
+    /// grace period to it).
+    pub docker_timeout: Duration,
+    /// How long one container's stats sample is reused by ContainerStats / ListContainerStats /
+    /// the pod sandbox stats (each sample costs one Docker API call).
+    pub stats_cache_ttl: Duration,
+    /// When false (the default), a negative `oom_score_adj` from the CRI is raised to 0: lowering
+    /// it needs CAP_SYS_RESOURCE, which root lacks on some hosts (then every such container would
+    /// fail to start). Set it where root may lower OOM scores, to honour Guaranteed pods' -997.
+    pub allow_negative_oom_score_adj: bool,
+    /// `max-size` of the json-file log Docker keeps for each container (the shim copies that log
+    /// into the CRI log file; Docker's copy is bounded to `max-size` x 2 files).
+    pub docker_log_max_size: String,
+}
+
+impl Default for DockerShimConfig {
+    fn default() -> Self {
+        Self {
+            docker_endpoint: DEFAULT_DOCKER_ENDPOINT.to_string(),
+            pod_infra_image: DEFAULT_POD_INFRA_IMAGE.to_string(),
+            docker_timeout: Duration::from_secs(120),
+            stats_cache_ttl: Duration::from_secs(2),
+            allow_negative_oom_score_adj: false,
+            docker_log_max_size: "10m".to_string(),
+        }
+    }
+}
+
+impl DockerShimConfig {
+    /// The defaults with another docker endpoint.
+    pub fn with_endpoint(endpoint: impl Into<String>) -> Self {
+        Self {
+            docker_endpoint: endpoint.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The socket path of a unix endpoint: `unix:///run/x.sock` or `/run/x.sock`.
+pub fn socket_path(endpoint: &str) -> Result<PathBuf, DockerShimError> {
+    let invalid = |reason| DockerShimError::Endpoint {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
+    if path.is_empty() {
+        return Err(invalid("empty socket path"));
+    }
+    if path.contains("://") {
+        return Err(invalid("only unix:// endpoints are supported"));
+    }
+    if !path.starts_with('/') {
+        return Err(invalid("the socket path must be absolute (unix:///path)"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            socket_path("unix:///var/run/docker.sock").ok(),
+            Some(PathBuf::from("/var/run/docker.sock"))
+        );
+        assert_eq!(
+            socket_path("/tmp/d.sock").ok(),
+            Some(PathBuf::from("/tmp/d.sock"))
+        );
+        for bad in ["", "unix://", "tcp://1.2.3.4:2375", "unix://rel.sock", "rel.sock"] {
+            assert!(socket_path(bad).is_err(), "{bad}");
+        }
+    }
+}
