@@ -51,16 +51,28 @@ fn quantity(q: Option<&ApiQuantity>, milli: bool) -> i64 {
 /// request, plus the pod overhead (kubelet's `PodRequests`). cpu in millicores, others in units.
 pub fn pod_request(pod: &Pod, resource: &str) -> i64 {
     let milli = resource == "cpu";
-    let Some(spec) = pod.spec.as_ref() else { return 0 };
+    let Some(spec) = pod.spec.as_ref() else {
+        return 0;
+    };
     let request = |c: &k8s_openapi::api::core::v1::Container| {
         let r = c.resources.as_ref();
-        let requested = r.and_then(|r| r.requests.as_ref()).and_then(|m| m.get(resource));
+        let requested = r
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|m| m.get(resource));
         // An API pod is defaulted (request = limit); a static pod may not be.
-        let limit = r.and_then(|r| r.limits.as_ref()).and_then(|m| m.get(resource));
+        let limit = r
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|m| m.get(resource));
         quantity(requested.or(limit), milli)
     };
     let app: i64 = spec.containers.iter().map(request).sum();
-    let init = spec.init_containers.iter().flatten().map(request).max().unwrap_or(0);
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(request)
+        .max()
+        .unwrap_or(0);
     let overhead = quantity(spec.overhead.as_ref().and_then(|o| o.get(resource)), milli);
     app.max(init) + overhead
 }
@@ -82,10 +94,17 @@ fn requirement_matches(req: &NodeSelectorRequirement, value: Option<&String>) ->
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
         "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (value.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok())) else {
+            let (Some(v), Some(bound)) = (
+                value.and_then(|v| v.parse::<i64>().ok()),
+                values.first().and_then(|b| b.parse::<i64>().ok()),
+            ) else {
                 return false;
             };
-            if req.operator == "Gt" { v > bound } else { v < bound }
+            if req.operator == "Gt" {
+                v > bound
+            } else {
+                v < bound
+            }
         }
         _ => false,
     }
@@ -97,7 +116,9 @@ fn term_matches(term: &NodeSelectorTerm, node: &NodeView) -> bool {
     if exprs.is_empty() && fields.is_empty() {
         return false;
     }
-    exprs.iter().all(|r| requirement_matches(r, node.labels.get(&r.key)))
+    exprs
+        .iter()
+        .all(|r| requirement_matches(r, node.labels.get(&r.key)))
         && fields.iter().all(|r| {
             let name = node.name.clone();
             r.key == "metadata.name" && requirement_matches(r, Some(&name))
@@ -106,7 +127,9 @@ fn term_matches(term: &NodeSelectorTerm, node: &NodeView) -> bool {
 
 /// nodeSelector and required node affinity against the node's labels.
 pub fn matches_node(pod: &Pod, node: &NodeView) -> bool {
-    let Some(spec) = pod.spec.as_ref() else { return true };
+    let Some(spec) = pod.spec.as_ref() else {
+        return true;
+    };
     let selector_ok = spec
         .node_selector
         .iter()
@@ -116,14 +139,22 @@ pub fn matches_node(pod: &Pod, node: &NodeView) -> bool {
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
-    let affinity_ok = required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, node)));
+        .and_then(|na| {
+            na.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    let affinity_ok =
+        required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, node)));
     selector_ok && affinity_ok
 }
 
 /// kubelet's `ToleratesTaint`.
 pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if toleration.effect.as_deref().is_some_and(|e| !e.is_empty() && e != taint.effect) {
+    if toleration
+        .effect
+        .as_deref()
+        .is_some_and(|e| !e.is_empty() && e != taint.effect)
+    {
         return false;
     }
     let key = toleration.key.as_deref().unwrap_or_default();
@@ -132,7 +163,10 @@ pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     }
     match toleration.operator.as_deref().unwrap_or("Equal") {
         "Exists" => true,
-        "Equal" | "" => toleration.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
+        "Equal" | "" => {
+            toleration.value.as_deref().unwrap_or_default()
+                == taint.value.as_deref().unwrap_or_default()
+        }
         _ => false,
     }
 }
@@ -151,7 +185,9 @@ pub fn admit(pod: &Pod, node: &NodeView, others: &[&Pod]) -> Result<(), Rejectio
         if requested == 0 {
             continue;
         }
-        let Some(capacity) = node.allocatable.get(resource) else { continue };
+        let Some(capacity) = node.allocatable.get(resource) else {
+            continue;
+        };
         let capacity = quantity(Some(capacity), resource == "cpu");
         let used: i64 = others.iter().map(|p| pod_request(p, resource)).sum();
         if requested + used > capacity {
@@ -161,11 +197,17 @@ pub fn admit(pod: &Pod, node: &NodeView, others: &[&Pod]) -> Result<(), Rejectio
     if !matches_node(pod, node) {
         return Err(Rejection {
             reason: "NodeAffinity".into(),
-            message: "Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector".into(),
+            message:
+                "Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector"
+                    .into(),
         });
     }
     if !is_static(pod) {
-        let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or_default();
+        let tolerations = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.as_deref())
+            .unwrap_or_default();
         let untolerated = node
             .taints
             .iter()
@@ -196,7 +238,10 @@ mod tests {
     fn node() -> NodeView {
         NodeView {
             name: "n1".into(),
-            labels: BTreeMap::from([("disk".to_string(), "ssd".to_string()), ("zone".to_string(), "a".to_string())]),
+            labels: BTreeMap::from([
+                ("disk".to_string(), "ssd".to_string()),
+                ("zone".to_string(), "a".to_string()),
+            ]),
             taints: vec![],
             allocatable: BTreeMap::from([
                 ("pods".to_string(), ApiQuantity("2".into())),
@@ -207,14 +252,22 @@ mod tests {
     }
 
     fn reason(r: Result<(), Rejection>) -> String {
-        r.err().map(|r| r.reason).unwrap_or_else(|| "admitted".into())
+        r.err()
+            .map(|r| r.reason)
+            .unwrap_or_else(|| "admitted".into())
     }
 
     #[test]
     fn resource_table() {
-        let small = pod(serde_json::json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}}}]}));
-        let big_cpu = pod(serde_json::json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "600m"}}}]}));
-        let big_mem = pod(serde_json::json!({"containers": [{"name": "c", "image": "i", "resources": {"limits": {"memory": "2Gi"}}}]}));
+        let small = pod(
+            serde_json::json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}}}]}),
+        );
+        let big_cpu = pod(
+            serde_json::json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "600m"}}}]}),
+        );
+        let big_mem = pod(
+            serde_json::json!({"containers": [{"name": "c", "image": "i", "resources": {"limits": {"memory": "2Gi"}}}]}),
+        );
         let none = pod(serde_json::json!({}));
         let n = node();
         assert_eq!(reason(admit(&small, &n, &[])), "admitted");
@@ -222,8 +275,16 @@ mod tests {
         assert_eq!(reason(admit(&big_mem, &n, &[])), "OutOfmemory");
         assert_eq!(reason(admit(&none, &n, &[&none, &none])), "OutOfpods");
         let err = admit(&big_cpu, &n, &[&small]).expect_err("rejected");
-        assert_eq!(err.message, "Node didn't have enough resource: cpu, requested: 600, used: 500, capacity: 1000");
-        assert_eq!(err.status().message.as_deref(), Some("Pod was rejected: Node didn't have enough resource: cpu, requested: 600, used: 500, capacity: 1000"));
+        assert_eq!(
+            err.message,
+            "Node didn't have enough resource: cpu, requested: 600, used: 500, capacity: 1000"
+        );
+        assert_eq!(
+            err.status().message.as_deref(),
+            Some(
+                "Pod was rejected: Node didn't have enough resource: cpu, requested: 600, used: 500, capacity: 1000"
+            )
+        );
         assert_eq!(err.status().phase.as_deref(), Some("Failed"));
     }
 
@@ -242,16 +303,25 @@ mod tests {
         let cases = [
             (serde_json::json!({"nodeSelector": {"disk": "ssd"}}), true),
             (serde_json::json!({"nodeSelector": {"disk": "hdd"}}), false),
-            (serde_json::json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]},
-                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}, {"key": "gpu", "operator": "DoesNotExist"}]}
-            ]}}}}), true),
-            (serde_json::json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                {"matchExpressions": [{"key": "disk", "operator": "NotIn", "values": ["ssd"]}]}
-            ]}}}}), false),
-            (serde_json::json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}
-            ]}}}}), true),
+            (
+                serde_json::json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]},
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}, {"key": "gpu", "operator": "DoesNotExist"}]}
+                ]}}}}),
+                true,
+            ),
+            (
+                serde_json::json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "disk", "operator": "NotIn", "values": ["ssd"]}]}
+                ]}}}}),
+                false,
+            ),
+            (
+                serde_json::json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}
+                ]}}}}),
+                true,
+            ),
         ];
         for (spec, ok) in cases {
             let r = admit(&pod(spec.clone()), &n, &[]);
@@ -265,16 +335,40 @@ mod tests {
     #[test]
     fn only_untolerated_no_execute_taints_reject() {
         let mut n = node();
-        n.taints = vec![
-            Taint { key: "dedicated".into(), value: Some("db".into()), effect: "NoSchedule".into(), ..Default::default() },
-        ];
-        assert_eq!(reason(admit(&pod(serde_json::json!({})), &n, &[])), "admitted", "NoSchedule is the scheduler's");
-        n.taints.push(Taint { key: "evict".into(), value: None, effect: "NoExecute".into(), ..Default::default() });
-        assert_eq!(reason(admit(&pod(serde_json::json!({})), &n, &[])), "TaintToleration");
-        let tolerant = pod(serde_json::json!({"tolerations": [{"key": "evict", "operator": "Exists", "effect": "NoExecute"}]}));
+        n.taints = vec![Taint {
+            key: "dedicated".into(),
+            value: Some("db".into()),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }];
+        assert_eq!(
+            reason(admit(&pod(serde_json::json!({})), &n, &[])),
+            "admitted",
+            "NoSchedule is the scheduler's"
+        );
+        n.taints.push(Taint {
+            key: "evict".into(),
+            value: None,
+            effect: "NoExecute".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            reason(admit(&pod(serde_json::json!({})), &n, &[])),
+            "TaintToleration"
+        );
+        let tolerant = pod(
+            serde_json::json!({"tolerations": [{"key": "evict", "operator": "Exists", "effect": "NoExecute"}]}),
+        );
         assert_eq!(reason(admit(&tolerant, &n, &[])), "admitted");
         let mut static_pod = pod(serde_json::json!({}));
-        static_pod.metadata.annotations = Some(BTreeMap::from([("kubernetes.io/config.source".to_string(), "file".to_string())]));
-        assert_eq!(reason(admit(&static_pod, &n, &[])), "admitted", "static pods skip the taint check");
+        static_pod.metadata.annotations = Some(BTreeMap::from([(
+            "kubernetes.io/config.source".to_string(),
+            "file".to_string(),
+        )]));
+        assert_eq!(
+            reason(admit(&static_pod, &n, &[])),
+            "admitted",
+            "static pods skip the taint check"
+        );
     }
 }

@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, NodeView};
 use crate::apiserver;
-use crate::node;
 use crate::config::KubeletConfiguration;
 use crate::events::{EventRecorder, EventType};
 use crate::images::ImageManager;
 use crate::metrics::Metrics;
+use crate::node;
 use crate::pleg::{Pleg, PlegHealth, Relist};
 use crate::pod_workers::{PodWorkers, WorkerContext};
 use crate::server::{self, ServerState};
@@ -69,9 +69,18 @@ fn runtime_name(v: &api::VersionResponse) -> String {
 }
 
 /// Waits for the runtime to answer Version, as kubelet does before it starts pods.
-async fn wait_for_runtime(cri: &CriClient, endpoint: &str, cancel: &CancellationToken) -> Option<api::VersionResponse> {
+async fn wait_for_runtime(
+    cri: &CriClient,
+    endpoint: &str,
+    cancel: &CancellationToken,
+) -> Option<api::VersionResponse> {
     loop {
-        match cri.version(api::VersionRequest { version: "v1".into() }).await {
+        match cri
+            .version(api::VersionRequest {
+                version: "v1".into(),
+            })
+            .await
+        {
             Ok(v) => return Some(v),
             Err(e) => {
                 tracing::error!(endpoint, error = %e, "container runtime is not ready; retrying");
@@ -88,7 +97,11 @@ async fn wait_for_runtime(cri: &CriClient, endpoint: &str, cancel: &Cancellation
 pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(), AgentError> {
     let metrics = Metrics::default();
     let config = &options.config;
-    let cri = CriClient::new(&config.container_runtime_endpoint, config.runtime_request_timeout, metrics.cri.clone())?;
+    let cri = CriClient::new(
+        &config.container_runtime_endpoint,
+        config.runtime_request_timeout,
+        metrics.cri.clone(),
+    )?;
     let status = StatusManager::default();
     let pleg_health = PlegHealth::default();
     let server_state = ServerState {
@@ -102,7 +115,8 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         Some(path) => Some(apiserver::client_from_kubeconfig(path).await?),
         None => None,
     };
-    let Some(version) = wait_for_runtime(&cri, &config.container_runtime_endpoint, &cancel).await else {
+    let Some(version) = wait_for_runtime(&cri, &config.container_runtime_endpoint, &cancel).await
+    else {
         return Ok(());
     };
     tracing::info!(
@@ -117,11 +131,20 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
     let (file_tx, file_rx) = watch::channel(PodSet::default());
     match &config.static_pod_path {
         Some(dir) => {
-            tokio::spawn(sources::file::run(dir.clone(), options.node_name.clone(), config.file_check_frequency, file_tx, cancel.clone()));
+            tokio::spawn(sources::file::run(
+                dir.clone(),
+                options.node_name.clone(),
+                config.file_check_frequency,
+                file_tx,
+                cancel.clone(),
+            ));
         }
         None => {
             tracing::info!("no staticPodPath configured; no static pods");
-            file_tx.send_replace(PodSet { synced: true, ..Default::default() });
+            file_tx.send_replace(PodSet {
+                synced: true,
+                ..Default::default()
+            });
         }
     }
     let mut source_rxs = vec![file_rx.clone()];
@@ -130,12 +153,34 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         Some(client) => {
             let (api_tx, api_rx) = watch::channel(PodSet::default());
             let (mirrors_tx, mirrors_rx) = watch::channel(BTreeMap::new());
-            tokio::spawn(sources::apiserver::run(client.clone(), options.node_name.clone(), api_tx, mirrors_tx, cancel.clone()));
+            tokio::spawn(sources::apiserver::run(
+                client.clone(),
+                options.node_name.clone(),
+                api_tx,
+                mirrors_tx,
+                cancel.clone(),
+            ));
             source_rxs.push(api_rx);
             let (recorder, queue) = EventRecorder::with_queue(1024);
-            tokio::spawn(apiserver::events::run(client.clone(), options.node_name.clone(), queue, cancel.clone()));
-            tokio::spawn(apiserver::status_sync::run(client.clone(), status.clone(), mirrors_rx.clone(), cancel.clone()));
-            tokio::spawn(apiserver::mirror_pods::run(client.clone(), options.node_name.clone(), file_rx, mirrors_rx, cancel.clone()));
+            tokio::spawn(apiserver::events::run(
+                client.clone(),
+                options.node_name.clone(),
+                queue,
+                cancel.clone(),
+            ));
+            tokio::spawn(apiserver::status_sync::run(
+                client.clone(),
+                status.clone(),
+                mirrors_rx.clone(),
+                cancel.clone(),
+            ));
+            tokio::spawn(apiserver::mirror_pods::run(
+                client.clone(),
+                options.node_name.clone(),
+                file_rx,
+                mirrors_rx,
+                cancel.clone(),
+            ));
             let host_ip = node::spawn(node::NodeAgentOptions {
                 client: client.clone(),
                 cri: cri.clone(),
@@ -262,11 +307,22 @@ struct SyncLoop {
 impl SyncLoop {
     fn node_view(&self) -> NodeView {
         let node = self.node.borrow().clone();
-        let mut view = NodeView { name: self.node_name.clone(), ..Default::default() };
+        let mut view = NodeView {
+            name: self.node_name.clone(),
+            ..Default::default()
+        };
         if let Some(node) = node {
             view.labels = node.metadata.labels.clone().unwrap_or_default();
-            view.taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-            view.allocatable = node.status.as_ref().and_then(|s| s.allocatable.clone()).unwrap_or_default();
+            view.taints = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default();
+            view.allocatable = node
+                .status
+                .as_ref()
+                .and_then(|s| s.allocatable.clone())
+                .unwrap_or_default();
         }
         view.allocatable
             .entry("pods".into())
@@ -284,7 +340,12 @@ impl SyncLoop {
     /// Admits the new pods of `desired` (oldest first, as kubelet) and passes the admitted ones on.
     fn update(&mut self, desired: &PodSet) {
         self.admitted.retain(|uid| desired.pods.contains_key(uid));
-        let gone: Vec<String> = self.rejected.iter().filter(|uid| !desired.pods.contains_key(*uid)).cloned().collect();
+        let gone: Vec<String> = self
+            .rejected
+            .iter()
+            .filter(|uid| !desired.pods.contains_key(*uid))
+            .cloned()
+            .collect();
         for uid in gone {
             self.rejected.remove(&uid);
             self.status.remove(&uid);
@@ -311,7 +372,13 @@ impl SyncLoop {
                 }
                 Err(rejection) => {
                     tracing::warn!(pod = %sources::pod_key(pod), reason = %rejection.reason, message = %rejection.message, "pod rejected");
-                    self.events.record(pod, None, EventType::Warning, &rejection.reason, &rejection.message);
+                    self.events.record(
+                        pod,
+                        None,
+                        EventType::Warning,
+                        &rejection.reason,
+                        &rejection.message,
+                    );
                     self.status.set(pod.clone(), rejection.status());
                     self.rejected.insert(uid);
                 }

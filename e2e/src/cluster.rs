@@ -25,8 +25,15 @@ impl Cluster {
             && !path.is_empty()
         {
             let kubeconfig = PathBuf::from(&path);
-            let client = kube::Client::try_default().await.context("connecting with KUBECONFIG")?;
-            return Ok(Self { client, kubeconfig, standin: None, _dir: dir });
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting with KUBECONFIG")?;
+            return Ok(Self {
+                client,
+                kubeconfig,
+                standin: None,
+                _dir: dir,
+            });
         }
         let options = StandinOptions {
             bookmark_interval: Duration::from_secs(1),
@@ -38,7 +45,12 @@ impl Cluster {
         standin.write_kubeconfig(&kubeconfig)?;
         let config = kube::Config::new(standin.url().parse()?);
         let client = kube::Client::try_from(config)?;
-        Ok(Self { client, kubeconfig, standin: Some(standin), _dir: dir })
+        Ok(Self {
+            client,
+            kubeconfig,
+            standin: Some(standin),
+            _dir: dir,
+        })
     }
 
     /// True when the tests run against the stand-in (which they can compact and restart).
@@ -46,11 +58,21 @@ impl Cluster {
         self.standin.is_some()
     }
 
-    /// Forgets the stand-in's watch history: every watch gets 410 Gone and the agent must relist.
+    /// Forgets the stand-in's watch history: a watch resumed from an older version gets 410 Gone, so the
+    /// agent must relist (connected watches keep streaming, as on etcd).
     pub fn compact(&self) {
         if let Some(s) = &self.standin {
             s.compact();
         }
+    }
+
+    /// Restarts the stand-in with its stored objects: every connection and watch ends. No-op on a real
+    /// cluster.
+    pub async fn restart_api(&mut self) -> Result<()> {
+        if let Some(standin) = self.standin.take() {
+            self.standin = Some(standin.restart().await?);
+        }
+        Ok(())
     }
 
     pub fn pods(&self, namespace: &str) -> Api<Pod> {
@@ -60,11 +82,20 @@ impl Cluster {
     /// Creates a pod bound to `node` (as the scheduler would bind it).
     pub async fn create_pod(&self, namespace: &str, mut pod: Pod, node: &str) -> Result<Pod> {
         pod.spec.get_or_insert_with(Default::default).node_name = Some(node.to_string());
-        Ok(self.pods(namespace).create(&PostParams::default(), &pod).await?)
+        Ok(self
+            .pods(namespace)
+            .create(&PostParams::default(), &pod)
+            .await?)
     }
 
     /// Polls a pod until `check` returns Some; fails after `timeout` with the last pod seen.
-    pub async fn wait_pod<T>(&self, namespace: &str, name: &str, timeout: Duration, mut check: impl FnMut(&Pod) -> Option<T>) -> Result<T> {
+    pub async fn wait_pod<T>(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Pod) -> Option<T>,
+    ) -> Result<T> {
         let deadline = Instant::now() + timeout;
         let mut last = None;
         loop {
@@ -77,7 +108,8 @@ impl Cluster {
             if Instant::now() > deadline {
                 bail!(
                     "pod {namespace}/{name} did not reach the expected state within {timeout:?}; last seen: {}",
-                    last.map(|p| serde_json::to_string_pretty(&p.status).unwrap_or_default()).unwrap_or_else(|| "(absent)".into())
+                    last.map(|p| serde_json::to_string_pretty(&p.status).unwrap_or_default())
+                        .unwrap_or_else(|| "(absent)".into())
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -85,7 +117,12 @@ impl Cluster {
     }
 
     /// Waits until the pod is gone from the API; returns how long that took.
-    pub async fn wait_pod_deleted(&self, namespace: &str, name: &str, timeout: Duration) -> Result<Duration> {
+    pub async fn wait_pod_deleted(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Duration> {
         let started = Instant::now();
         loop {
             if self.pods(namespace).get_opt(name).await?.is_none() {
@@ -100,7 +137,9 @@ impl Cluster {
 
     /// Deletes a pod as `kubectl delete` does (graceful).
     pub async fn delete_pod(&self, namespace: &str, name: &str) -> Result<()> {
-        self.pods(namespace).delete(name, &DeleteParams::default()).await?;
+        self.pods(namespace)
+            .delete(name, &DeleteParams::default())
+            .await?;
         Ok(())
     }
 }

@@ -18,12 +18,18 @@ fn phase(p: &Pod) -> Option<String> {
 }
 
 fn first_container(p: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
-    p.status.as_ref()?.container_statuses.as_ref()?.first().cloned()
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
 }
 
 fn running_ready(p: &Pod) -> Option<()> {
     let cs = first_container(p)?;
-    (phase(p).as_deref() == Some("Running") && cs.ready && cs.state?.running.is_some()).then_some(())
+    (phase(p).as_deref() == Some("Running") && cs.ready && cs.state?.running.is_some())
+        .then_some(())
 }
 
 async fn wait_node_ready(cluster: &Cluster, agent: &mut Agent) -> anyhow::Result<Node> {
@@ -42,7 +48,12 @@ async fn wait_node_ready(cluster: &Cluster, agent: &mut Agent) -> anyhow::Result
                 return Ok(node);
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "node {} not Ready within 30 s\n{}", agent.node, agent.log());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {} not Ready within 30 s\n{}",
+            agent.node,
+            agent.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -54,15 +65,28 @@ async fn node_registers_turns_ready_and_renews_its_lease() -> anyhow::Result<()>
     let node = wait_node_ready(&cluster, &mut agent).await?;
     let labels = node.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get("kubernetes.io/hostname"), Some(&agent.node));
-    assert_eq!(labels.get("kubernetes.io/os").map(String::as_str), Some("linux"));
+    assert_eq!(
+        labels.get("kubernetes.io/os").map(String::as_str),
+        Some("linux")
+    );
     let status = node.status.clone().unwrap_or_default();
     let capacity = status.capacity.unwrap_or_default();
     for r in ["cpu", "memory", "pods", "ephemeral-storage"] {
         assert!(capacity.contains_key(r), "capacity lacks {r}: {capacity:?}");
     }
     let info = status.node_info.expect("nodeInfo");
-    assert!(info.container_runtime_version.starts_with("containerd://"), "{}", info.container_runtime_version);
-    assert!(status.addresses.unwrap_or_default().iter().any(|a| a.type_ == "InternalIP"));
+    assert!(
+        info.container_runtime_version.starts_with("containerd://"),
+        "{}",
+        info.container_runtime_version
+    );
+    assert!(
+        status
+            .addresses
+            .unwrap_or_default()
+            .iter()
+            .any(|a| a.type_ == "InternalIP")
+    );
 
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "kube-node-lease");
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -79,7 +103,13 @@ async fn node_registers_turns_ready_and_renews_its_lease() -> anyhow::Result<()>
     let first_renew = spec.renew_time.expect("renewTime").0;
     let deadline = Instant::now() + Duration::from_secs(25);
     loop {
-        let renew = leases.get(&agent.node).await?.spec.and_then(|s| s.renew_time).expect("renewTime").0;
+        let renew = leases
+            .get(&agent.node)
+            .await?
+            .spec
+            .and_then(|s| s.renew_time)
+            .expect("renewTime")
+            .0;
         if renew > first_renew {
             break;
         }
@@ -96,37 +126,70 @@ async fn bound_pods_run_report_status_and_finish_like_jobs() -> anyhow::Result<(
     wait_node_ready(&cluster, &mut agent).await?;
     let ns = "default";
     let name = format!("web-{}", agent.node);
-    cluster.create_pod(ns, pod(&name, "Always", 5, RUNNING), &agent.node).await?;
-    cluster.wait_pod(ns, &name, Duration::from_secs(30), running_ready).await?;
+    cluster
+        .create_pod(ns, pod(&name, "Always", 5, RUNNING), &agent.node)
+        .await?;
+    cluster
+        .wait_pod(ns, &name, Duration::from_secs(30), running_ready)
+        .await?;
     let p = cluster.pods(ns).get(&name).await?;
     let status = p.status.clone().expect("status");
     assert!(status.pod_ip.is_some(), "podIP missing");
     assert!(status.host_ip.is_some(), "hostIP missing");
     assert!(status.start_time.is_some());
     let conditions = status.conditions.clone().unwrap_or_default();
-    for kind in ["Initialized", "Ready", "ContainersReady", "PodReadyToStartContainers"] {
-        let c = conditions.iter().find(|c| c.type_ == kind).unwrap_or_else(|| panic!("no {kind} condition"));
+    for kind in [
+        "Initialized",
+        "Ready",
+        "ContainersReady",
+        "PodReadyToStartContainers",
+    ] {
+        let c = conditions
+            .iter()
+            .find(|c| c.type_ == kind)
+            .unwrap_or_else(|| panic!("no {kind} condition"));
         assert_eq!(c.status, "True", "{kind}");
     }
     let cs = first_container(&p).expect("container status");
-    assert!(cs.container_id.unwrap_or_default().starts_with("containerd://"));
+    assert!(
+        cs.container_id
+            .unwrap_or_default()
+            .starts_with("containerd://")
+    );
     assert_eq!(status.qos_class.as_deref(), Some("BestEffort"));
 
     // Job-like pods: exit 0 → Succeeded, exit 3 → Failed with the exit code.
     let ok = format!("job-ok-{}", agent.node);
     let bad = format!("job-bad-{}", agent.node);
-    cluster.create_pod(ns, pod(&ok, "Never", 2, "echo done"), &agent.node).await?;
-    cluster.create_pod(ns, pod(&bad, "Never", 2, "exit 3"), &agent.node).await?;
-    cluster.wait_pod(ns, &ok, Duration::from_secs(30), |p| (phase(p).as_deref() == Some("Succeeded")).then_some(())).await?;
-    let failed = cluster.wait_pod(ns, &bad, Duration::from_secs(30), |p| (phase(p).as_deref() == Some("Failed")).then(|| p.clone())).await?;
-    let terminated = first_container(&failed).and_then(|c| c.state).and_then(|s| s.terminated).expect("terminated");
+    cluster
+        .create_pod(ns, pod(&ok, "Never", 2, "echo done"), &agent.node)
+        .await?;
+    cluster
+        .create_pod(ns, pod(&bad, "Never", 2, "exit 3"), &agent.node)
+        .await?;
+    cluster
+        .wait_pod(ns, &ok, Duration::from_secs(30), |p| {
+            (phase(p).as_deref() == Some("Succeeded")).then_some(())
+        })
+        .await?;
+    let failed = cluster
+        .wait_pod(ns, &bad, Duration::from_secs(30), |p| {
+            (phase(p).as_deref() == Some("Failed")).then(|| p.clone())
+        })
+        .await?;
+    let terminated = first_container(&failed)
+        .and_then(|c| c.state)
+        .and_then(|s| s.terminated)
+        .expect("terminated");
     assert_eq!(terminated.exit_code, 3);
     assert_eq!(terminated.reason.as_deref(), Some("Error"));
     for n in [&name, &ok, &bad] {
         cluster.delete_pod(ns, n).await?;
     }
     for n in [&name, &ok, &bad] {
-        cluster.wait_pod_deleted(ns, n, Duration::from_secs(30)).await?;
+        cluster
+            .wait_pod_deleted(ns, n, Duration::from_secs(30))
+            .await?;
     }
     Ok(())
 }
@@ -139,13 +202,35 @@ async fn deleted_pod_stops_within_its_grace_period_and_is_removed() -> anyhow::R
     let ns = "default";
     let name = format!("stubborn-{}", agent.node);
     // Ignores SIGTERM: only the end of its 3 s grace period stops it.
-    cluster.create_pod(ns, pod(&name, "Always", 3, "trap '' TERM; while true; do sleep 1; done"), &agent.node).await?;
-    cluster.wait_pod(ns, &name, Duration::from_secs(30), running_ready).await?;
+    cluster
+        .create_pod(
+            ns,
+            pod(
+                &name,
+                "Always",
+                3,
+                "trap '' TERM; while true; do sleep 1; done",
+            ),
+            &agent.node,
+        )
+        .await?;
+    cluster
+        .wait_pod(ns, &name, Duration::from_secs(30), running_ready)
+        .await?;
     let started = Instant::now();
     cluster.delete_pod(ns, &name).await?;
-    let took = cluster.wait_pod_deleted(ns, &name, Duration::from_secs(20)).await?;
-    assert!(took >= Duration::from_secs(2), "removed before its grace period: {:?}", started.elapsed());
-    assert!(took < Duration::from_secs(12), "grace 3 s, removal took {took:?}");
+    let took = cluster
+        .wait_pod_deleted(ns, &name, Duration::from_secs(20))
+        .await?;
+    assert!(
+        took >= Duration::from_secs(2),
+        "removed before its grace period: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        took < Duration::from_secs(12),
+        "grace 3 s, removal took {took:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !agent.sandboxes().await?.is_empty() {
         anyhow::ensure!(Instant::now() < deadline, "sandbox left behind");
@@ -161,29 +246,53 @@ async fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() -> anyhow::Re
     wait_node_ready(&cluster, &mut agent).await?;
     let ns = "default";
     let first = format!("first-{}", agent.node);
-    cluster.create_pod(ns, pod(&first, "Always", 2, RUNNING), &agent.node).await?;
-    cluster.wait_pod(ns, &first, Duration::from_secs(30), running_ready).await?;
+    cluster
+        .create_pod(ns, pod(&first, "Always", 2, RUNNING), &agent.node)
+        .await?;
+    cluster
+        .wait_pod(ns, &first, Duration::from_secs(30), running_ready)
+        .await?;
 
     let second = format!("second-{}", agent.node);
-    cluster.create_pod(ns, pod(&second, "Always", 2, RUNNING), &agent.node).await?;
+    cluster
+        .create_pod(ns, pod(&second, "Always", 2, RUNNING), &agent.node)
+        .await?;
     let rejected = cluster
-        .wait_pod(ns, &second, Duration::from_secs(20), |p| (phase(p).as_deref() == Some("Failed")).then(|| p.clone()))
+        .wait_pod(ns, &second, Duration::from_secs(20), |p| {
+            (phase(p).as_deref() == Some("Failed")).then(|| p.clone())
+        })
         .await?;
     let status = rejected.status.expect("status");
     assert_eq!(status.reason.as_deref(), Some("OutOfpods"));
-    assert!(status.message.unwrap_or_default().starts_with("Pod was rejected: Node didn't have enough resource: pods"));
+    assert!(
+        status
+            .message
+            .unwrap_or_default()
+            .starts_with("Pod was rejected: Node didn't have enough resource: pods")
+    );
 
     cluster.delete_pod(ns, &first).await?;
-    cluster.wait_pod_deleted(ns, &first, Duration::from_secs(20)).await?;
+    cluster
+        .wait_pod_deleted(ns, &first, Duration::from_secs(20))
+        .await?;
     let picky = format!("picky-{}", agent.node);
     let mut p = pod(&picky, "Always", 2, RUNNING);
-    p.spec.as_mut().expect("spec").node_selector = Some([("disktype".to_string(), "ssd".to_string())].into());
+    p.spec.as_mut().expect("spec").node_selector =
+        Some([("disktype".to_string(), "ssd".to_string())].into());
     cluster.create_pod(ns, p, &agent.node).await?;
     let rejected = cluster
-        .wait_pod(ns, &picky, Duration::from_secs(20), |p| (phase(p).as_deref() == Some("Failed")).then(|| p.clone()))
+        .wait_pod(ns, &picky, Duration::from_secs(20), |p| {
+            (phase(p).as_deref() == Some("Failed")).then(|| p.clone())
+        })
         .await?;
-    assert_eq!(rejected.status.and_then(|s| s.reason).as_deref(), Some("NodeAffinity"));
-    assert!(agent.sandboxes().await?.is_empty(), "a rejected pod never gets a sandbox");
+    assert_eq!(
+        rejected.status.and_then(|s| s.reason).as_deref(),
+        Some("NodeAffinity")
+    );
+    assert!(
+        agent.sandboxes().await?.is_empty(),
+        "a rejected pod never gets a sandbox"
+    );
     for n in [&second, &picky] {
         cluster.delete_pod(ns, n).await?;
     }
@@ -191,26 +300,53 @@ async fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_loss_does_not_restart_running_containers() -> anyhow::Result<()> {
-    let cluster = Cluster::start().await?;
+async fn api_restart_and_history_loss_do_not_restart_running_containers() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start().await?;
     let mut agent = Agent::start_with("e2e-gone", Some(&cluster.kubeconfig), "")?;
     wait_node_ready(&cluster, &mut agent).await?;
     let ns = "default";
     let name = format!("steady-{}", agent.node);
-    cluster.create_pod(ns, pod(&name, "Always", 2, RUNNING), &agent.node).await?;
-    cluster.wait_pod(ns, &name, Duration::from_secs(30), running_ready).await?;
+    cluster
+        .create_pod(ns, pod(&name, "Always", 2, RUNNING), &agent.node)
+        .await?;
+    cluster
+        .wait_pod(ns, &name, Duration::from_secs(30), running_ready)
+        .await?;
     let before = agent.containers().await?;
     assert_eq!(before.len(), 1);
-    // Compacting the history makes every watch fail with 410 Gone: the agent must relist, not restart.
+    // The API server restarts with its history compacted: the agent's watch is cut, resuming it gets
+    // 410 Gone, and the agent must relist without touching what runs.
     cluster.compact();
+    cluster.restart_api().await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     // A pod created after the compaction is still seen.
     let after_name = format!("after-{}", agent.node);
-    cluster.create_pod(ns, pod(&after_name, "Always", 2, RUNNING), &agent.node).await?;
-    cluster.wait_pod(ns, &after_name, Duration::from_secs(30), running_ready).await?;
+    cluster
+        .create_pod(ns, pod(&after_name, "Always", 2, RUNNING), &agent.node)
+        .await?;
+    cluster
+        .wait_pod(ns, &after_name, Duration::from_secs(30), running_ready)
+        .await?;
+    if cluster.is_standin() {
+        let relists = agent
+            .log()
+            .matches("listed the node's pods from the API server")
+            .count();
+        assert!(
+            relists >= 2,
+            "the agent did not relist after the restart:\n{}",
+            agent.log()
+        );
+    }
     let still = agent.containers().await?;
-    let original = still.iter().find(|c| c.id == before[0].id).expect("the first container still exists");
-    assert_eq!(original.state, mk_cri::api::ContainerState::ContainerRunning as i32);
+    let original = still
+        .iter()
+        .find(|c| c.id == before[0].id)
+        .expect("the first container still exists");
+    assert_eq!(
+        original.state,
+        mk_cri::api::ContainerState::ContainerRunning as i32
+    );
     let p = cluster.pods(ns).get(&name).await?;
     assert_eq!(first_container(&p).map(|c| c.restart_count), Some(0));
     for n in [&name, &after_name] {
@@ -224,27 +360,51 @@ async fn static_pod_has_a_mirror_pod() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let mut agent = Agent::start_with("e2e-mirror", Some(&cluster.kubeconfig), "")?;
     let node = wait_node_ready(&cluster, &mut agent).await?;
-    agent.write_manifest("static.yaml", &mk_e2e::busybox_pod("static", "Always", 2, RUNNING))?;
+    agent.write_manifest(
+        "static.yaml",
+        &mk_e2e::busybox_pod("static", "Always", 2, RUNNING),
+    )?;
     let name = format!("static-{}", agent.node);
     let mirror = cluster
-        .wait_pod("default", &name, Duration::from_secs(30), |p| running_ready(p).map(|_| p.clone()))
+        .wait_pod("default", &name, Duration::from_secs(30), |p| {
+            running_ready(p).map(|_| p.clone())
+        })
         .await?;
     let annotations = mirror.metadata.annotations.clone().unwrap_or_default();
-    assert!(annotations.contains_key("kubernetes.io/config.mirror"), "{annotations:?}");
+    assert!(
+        annotations.contains_key("kubernetes.io/config.mirror"),
+        "{annotations:?}"
+    );
     let owner = &mirror.metadata.owner_references.clone().unwrap_or_default()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Node", agent.node.as_str()));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Node", agent.node.as_str())
+    );
     assert_eq!(Some(&owner.uid), node.metadata.uid.as_ref());
 
     // A deleted mirror pod comes back; the static pod itself never stopped.
     let container = agent.containers().await?[0].id.clone();
-    cluster.pods("default").delete(&name, &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    cluster
+        .pods("default")
+        .delete(
+            &name,
+            &kube::api::DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await?;
     let old_uid = mirror.metadata.uid.clone();
     cluster
-        .wait_pod("default", &name, Duration::from_secs(30), |p| (p.metadata.uid != old_uid).then_some(()))
+        .wait_pod("default", &name, Duration::from_secs(30), |p| {
+            (p.metadata.uid != old_uid).then_some(())
+        })
         .await?;
     assert_eq!(agent.containers().await?[0].id, container);
     // Removing the manifest removes the mirror.
     agent.remove_manifest("static.yaml")?;
-    cluster.wait_pod_deleted("default", &name, Duration::from_secs(30)).await?;
+    cluster
+        .wait_pod_deleted("default", &name, Duration::from_secs(30))
+        .await?;
     Ok(())
 }

@@ -33,7 +33,10 @@ impl NodeHandle {
 
     /// The node's UID, once known.
     pub fn uid(&self) -> Option<String> {
-        self.rx.borrow().as_ref().and_then(|n| n.metadata.uid.clone())
+        self.rx
+            .borrow()
+            .as_ref()
+            .and_then(|n| n.metadata.uid.clone())
     }
 
     pub fn labels(&self) -> BTreeMap<String, String> {
@@ -123,7 +126,10 @@ mod tests {
         });
         tx.send_replace(Some(node));
         assert_eq!(
-            waiter.await.expect("join").and_then(|n| n.metadata.uid.clone()),
+            waiter
+                .await
+                .expect("join")
+                .and_then(|n| n.metadata.uid.clone()),
             Some("u".into())
         );
         assert_eq!(handle.uid().as_deref(), Some("u"));
@@ -133,6 +139,9 @@ mod tests {
         assert_eq!(alloc["cpu"].milli_value(), 3900);
         assert!(!alloc.contains_key("bad"));
         drop(tx);
-        assert!(handle.wait_for_node().await.is_some(), "a known node is returned at once");
+        assert!(
+            handle.wait_for_node().await.is_some(),
+            "a known node is returned at once"
+        );
     }
 }

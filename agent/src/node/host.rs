@@ -419,7 +419,10 @@ mod tests {
                     processor\t: 1\nvendor_id\t: GenuineIntel\n\nprocessor\t: 2\n\nprocessor\t: 3\n";
         assert_eq!(count_cpus(text), 4);
         // arm64 has a trailing block without "processor" entries per core in some kernels.
-        assert_eq!(count_cpus("processor : 0\nBogoMIPS : 50.00\nHardware : BCM2835\n"), 1);
+        assert_eq!(
+            count_cpus("processor : 0\nBogoMIPS : 50.00\nHardware : BCM2835\n"),
+            1
+        );
         assert_eq!(count_cpus(""), 0);
     }
 
@@ -444,7 +447,10 @@ mod tests {
 
     #[test]
     fn loadavg_task_total() {
-        assert_eq!(parse_loadavg_tasks("0.00 0.01 0.05 1/523 12345\n"), Some(523));
+        assert_eq!(
+            parse_loadavg_tasks("0.00 0.01 0.05 1/523 12345\n"),
+            Some(523)
+        );
         assert_eq!(parse_loadavg_tasks("0.00 0.01\n"), None);
     }
 
@@ -513,7 +519,10 @@ mod tests {
         write("proc/cpuinfo", "processor : 0\n\nprocessor : 1\n");
         write("proc/meminfo", MEMINFO);
         write("proc/sys/kernel/osrelease", "6.1.0-18-amd64\n");
-        write("proc/sys/kernel/random/boot_id", "b0a3d1c2-0000-4000-8000-000000000001\n");
+        write(
+            "proc/sys/kernel/random/boot_id",
+            "b0a3d1c2-0000-4000-8000-000000000001\n",
+        );
         write("proc/sys/kernel/pid_max", "4194304\n");
         write("proc/sys/kernel/threads-max", "126000\n");
         write("proc/loadavg", "0.10 0.20 0.30 2/600 999\n");
@@ -524,7 +533,10 @@ mod tests {
         assert_eq!(info.cpus, 2);
         assert_eq!(info.memory_bytes, Some(16_008_824 * 1024));
         assert_eq!(info.kernel_version, "6.1.0-18-amd64");
-        assert_eq!(info.os_image, "Test OS 1", "falls back to /usr/lib/os-release");
+        assert_eq!(
+            info.os_image, "Test OS 1",
+            "falls back to /usr/lib/os-release"
+        );
         assert_eq!(info.machine_id, "0123456789abcdef0123456789abcdef");
         assert_eq!(info.boot_id, "b0a3d1c2-0000-4000-8000-000000000001");
         assert_eq!(info.system_uuid, "", "unreadable product_uuid is empty");

@@ -166,7 +166,12 @@ impl LeaseController {
     }
 
     async fn ensure(&self) -> Result<Ensured, NodeError> {
-        let existing = call("get lease", self.request_timeout, self.api.get_opt(&self.node_name)).await?;
+        let existing = call(
+            "get lease",
+            self.request_timeout,
+            self.api.get_opt(&self.node_name),
+        )
+        .await?;
         if let Some(lease) = existing {
             return Ok(Ensured::Existing(lease));
         }
@@ -205,14 +210,19 @@ impl LeaseController {
     }
 
     /// `retryUpdateLease`: up to five PUTs; a conflict re-reads the lease first.
-    async fn retry_update(&mut self, mut base: Lease, cancel: &CancellationToken) -> Result<(), NodeError> {
+    async fn retry_update(
+        &mut self,
+        mut base: Lease,
+        cancel: &CancellationToken,
+    ) -> Result<(), NodeError> {
         let mut last_error = None;
         for _ in 0..MAX_UPDATE_RETRIES {
             let lease = self.renewed(Some(&base));
             match call(
                 "update lease",
                 self.request_timeout,
-                self.api.replace(&self.node_name, &PostParams::default(), &lease),
+                self.api
+                    .replace(&self.node_name, &PostParams::default(), &lease),
             )
             .await
             {
@@ -226,7 +236,9 @@ impl LeaseController {
                     last_error = Some(e);
                     if conflict {
                         match self.backoff_ensure(cancel).await {
-                            Some(Ensured::Created(lease) | Ensured::Existing(lease)) => base = lease,
+                            Some(Ensured::Created(lease) | Ensured::Existing(lease)) => {
+                                base = lease
+                            }
                             Some(Ensured::NoOwner) | None => break,
                         }
                     }
@@ -272,11 +284,19 @@ mod tests {
         assert_eq!(spec.renew_time, Some(MicroTime(now)));
         let refs = lease.metadata.owner_references.expect("owner");
         assert_eq!(
-            (refs[0].api_version.as_str(), refs[0].kind.as_str(), refs[0].name.as_str(), refs[0].uid.as_str()),
+            (
+                refs[0].api_version.as_str(),
+                refs[0].kind.as_str(),
+                refs[0].name.as_str(),
+                refs[0].uid.as_str()
+            ),
             ("v1", "Node", "node-a", "uid-1")
         );
         let json = serde_json::to_value(&spec).expect("json");
-        assert_eq!(json["renewTime"], "2023-11-14T22:13:20.000000Z", "MicroTime keeps microseconds");
+        assert_eq!(
+            json["renewTime"], "2023-11-14T22:13:20.000000Z",
+            "MicroTime keeps microseconds"
+        );
     }
 
     #[test]
@@ -286,12 +306,37 @@ mod tests {
         let mut base = new_lease(None, "node-a", 40, t0, None);
         base.metadata.resource_version = Some("7".into());
         assert!(base.metadata.owner_references.is_none());
-        assert!(node_owner_reference(&node(None)).is_none(), "no UID, no owner");
-        let renewed = new_lease(Some(&base), "node-a", 40, t1, node_owner_reference(&node(Some("u"))));
-        assert_eq!(renewed.metadata.resource_version.as_deref(), Some("7"), "optimistic concurrency");
-        assert_eq!(renewed.spec.as_ref().and_then(|s| s.renew_time.clone()), Some(MicroTime(t1)));
-        assert_eq!(renewed.metadata.owner_references.as_ref().map(Vec::len), Some(1));
-        let again = new_lease(Some(&renewed), "node-a", 40, t1, node_owner_reference(&node(Some("other"))));
+        assert!(
+            node_owner_reference(&node(None)).is_none(),
+            "no UID, no owner"
+        );
+        let renewed = new_lease(
+            Some(&base),
+            "node-a",
+            40,
+            t1,
+            node_owner_reference(&node(Some("u"))),
+        );
+        assert_eq!(
+            renewed.metadata.resource_version.as_deref(),
+            Some("7"),
+            "optimistic concurrency"
+        );
+        assert_eq!(
+            renewed.spec.as_ref().and_then(|s| s.renew_time.clone()),
+            Some(MicroTime(t1))
+        );
+        assert_eq!(
+            renewed.metadata.owner_references.as_ref().map(Vec::len),
+            Some(1)
+        );
+        let again = new_lease(
+            Some(&renewed),
+            "node-a",
+            40,
+            t1,
+            node_owner_reference(&node(Some("other"))),
+        );
         assert_eq!(
             again.metadata.owner_references.expect("owner")[0].uid,
             "u",

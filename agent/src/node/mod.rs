@@ -188,8 +188,12 @@ impl NodeAgent {
             options.instance_type.clone(),
             options.kubelet_port,
         )?;
-        let update_frequency = config.node_status_update_frequency.max(Duration::from_millis(1));
-        let lease_duration = Duration::from_secs(u64::try_from(config.node_lease_duration_seconds.max(1)).unwrap_or(1));
+        let update_frequency = config
+            .node_status_update_frequency
+            .max(Duration::from_millis(1));
+        let lease_duration = Duration::from_secs(
+            u64::try_from(config.node_lease_duration_seconds.max(1)).unwrap_or(1),
+        );
         let (node_tx, _) = watch::channel(None);
         Ok(Self {
             seed_runtime_version: None,
@@ -204,7 +208,9 @@ impl NodeAgent {
             report_frequency: config.node_status_report_frequency.max(update_frequency),
             lease_duration_seconds: config.node_lease_duration_seconds,
             // kubelet's heartbeat client timeout: min(update frequency, lease duration).
-            request_timeout: update_frequency.min(lease_duration).max(Duration::from_secs(1)),
+            request_timeout: update_frequency
+                .min(lease_duration)
+                .max(Duration::from_secs(1)),
             pleg,
             node_tx,
         })
@@ -364,7 +370,8 @@ impl NodeAgent {
             }
             step = (step * 2).min(REGISTER_BACKOFF_MAX);
             let observed = self.observe(state).await;
-            let node = status::node_for_registration(&self.settings, &observed, jiff::Timestamp::now());
+            let node =
+                status::node_for_registration(&self.settings, &observed, jiff::Timestamp::now());
             match self.try_register(&node).await {
                 Ok(registered) => {
                     self.publish(registered);
@@ -461,7 +468,12 @@ impl NodeAgent {
         let labels = status::required_label_fixes(&original, &self.settings.architecture);
         let since = state.last_report.map(|at| at.elapsed());
         if labels.is_empty()
-            && !status::status_changed_enough(&old_status, &new_status, since, self.report_frequency)
+            && !status::status_changed_enough(
+                &old_status,
+                &new_status,
+                since,
+                self.report_frequency,
+            )
         {
             self.publish(original);
             return Ok(());

@@ -27,7 +27,9 @@ const MAX_NANOS: i128 = MAX_UNITS * NANO;
 /// Why a string is not a quantity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantityError {
-    #[error("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$': {0:?}")]
+    #[error(
+        "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$': {0:?}"
+    )]
     Format(String),
     #[error("unable to parse quantity's suffix: {0:?}")]
     Suffix(String),
@@ -360,8 +362,7 @@ impl fmt::Display for Quantity {
             return f.write_str("0");
         }
         let mut format = self.format;
-        if format == Format::BinarySI
-            && (self.nanos.abs() < 1024 * NANO || self.nanos % NANO != 0)
+        if format == Format::BinarySI && (self.nanos.abs() < 1024 * NANO || self.nanos % NANO != 0)
         {
             // Small or fractional values print in decimal, as Go does to avoid rounding.
             format = Format::DecimalSI;
@@ -520,7 +521,10 @@ mod tests {
         assert_eq!(Quantity::bytes(512).to_string(), "512");
         assert_eq!(Quantity::bytes(1000).to_string(), "1k");
         assert_eq!(Quantity::bytes(1025).to_string(), "1025");
-        assert_eq!(Quantity::new_milli(4000, Format::DecimalSI).to_string(), "4");
+        assert_eq!(
+            Quantity::new_milli(4000, Format::DecimalSI).to_string(),
+            "4"
+        );
         assert_eq!(Quantity::new(110, Format::DecimalSI).to_string(), "110");
     }
 
@@ -534,7 +538,11 @@ mod tests {
         assert_eq!(cpu.to_string(), "3900m");
         let mut zero = Quantity::new(0, Format::DecimalSI);
         zero.add(&q("1Gi"));
-        assert_eq!(zero.to_string(), "1Gi", "a zero receiver takes the other's format");
+        assert_eq!(
+            zero.to_string(),
+            "1Gi",
+            "a zero receiver takes the other's format"
+        );
         let mut negative = q("1Ki");
         negative.sub(&q("2Ki"));
         assert!(negative.is_negative());

@@ -48,11 +48,13 @@ pub fn parse_reserved(
 ) -> Result<ResourceList, ResourceConfigError> {
     map.iter()
         .map(|(key, text)| {
-            let q: Quantity = text.parse().map_err(|source| ResourceConfigError::Quantity {
-                field,
-                key: key.clone(),
-                source,
-            })?;
+            let q: Quantity = text
+                .parse()
+                .map_err(|source| ResourceConfigError::Quantity {
+                    field,
+                    key: key.clone(),
+                    source,
+                })?;
             if q.is_negative() {
                 return Err(ResourceConfigError::Negative {
                     field,
@@ -148,9 +150,13 @@ impl EvictionThresholds {
                 }
                 ThresholdValue::Percentage(fraction)
             } else {
-                let q: Quantity = text.parse().map_err(|e: QuantityError| invalid(e.to_string()))?;
+                let q: Quantity = text
+                    .parse()
+                    .map_err(|e: QuantityError| invalid(e.to_string()))?;
                 if q.is_negative() || q.is_zero() {
-                    return Err(invalid(format!("eviction threshold must be positive: {text}")));
+                    return Err(invalid(format!(
+                        "eviction threshold must be positive: {text}"
+                    )));
                 }
                 ThresholdValue::Quantity(q)
             };
@@ -258,9 +264,7 @@ fn observe(signal: Signal, usage: &HostUsage) -> Option<(Quantity, Quantity)> {
         Some((q(available), q(capacity)))
     };
     match signal {
-        Signal::MemoryAvailable => {
-            bytes(usage.memory_available_bytes?, usage.memory_total_bytes?)
-        }
+        Signal::MemoryAvailable => bytes(usage.memory_available_bytes?, usage.memory_total_bytes?),
         // The kubepods cgroup is not measured; the signal is never met.
         Signal::AllocatableMemoryAvailable => None,
         // Without a dedicated image filesystem kubelet observes the root filesystem for all three.
@@ -375,14 +379,20 @@ mod tests {
     }
 
     fn strings(list: &ResourceList) -> BTreeMap<&str, String> {
-        list.iter().map(|(k, v)| (k.as_str(), v.to_string())).collect()
+        list.iter()
+            .map(|(k, v)| (k.as_str(), v.to_string()))
+            .collect()
     }
 
     const GIB: u64 = 1 << 30;
 
     #[test]
     fn capacity_is_reported_like_kubelet() {
-        let cap = capacity(&host(4, 16_393_035_776), Some(&fs(100 * GIB, 50 * GIB)), 110);
+        let cap = capacity(
+            &host(4, 16_393_035_776),
+            Some(&fs(100 * GIB, 50 * GIB)),
+            110,
+        );
         assert_eq!(
             strings(&cap),
             BTreeMap::from([
@@ -399,11 +409,19 @@ mod tests {
     #[test]
     fn allocatable_subtracts_reservations_and_default_eviction_thresholds() {
         let cap = capacity(&host(4, 16 * GIB), Some(&fs(100 * GIB, 50 * GIB)), 110);
-        let kube = parse_reserved("kubeReserved", &map(&[("cpu", "100m"), ("memory", "256Mi")]))
-            .expect("valid");
+        let kube = parse_reserved(
+            "kubeReserved",
+            &map(&[("cpu", "100m"), ("memory", "256Mi")]),
+        )
+        .expect("valid");
         let system = parse_reserved(
             "systemReserved",
-            &map(&[("cpu", "0.5"), ("memory", "1Gi"), ("ephemeral-storage", "1Gi"), ("pid", "100")]),
+            &map(&[
+                ("cpu", "0.5"),
+                ("memory", "1Gi"),
+                ("ephemeral-storage", "1Gi"),
+                ("pid", "100"),
+            ]),
         )
         .expect("valid");
         let eviction = EvictionThresholds::parse(&map(&[
@@ -426,7 +444,10 @@ mod tests {
                 ("pods", "110".to_string()),
             ])
         );
-        assert_eq!(ten_percent, 10_737_418_400, "float32 rounding shows in the last digits");
+        assert_eq!(
+            ten_percent, 10_737_418_400,
+            "float32 rounding shows in the last digits"
+        );
     }
 
     #[test]
@@ -434,7 +455,12 @@ mod tests {
         let cap = capacity(&host(1, GIB), Some(&fs(GIB, GIB)), 5);
         let kube = parse_reserved("kubeReserved", &map(&[("cpu", "2"), ("memory", "2Gi")]))
             .expect("valid");
-        let alloc = allocatable(&cap, &kube, &ResourceList::new(), &EvictionThresholds::default());
+        let alloc = allocatable(
+            &cap,
+            &kube,
+            &ResourceList::new(),
+            &EvictionThresholds::default(),
+        );
         assert_eq!(alloc[CPU].to_string(), "0");
         assert_eq!(alloc[MEMORY].to_string(), "0");
         assert_eq!(alloc[EPHEMERAL_STORAGE].to_string(), "1Gi");
@@ -510,24 +536,45 @@ mod tests {
         let low_memory = usage(50 << 20, 50 * GIB, 900_000, 500);
         assert_eq!(
             thresholds_met(&t, &low_memory),
-            Pressure { memory: true, ..Default::default() }
+            Pressure {
+                memory: true,
+                ..Default::default()
+            }
         );
         // 12% free: only the imagefs threshold (15%) is crossed, which is the root fs here.
         let disk = usage(8 * GIB, 12 * GIB, 900_000, 500);
-        assert_eq!(thresholds_met(&t, &disk), Pressure { disk: true, ..Default::default() });
+        assert_eq!(
+            thresholds_met(&t, &disk),
+            Pressure {
+                disk: true,
+                ..Default::default()
+            }
+        );
         let inodes = usage(8 * GIB, 50 * GIB, 10_000, 500);
         assert!(thresholds_met(&t, &inodes).disk);
         let pids = usage(8 * GIB, 50 * GIB, 900_000, 32_000);
-        assert_eq!(thresholds_met(&t, &pids), Pressure { pid: true, ..Default::default() });
+        assert_eq!(
+            thresholds_met(&t, &pids),
+            Pressure {
+                pid: true,
+                ..Default::default()
+            }
+        );
         // Nothing observed: nothing met.
-        assert_eq!(thresholds_met(&t, &HostUsage::default()), Pressure::default());
+        assert_eq!(
+            thresholds_met(&t, &HostUsage::default()),
+            Pressure::default()
+        );
     }
 
     #[test]
     fn pressure_stays_for_the_transition_period() {
         let start = Instant::now();
         let mut tracker = PressureTracker::new(Duration::from_secs(300));
-        let on = Pressure { memory: true, ..Default::default() };
+        let on = Pressure {
+            memory: true,
+            ..Default::default()
+        };
         let off = Pressure::default();
         assert_eq!(tracker.observe(off, start), off);
         assert_eq!(tracker.observe(on, start), on);

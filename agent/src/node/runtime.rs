@@ -60,7 +60,8 @@ impl RuntimeState {
                 self.last_sync = Some(now);
             }
             other => {
-                self.runtime_error = Some(format!("container runtime not ready: {}", describe(other)));
+                self.runtime_error =
+                    Some(format!("container runtime not ready: {}", describe(other)));
             }
         }
     }
@@ -147,9 +148,8 @@ pub fn normalize_version(raw: &str) -> Option<String> {
 fn semver_extra(extra: &str) -> Option<(&str, &str)> {
     let extra = extra.trim_end();
     let valid = |ids: &str| {
-        ids.split('.').all(|id| {
-            !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
+        ids.split('.')
+            .all(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
     };
     let (pre, build) = match extra.split_once('+') {
         Some((pre, build)) => (pre, Some(build)),
@@ -253,9 +253,19 @@ mod tests {
     fn runtime_is_down_after_the_threshold() {
         let start = Instant::now();
         let mut state = RuntimeState::default();
-        state.record(&response(vec![condition("RuntimeReady", true, "", ""), condition("NetworkReady", true, "", "")]), start);
+        state.record(
+            &response(vec![
+                condition("RuntimeReady", true, "", ""),
+                condition("NetworkReady", true, "", ""),
+            ]),
+            start,
+        );
         state.record(&down(), start + Duration::from_secs(5));
-        assert!(state.ready_errors(start + Duration::from_secs(29), Ok(())).is_empty());
+        assert!(
+            state
+                .ready_errors(start + Duration::from_secs(29), Ok(()))
+                .is_empty()
+        );
         assert_eq!(
             state.ready_errors(start + Duration::from_secs(30), Ok(())),
             vec!["container runtime is down"]
@@ -276,9 +286,18 @@ mod tests {
     fn pleg_unhealthy_is_reported() {
         let now = Instant::now();
         let mut state = RuntimeState::default();
-        state.record(&response(vec![condition("RuntimeReady", true, "", ""), condition("NetworkReady", true, "", "")]), now);
+        state.record(
+            &response(vec![
+                condition("RuntimeReady", true, "", ""),
+                condition("NetworkReady", true, "", ""),
+            ]),
+            now,
+        );
         assert_eq!(
-            state.ready_errors(now, Err("pleg was last seen active 200s ago; threshold is 180s".into())),
+            state.ready_errors(
+                now,
+                Err("pleg was last seen active 200s ago; threshold is 180s".into())
+            ),
             vec!["PLEG is not healthy: pleg was last seen active 200s ago; threshold is 180s"]
         );
     }

@@ -18,9 +18,7 @@ use serde_json::{Map, Value};
 
 use super::host::{FsStats, HostInfo};
 use super::quantity::{Format, Quantity};
-use super::resources::{
-    self, EvictionThresholds, Pressure, ResourceConfigError, ResourceList,
-};
+use super::resources::{self, EvictionThresholds, Pressure, ResourceConfigError, ResourceList};
 use crate::config::KubeletConfiguration;
 
 /// The version this agent reports as `nodeInfo.kubeletVersion`: the Kubernetes minor whose kubelet
@@ -157,7 +155,11 @@ pub fn registration_labels(settings: &NodeSettings) -> BTreeMap<String, String> 
 
 /// The Node kubelet creates when it registers (`initialNode`): labels, the attach/detach
 /// annotation, `registerWithTaints`, and a full status.
-pub fn node_for_registration(settings: &NodeSettings, observed: &Observation, now: Timestamp) -> Node {
+pub fn node_for_registration(
+    settings: &NodeSettings,
+    observed: &Observation,
+    now: Timestamp,
+) -> Node {
     Node {
         metadata: ObjectMeta {
             name: Some(settings.node_name.clone()),
@@ -189,7 +191,10 @@ pub fn default_label_updates(initial: &Node, existing: &Node) -> BTreeMap<String
             if have.get(*label) == Some(value) {
                 return None;
             }
-            Some((label.to_string(), (!value.is_empty()).then(|| value.clone())))
+            Some((
+                label.to_string(),
+                (!value.is_empty()).then(|| value.clone()),
+            ))
         })
         .collect()
 }
@@ -289,10 +294,15 @@ pub fn node_status(
     ) {
         allocatable.insert(name, q.to_api());
     }
-    let missing: Vec<&str> = [resources::CPU, resources::MEMORY, resources::PODS, resources::EPHEMERAL_STORAGE]
-        .into_iter()
-        .filter(|r| !capacity.contains_key(*r))
-        .collect();
+    let missing: Vec<&str> = [
+        resources::CPU,
+        resources::MEMORY,
+        resources::PODS,
+        resources::EPHEMERAL_STORAGE,
+    ]
+    .into_iter()
+    .filter(|r| !capacity.contains_key(*r))
+    .collect();
     status.capacity = Some(capacity);
     status.allocatable = Some(allocatable);
 
@@ -337,8 +347,14 @@ pub fn node_status(
         (
             MEMORY_PRESSURE,
             observed.pressure.memory,
-            ("KubeletHasInsufficientMemory", "kubelet has insufficient memory available"),
-            ("KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            (
+                "KubeletHasInsufficientMemory",
+                "kubelet has insufficient memory available",
+            ),
+            (
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            ),
         ),
         (
             DISK_PRESSURE,
@@ -349,11 +365,19 @@ pub fn node_status(
         (
             PID_PRESSURE,
             observed.pressure.pid,
-            ("KubeletHasInsufficientPID", "kubelet has insufficient PID available"),
-            ("KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            (
+                "KubeletHasInsufficientPID",
+                "kubelet has insufficient PID available",
+            ),
+            (
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            ),
         ),
     ];
-    for (kind, under_pressure, (true_reason, true_message), (false_reason, false_message)) in pressure {
+    for (kind, under_pressure, (true_reason, true_message), (false_reason, false_message)) in
+        pressure
+    {
         let (wanted, reason, message) = if under_pressure {
             ("True", true_reason, true_message)
         } else {
@@ -517,7 +541,9 @@ pub fn status_patch(
         .conditions
         .iter()
         .flatten()
-        .filter(|c| [MEMORY_PRESSURE, DISK_PRESSURE, PID_PRESSURE, READY].contains(&c.type_.as_str()))
+        .filter(|c| {
+            [MEMORY_PRESSURE, DISK_PRESSURE, PID_PRESSURE, READY].contains(&c.type_.as_str())
+        })
         .collect();
     status.insert("conditions".into(), serde_json::to_value(ours)?);
     if let Some(endpoints) = &new.daemon_endpoints {
@@ -638,7 +664,10 @@ mod tests {
         assert_eq!(taints[0].key, "dedicated");
         let status = node.status.expect("status");
         let strings = |m: &Option<BTreeMap<String, ApiQuantity>>| -> BTreeMap<String, String> {
-            m.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect()
+            m.iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect()
         };
         assert_eq!(
             strings(&status.capacity),
@@ -651,7 +680,10 @@ mod tests {
         );
         let alloc = strings(&status.allocatable);
         assert_eq!(alloc["cpu"], "3900m");
-        assert_eq!(alloc["memory"], "16284Mi", "16Gi minus the default 100Mi threshold");
+        assert_eq!(
+            alloc["memory"], "16284Mi",
+            "16Gi minus the default 100Mi threshold"
+        );
         assert_eq!(alloc["pods"], "110");
         let types: Vec<&str> = status
             .conditions
@@ -659,22 +691,47 @@ mod tests {
             .flatten()
             .map(|c| c.type_.as_str())
             .collect();
-        assert_eq!(types, ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"]);
+        assert_eq!(
+            types,
+            ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"]
+        );
         let mem = condition(&status, MEMORY_PRESSURE);
         assert_eq!(
-            (mem.status.as_str(), mem.reason.as_deref(), mem.message.as_deref()),
-            ("False", Some("KubeletHasSufficientMemory"), Some("kubelet has sufficient memory available"))
+            (
+                mem.status.as_str(),
+                mem.reason.as_deref(),
+                mem.message.as_deref()
+            ),
+            (
+                "False",
+                Some("KubeletHasSufficientMemory"),
+                Some("kubelet has sufficient memory available")
+            )
         );
         let disk = condition(&status, DISK_PRESSURE);
         assert_eq!(disk.reason.as_deref(), Some("KubeletHasNoDiskPressure"));
-        assert_eq!(disk.message.as_deref(), Some("kubelet has no disk pressure"));
+        assert_eq!(
+            disk.message.as_deref(),
+            Some("kubelet has no disk pressure")
+        );
         let pid = condition(&status, PID_PRESSURE);
         assert_eq!(pid.reason.as_deref(), Some("KubeletHasSufficientPID"));
-        assert_eq!(pid.message.as_deref(), Some("kubelet has sufficient PID available"));
+        assert_eq!(
+            pid.message.as_deref(),
+            Some("kubelet has sufficient PID available")
+        );
         let ready = condition(&status, READY);
         assert_eq!(
-            (ready.status.as_str(), ready.reason.as_deref(), ready.message.as_deref()),
-            ("True", Some("KubeletReady"), Some("kubelet is posting ready status"))
+            (
+                ready.status.as_str(),
+                ready.reason.as_deref(),
+                ready.message.as_deref()
+            ),
+            (
+                "True",
+                Some("KubeletReady"),
+                Some("kubelet is posting ready status")
+            )
         );
         assert_eq!(ready.last_transition_time, Some(Time(at(0))));
         let info = status.node_info.expect("nodeInfo");
@@ -687,12 +744,21 @@ mod tests {
         assert_eq!(
             status.addresses.expect("addresses"),
             vec![
-                NodeAddress { type_: "InternalIP".into(), address: "192.168.1.20".into() },
-                NodeAddress { type_: "Hostname".into(), address: "node-a".into() },
+                NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: "192.168.1.20".into()
+                },
+                NodeAddress {
+                    type_: "Hostname".into(),
+                    address: "node-a".into()
+                },
             ]
         );
         assert_eq!(
-            status.daemon_endpoints.and_then(|d| d.kubelet_endpoint).map(|e| e.port),
+            status
+                .daemon_endpoints
+                .and_then(|d| d.kubelet_endpoint)
+                .map(|e| e.port),
             Some(10250)
         );
     }
@@ -706,12 +772,17 @@ mod tests {
         let labels = registration_labels(&s);
         assert_eq!(labels[LABEL_INSTANCE_TYPE], "m5.large");
         assert_eq!(labels[LABEL_BETA_INSTANCE_TYPE], "m5.large");
-        assert_eq!(labels[LABEL_OS], "custom", "--node-labels override defaults, as in kubelet");
+        assert_eq!(
+            labels[LABEL_OS], "custom",
+            "--node-labels override defaults, as in kubelet"
+        );
     }
 
     #[test]
     fn kubelet_version_is_semver_with_build_metadata() {
-        let rest = KUBELET_VERSION.strip_prefix("v1.33.0+mini.").expect("prefix");
+        let rest = KUBELET_VERSION
+            .strip_prefix("v1.33.0+mini.")
+            .expect("prefix");
         assert_eq!(rest, env!("CARGO_PKG_VERSION"));
     }
 
@@ -732,15 +803,34 @@ mod tests {
         let mem = condition(&third, MEMORY_PRESSURE);
         assert_eq!(mem.status, "True");
         assert_eq!(mem.reason.as_deref(), Some("KubeletHasInsufficientMemory"));
-        assert_eq!(mem.message.as_deref(), Some("kubelet has insufficient memory available"));
+        assert_eq!(
+            mem.message.as_deref(),
+            Some("kubelet has insufficient memory available")
+        );
         assert_eq!(mem.last_transition_time, Some(Time(at(20))));
-        assert_eq!(condition(&third, DISK_PRESSURE).last_transition_time, Some(Time(at(0))));
+        assert_eq!(
+            condition(&third, DISK_PRESSURE).last_transition_time,
+            Some(Time(at(0)))
+        );
         let mut disk = observation();
-        disk.pressure = Pressure { disk: true, pid: true, memory: false };
+        disk.pressure = Pressure {
+            disk: true,
+            pid: true,
+            memory: false,
+        };
         let fourth = node_status(&third, &s, &disk, at(30));
-        assert_eq!(condition(&fourth, DISK_PRESSURE).reason.as_deref(), Some("KubeletHasDiskPressure"));
-        assert_eq!(condition(&fourth, PID_PRESSURE).reason.as_deref(), Some("KubeletHasInsufficientPID"));
-        assert_eq!(condition(&fourth, MEMORY_PRESSURE).last_transition_time, Some(Time(at(30))));
+        assert_eq!(
+            condition(&fourth, DISK_PRESSURE).reason.as_deref(),
+            Some("KubeletHasDiskPressure")
+        );
+        assert_eq!(
+            condition(&fourth, PID_PRESSURE).reason.as_deref(),
+            Some("KubeletHasInsufficientPID")
+        );
+        assert_eq!(
+            condition(&fourth, MEMORY_PRESSURE).last_transition_time,
+            Some(Time(at(30)))
+        );
     }
 
     #[test]
@@ -752,8 +842,16 @@ mod tests {
         let not_ready = node_status(&ok, &s, &down, at(10));
         let ready = condition(&not_ready, READY);
         assert_eq!(
-            (ready.status.as_str(), ready.reason.as_deref(), ready.message.as_deref()),
-            ("False", Some("KubeletNotReady"), Some("container runtime is down"))
+            (
+                ready.status.as_str(),
+                ready.reason.as_deref(),
+                ready.message.as_deref()
+            ),
+            (
+                "False",
+                Some("KubeletNotReady"),
+                Some("container runtime is down")
+            )
         );
         assert_eq!(ready.last_transition_time, Some(Time(at(10))));
 
@@ -766,9 +864,15 @@ mod tests {
         let ready = condition(&still, READY);
         assert_eq!(
             ready.message.as_deref(),
-            Some("[PLEG is not healthy: pleg has yet to be successful, container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:cni plugin not initialized]")
+            Some(
+                "[PLEG is not healthy: pleg has yet to be successful, container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:cni plugin not initialized]"
+            )
         );
-        assert_eq!(ready.last_transition_time, Some(Time(at(10))), "still False: no transition");
+        assert_eq!(
+            ready.last_transition_time,
+            Some(Time(at(10))),
+            "still False: no transition"
+        );
 
         let mut no_memory = observation();
         no_memory.host.memory_bytes = None;
@@ -780,7 +884,10 @@ mod tests {
         );
         let back = node_status(&still, &s, &observation(), at(30));
         assert_eq!(condition(&back, READY).status, "True");
-        assert_eq!(condition(&back, READY).last_transition_time, Some(Time(at(30))));
+        assert_eq!(
+            condition(&back, READY).last_transition_time,
+            Some(Time(at(30)))
+        );
     }
 
     #[test]
@@ -788,30 +895,45 @@ mod tests {
         assert_eq!(aggregate(&[]), None);
         assert_eq!(aggregate(&["a".into()]), Some("a".into()));
         assert_eq!(aggregate(&["a".into(), "a".into()]), Some("a".into()));
-        assert_eq!(aggregate(&["a".into(), "b".into(), "a".into()]), Some("[a, b]".into()));
+        assert_eq!(
+            aggregate(&["a".into(), "b".into(), "a".into()]),
+            Some("[a, b]".into())
+        );
     }
 
     #[test]
     fn other_writers_fields_are_kept() {
         let s = settings();
         let mut previous = node_status(&NodeStatus::default(), &s, &observation(), at(0));
-        previous.conditions.get_or_insert_default().push(NodeCondition {
-            type_: "NetworkUnavailable".into(),
-            status: "False".into(),
-            reason: Some("RouteCreated".into()),
-            ..Default::default()
-        });
+        previous
+            .conditions
+            .get_or_insert_default()
+            .push(NodeCondition {
+                type_: "NetworkUnavailable".into(),
+                status: "False".into(),
+                reason: Some("RouteCreated".into()),
+                ..Default::default()
+            });
         for list in [&mut previous.capacity, &mut previous.allocatable] {
             list.get_or_insert_default()
                 .insert("example.com/gpu".into(), ApiQuantity("2".into()));
         }
         previous.volumes_in_use = Some(vec!["kubernetes.io/csi/x".into()]);
         let next = node_status(&previous, &s, &observation(), at(10));
-        assert_eq!(condition(&next, "NetworkUnavailable").reason.as_deref(), Some("RouteCreated"));
-        assert_eq!(next.allocatable.as_ref().expect("alloc")["example.com/gpu"].0, "2");
+        assert_eq!(
+            condition(&next, "NetworkUnavailable").reason.as_deref(),
+            Some("RouteCreated")
+        );
+        assert_eq!(
+            next.allocatable.as_ref().expect("alloc")["example.com/gpu"].0,
+            "2"
+        );
         assert_eq!(next.volumes_in_use, previous.volumes_in_use);
         assert_eq!(comparable(&previous), comparable(&next));
-        assert_eq!(comparable_conditions(&previous), comparable_conditions(&next));
+        assert_eq!(
+            comparable_conditions(&previous),
+            comparable_conditions(&next)
+        );
         assert!(!status_changed(&previous, &next), "only heartbeats moved");
     }
 
@@ -822,21 +944,45 @@ mod tests {
         let same = node_status(&first, &s, &observation(), at(10));
         assert_ne!(first, same, "heartbeats differ");
         assert!(!status_changed(&first, &same));
-        assert!(!status_changed_enough(&first, &same, Some(Duration::from_secs(10)), Duration::from_secs(300)));
-        assert!(status_changed_enough(&first, &same, Some(Duration::from_secs(300)), Duration::from_secs(300)));
-        assert!(status_changed_enough(&first, &same, None, Duration::from_secs(300)));
+        assert!(!status_changed_enough(
+            &first,
+            &same,
+            Some(Duration::from_secs(10)),
+            Duration::from_secs(300)
+        ));
+        assert!(status_changed_enough(
+            &first,
+            &same,
+            Some(Duration::from_secs(300)),
+            Duration::from_secs(300)
+        ));
+        assert!(status_changed_enough(
+            &first,
+            &same,
+            None,
+            Duration::from_secs(300)
+        ));
 
         let mut other_ip = observation();
         other_ip.node_ip = Some("10.0.0.9".parse().expect("ip"));
-        assert!(status_changed(&first, &node_status(&first, &s, &other_ip, at(10))));
+        assert!(status_changed(
+            &first,
+            &node_status(&first, &s, &other_ip, at(10))
+        ));
         let mut less_disk = observation();
         if let Some(fs) = less_disk.fs.as_mut() {
             fs.capacity_bytes -= GIB;
         }
-        assert!(status_changed(&first, &node_status(&first, &s, &less_disk, at(10))));
+        assert!(status_changed(
+            &first,
+            &node_status(&first, &s, &less_disk, at(10))
+        ));
         let mut not_ready = observation();
         not_ready.not_ready = vec!["container runtime is down".into()];
-        assert!(status_changed(&first, &node_status(&first, &s, &not_ready, at(10))));
+        assert!(status_changed(
+            &first,
+            &node_status(&first, &s, &not_ready, at(10))
+        ));
 
         // Semantic equality: the server may spell quantities differently; order of conditions too.
         let mut respelled = same.clone();
@@ -899,7 +1045,10 @@ mod tests {
             .iter()
             .filter_map(|c| c["type"].as_str())
             .collect();
-        assert_eq!(types, ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"]);
+        assert_eq!(
+            types,
+            ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"]
+        );
         assert!(status.get("volumesInUse").is_none());
         assert_eq!(status["capacity"]["cpu"], "4");
         assert_eq!(status["nodeInfo"]["kubeletVersion"], KUBELET_VERSION);
@@ -908,7 +1057,10 @@ mod tests {
         let unchanged = node_status(&new, &s, &moved, at(20));
         let patch = status_patch(&new, &unchanged, &BTreeMap::new()).expect("patch");
         assert!(patch.get("metadata").is_none());
-        assert_eq!(patch["status"]["addresses"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            patch["status"]["addresses"].as_array().map(Vec::len),
+            Some(2)
+        );
     }
 
     #[test]
@@ -921,7 +1073,10 @@ mod tests {
             ..Default::default()
         };
         let list = node_images(&[image("a", 10, 1), image("b", 30, 7), image("c", 10, 0)]);
-        let names: Vec<Vec<String>> = list.iter().map(|i| i.names.clone().unwrap_or_default()).collect();
+        let names: Vec<Vec<String>> = list
+            .iter()
+            .map(|i| i.names.clone().unwrap_or_default())
+            .collect();
         assert_eq!(names[0].len(), 5);
         assert_eq!(names[0][0], "b@sha256:d", "digests first");
         assert_eq!(names[1], vec!["c@sha256:d"], "equal sizes: larger ID first");

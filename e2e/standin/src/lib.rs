@@ -100,6 +100,16 @@ impl Standin {
             })?;
         let local = listener.local_addr()?;
         let (router, state) = Self::app(&options, &local.to_string());
+        Ok(Self::serve(listener, router, state, options))
+    }
+
+    fn serve(
+        listener: TcpListener,
+        router: axum::Router,
+        state: AppState,
+        options: StandinOptions,
+    ) -> StandinHandle {
+        let local = listener.local_addr().ok();
         let token = state.shutdown.clone();
         let wait = token.clone();
         let task = tokio::spawn(async move {
@@ -110,12 +120,13 @@ impl Standin {
                 tracing::error!("serving: {e}");
             }
         });
-        Ok(StandinHandle {
-            addr: local,
+        StandinHandle {
+            addr: local.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             store: state.store,
+            options,
             shutdown: token,
             task: Some(task),
-        })
+        }
     }
 }
 
@@ -124,6 +135,7 @@ impl Standin {
 pub struct StandinHandle {
     addr: SocketAddr,
     store: Arc<Store>,
+    options: StandinOptions,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -163,6 +175,44 @@ impl StandinHandle {
     /// Write [`Self::kubeconfig`] to a file.
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
         std::fs::write(path, self.kubeconfig())
+    }
+
+    /// Restarts the server on the same address with the same stored objects, as an API server restart
+    /// over a persistent etcd: every connection and watch ends, and clients must reconnect.
+    pub async fn restart(mut self) -> Result<StandinHandle, Error> {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let addr = self.addr;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                // The old socket may linger for a moment.
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(source) => {
+                    return Err(Error::Bind {
+                        addr: addr.to_string(),
+                        source,
+                    });
+                }
+            }
+        };
+        let state = AppState {
+            store: self.store.clone(),
+            bookmark_interval: self.options.bookmark_interval,
+            server_address: addr.to_string(),
+            shutdown: CancellationToken::new(),
+        };
+        let router = server::router(state.clone());
+        Ok(Standin::serve(
+            listener,
+            router,
+            state,
+            self.options.clone(),
+        ))
     }
 
     /// Stop serving: end watch streams and wait for the server task.

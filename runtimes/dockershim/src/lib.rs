@@ -1,1 +1,166 @@
-//! stub
+//! A CRI v1 runtime backed by dockerd: the semantics of Kubernetes' old dockershim /
+//! Mirantis' cri-dockerd, as a library the agent serves in-process (`--container-runtime docker`)
+//! or as its own process (`mini-kubelet dockershim --listen unix:///… --docker-endpoint …`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mk_dockershim::DockerShimError> {
+//! use mk_dockershim::{DockerShimConfig, serve};
+//!
+//! let config = DockerShimConfig::with_endpoint("unix:///var/run/docker.sock");
+//! let server = serve("/run/mini-kubelet/dockershim.sock", config).await?;
+//! // ... point a CRI client at server.endpoint() ...
+//! server.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Model
+//!
+//! * **Sandbox** = a pause container ([`DockerShimConfig::pod_infra_image`]) named
+//!   `k8s_POD_<pod>_<namespace>_<uid>_<attempt>`. It owns the pod's network namespace (Docker's
+//!   bridge network, or the host's for hostNetwork), IPC namespace (`shareable`) and, with
+//!   `shareProcessNamespace`, PID namespace; it carries the hostname, the host port bindings,
+//!   the sysctls and the cgroup parent. With a CRI DNS config its `resolv.conf` (the file Docker
+//!   keeps for it, which Docker also mounts into every container joining its network) is
+//!   rewritten from the config; without one it is Docker's copy of the host's. The sandbox's IP is
+//!   the pause container's address on Docker's network. *No CNI*: that mode is a follow-up.
+//! * **Containers** are named `k8s_<container>_<pod>_<namespace>_<uid>_<attempt>` and join the
+//!   sandbox's namespaces (`container:<sandbox id>` network / IPC / PID modes, or `host`), inherit
+//!   its cgroup parent, and get command → entrypoint, args → cmd, env, working dir, mounts (Docker
+//!   binds with `ro` and `rprivate`/`rslave`/`rshared`), devices, privileged, capabilities,
+//!   run-as user/group/username, supplemental groups, read-only rootfs, no-new-privileges,
+//!   seccomp (unconfined / localhost profiles), masked/readonly paths, CPU shares / quota /
+//!   period / cpusets, memory limit (no swap unless the CRI gives a swap limit) and
+//!   `oom_score_adj` (raised to 0 when negative unless
+//!   [`DockerShimConfig::allow_negative_oom_score_adj`]).
+//! * **State lives in Docker only**: CRI metadata, labels and annotations are Docker labels (see
+//!   [`labels`]), so List*/Status and adoption after a restart need no local state.
+//! * **Logs**: see [`logs`] — a follower per container copies Docker's log into the CRI log file
+//!   in the CRI format.
+//! * **Stop/Remove** of unknown IDs succeed (StopContainer of an unknown ID is NotFound, which
+//!   kubelet treats as stopped). StopPodSandbox kills the pod's containers, then stops the pause
+//!   container; RemovePodSandbox removes them all.
+//! * **ExecSync** runs a Docker exec and collects its output (16 MiB per stream at most); a
+//!   timeout answers DeadlineExceeded and kills the exec'd process.
+//! * **Stats**: ContainerStats / ListContainerStats / PodSandboxStats / ListPodSandboxStats from
+//!   Docker's one-shot stats (cached per container for [`DockerShimConfig::stats_cache_ttl`]).
+//! * **Events**: GetContainerEvents from Docker's event stream.
+//! * **Images** through Docker: references are normalised as Docker does
+//!   ([`normalize_reference`]), CRI auth becomes Docker registry credentials, ImageStatus of an
+//!   absent image is `image: None`, ImageFsInfo reports Docker's data root.
+//! * **Not implemented** (`Unimplemented`): the streaming calls Exec, Attach and PortForward,
+//!   CheckpointContainer, ListMetricDescriptors, ListPodSandboxMetrics, RuntimeConfig.
+//!   UpdateRuntimeConfig is accepted and ignored (no CNI).
+
+mod config;
+mod container;
+mod convert;
+mod error;
+mod events;
+mod exec;
+mod image;
+pub mod labels;
+pub mod logs;
+mod sandbox;
+mod server;
+mod service;
+mod stats;
+
+use std::sync::Arc;
+
+use bollard::{API_DEFAULT_VERSION, Docker};
+
+pub use config::{
+    DEFAULT_DOCKER_ENDPOINT, DEFAULT_POD_INFRA_IMAGE, DockerShimConfig, socket_path,
+};
+pub use error::DockerShimError;
+pub use image::normalize_reference;
+pub use server::{ServerHandle, serve};
+
+/// The CRI v1 messages, re-exported.
+pub use k8s_cri::v1 as api;
+
+/// The runtime name reported by Version.
+pub const RUNTIME_NAME: &str = "docker";
+
+/// A CRI runtime on one dockerd. Cloning is cheap; clones share the connection, the log
+/// followers and the stats cache.
+#[derive(Clone)]
+pub struct DockerShim {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    docker: Docker,
+    config: DockerShimConfig,
+    logs: logs::LogFollowers,
+    stats: stats::StatsCache,
+}
+
+impl std::fmt::Debug for DockerShim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerShim")
+            .field("docker_endpoint", &self.inner.config.docker_endpoint)
+            .field("api_version", &self.inner.docker.client_version().to_string())
+            .field("log_followers", &self.inner.logs.count())
+            .finish()
+    }
+}
+
+impl DockerShim {
+    /// Connects to dockerd and negotiates the API version (bollard would otherwise speak its own
+    /// newest version, which an older engine such as Debian's 20.10 / API 1.41 does not know).
+    pub async fn connect(config: DockerShimConfig) -> Result<Self, DockerShimError> {
+        let path = socket_path(&config.docker_endpoint)?;
+        let connect_error = |source| DockerShimError::Connect {
+            endpoint: config.docker_endpoint.clone(),
+            source,
+        };
+        let docker = Docker::connect_with_unix(
+            &path.to_string_lossy(),
+            config.docker_timeout.as_secs().max(1),
+            API_DEFAULT_VERSION,
+        )
+        .map_err(connect_error)?
+        .negotiate_version()
+        .await
+        .map_err(connect_error)?;
+        tracing::debug!(
+            endpoint = %config.docker_endpoint,
+            api_version = %docker.client_version(),
+            "connected to dockerd"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                docker,
+                stats: stats::StatsCache::default(),
+                logs: logs::LogFollowers::default(),
+                config,
+            }),
+        })
+    }
+
+    /// The settings this shim runs with.
+    pub fn config(&self) -> &DockerShimConfig {
+        &self.inner.config
+    }
+
+    /// The Docker API version in use after negotiation (`1.41` for Debian's 20.10 engine).
+    pub fn api_version(&self) -> String {
+        self.inner.docker.client_version().to_string()
+    }
+
+    /// How many containers' output is being copied into CRI log files right now.
+    pub fn log_followers(&self) -> usize {
+        self.inner.logs.count()
+    }
+
+    /// Stops copying container output (the followers resume from where they were when a shim
+    /// next calls [`Self::resume_logs`]).
+    pub fn stop_log_followers(&self) {
+        self.inner.logs.abort_all();
+    }
+
+    pub(crate) fn docker(&self) -> &Docker {
+        &self.inner.docker
+    }
+}
