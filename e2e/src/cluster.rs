@@ -66,13 +66,29 @@ impl Cluster {
         }
     }
 
-    /// Restarts the stand-in with its stored objects: every connection and watch ends. No-op on a real
-    /// cluster.
-    pub async fn restart_api(&mut self) -> Result<()> {
-        if let Some(standin) = self.standin.take() {
-            self.standin = Some(standin.restart().await?);
-        }
-        Ok(())
+    /// Takes the stand-in down, lets `while_down` write through a second API server over the same
+    /// storage (as another replica would while this one restarts), compacts the history, and brings the
+    /// stand-in back on the same address. Clients' watches end, and resuming them gets 410 Gone.
+    /// Returns false on a real cluster, where it does nothing.
+    pub async fn restart_api<F, Fut>(&mut self, while_down: F) -> Result<bool>
+    where
+        F: FnOnce(kube::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let Some(standin) = self.standin.take() else {
+            return Ok(false);
+        };
+        let (addr, store, options) = standin.stop().await;
+        let replica =
+            Standin::start_with_store("127.0.0.1:0".parse()?, store.clone(), options.clone())
+                .await?;
+        let replica_client = kube::Client::try_from(kube::Config::new(replica.url().parse()?))?;
+        let written = while_down(replica_client).await;
+        replica.compact();
+        replica.shutdown().await;
+        self.standin = Some(Standin::start_with_store(addr, store, options).await?);
+        written?;
+        Ok(true)
     }
 
     pub fn pods(&self, namespace: &str) -> Api<Pod> {

@@ -157,6 +157,23 @@ async fn bound_pods_run_report_status_and_finish_like_jobs() -> anyhow::Result<(
             .starts_with("containerd://")
     );
     assert_eq!(status.qos_class.as_deref(), Some("BestEffort"));
+    // The agent posted the pod's events, as kubelet does.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(cluster.client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = events
+            .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={name}")))
+            .await?;
+        let reasons: Vec<String> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
+        if ["Pulled", "Created", "Started"].iter().all(|r| reasons.iter().any(|x| x == r)) {
+            let started = list.items.iter().find(|e| e.reason.as_deref() == Some("Started")).expect("Started");
+            assert_eq!(started.source.as_ref().and_then(|s| s.component.as_deref()), Some("kubelet"));
+            assert_eq!(started.involved_object.field_path.as_deref(), Some("spec.containers{main}"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "events missing, got {reasons:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Job-like pods: exit 0 → Succeeded, exit 3 → Failed with the exit code.
     let ok = format!("job-ok-{}", agent.node);
@@ -314,20 +331,32 @@ async fn api_restart_and_history_loss_do_not_restart_running_containers() -> any
         .await?;
     let before = agent.containers().await?;
     assert_eq!(before.len(), 1);
-    // The API server restarts with its history compacted: the agent's watch is cut, resuming it gets
-    // 410 Gone, and the agent must relist without touching what runs.
-    cluster.compact();
-    cluster.restart_api().await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // A pod created after the compaction is still seen.
+    // The API server goes down; meanwhile another replica binds a new pod to the node and the history
+    // is compacted. When it is back, resuming the agent's watch gets 410 Gone: the agent must relist,
+    // find the new pod, and leave what runs alone.
     let after_name = format!("after-{}", agent.node);
-    cluster
-        .create_pod(ns, pod(&after_name, "Always", 2, RUNNING), &agent.node)
+    let node_name = agent.node.clone();
+    let new_pod = pod(&after_name, "Always", 2, RUNNING);
+    let restarted = cluster
+        .restart_api(|replica| async move {
+            let mut p = new_pod;
+            p.spec.get_or_insert_with(Default::default).node_name = Some(node_name);
+            Api::<Pod>::namespaced(replica, ns)
+                .create(&Default::default(), &p)
+                .await?;
+            Ok(())
+        })
         .await?;
+    if !restarted {
+        // A real cluster: no restart to provoke; the pod is created the ordinary way.
+        cluster
+            .create_pod(ns, pod(&after_name, "Always", 2, RUNNING), &agent.node)
+            .await?;
+    }
     cluster
         .wait_pod(ns, &after_name, Duration::from_secs(30), running_ready)
         .await?;
-    if cluster.is_standin() {
+    if restarted {
         let relists = agent
             .log()
             .matches("listed the node's pods from the API server")

@@ -136,9 +136,12 @@ impl LeaseController {
         let mut ticker = tokio::time::interval(self.renew_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Until the lease exists, the Node's appearance (its UID) is worth an early try.
+            let waiting_for_node = self.latest.is_none() && self.owner().is_none();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = ticker.tick() => self.sync(&cancel).await,
+                Ok(()) = self.node.changed(), if waiting_for_node => self.sync(&cancel).await,
             }
         }
     }

@@ -103,6 +103,40 @@ impl Standin {
         Ok(Self::serve(listener, router, state, options))
     }
 
+    /// Serves `store` on `addr` (retrying while the address is still in use): a second API server over
+    /// the same storage, or the same one after a restart.
+    pub async fn start_with_store(
+        addr: SocketAddr,
+        store: Arc<Store>,
+        options: StandinOptions,
+    ) -> Result<StandinHandle, Error> {
+        let mut attempts = 0;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(source) => {
+                    return Err(Error::Bind {
+                        addr: addr.to_string(),
+                        source,
+                    });
+                }
+            }
+        };
+        let local = listener.local_addr()?;
+        let state = AppState {
+            store,
+            bookmark_interval: options.bookmark_interval,
+            server_address: local.to_string(),
+            shutdown: CancellationToken::new(),
+        };
+        let router = server::router(state.clone());
+        Ok(Self::serve(listener, router, state, options))
+    }
+
     fn serve(
         listener: TcpListener,
         router: axum::Router,
@@ -179,40 +213,19 @@ impl StandinHandle {
 
     /// Restarts the server on the same address with the same stored objects, as an API server restart
     /// over a persistent etcd: every connection and watch ends, and clients must reconnect.
-    pub async fn restart(mut self) -> Result<StandinHandle, Error> {
+    pub async fn restart(self) -> Result<StandinHandle, Error> {
+        let (addr, store, options) = self.stop().await;
+        Standin::start_with_store(addr, store, options).await
+    }
+
+    /// Stops serving and hands back what a new server needs to take over: the address, the stored
+    /// objects and the options.
+    pub async fn stop(mut self) -> (SocketAddr, Arc<Store>, StandinOptions) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        let addr = self.addr;
-        let listener = loop {
-            match TcpListener::bind(addr).await {
-                Ok(l) => break l,
-                // The old socket may linger for a moment.
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                Err(source) => {
-                    return Err(Error::Bind {
-                        addr: addr.to_string(),
-                        source,
-                    });
-                }
-            }
-        };
-        let state = AppState {
-            store: self.store.clone(),
-            bookmark_interval: self.options.bookmark_interval,
-            server_address: addr.to_string(),
-            shutdown: CancellationToken::new(),
-        };
-        let router = server::router(state.clone());
-        Ok(Standin::serve(
-            listener,
-            router,
-            state,
-            self.options.clone(),
-        ))
+        (self.addr, self.store.clone(), self.options.clone())
     }
 
     /// Stop serving: end watch streams and wait for the server task.
