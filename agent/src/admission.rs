@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
 
-use crate::node::quantity::Quantity;
+use crate::quantity::Quantity;
 use crate::sources::is_static;
 
 /// What admission needs to know of the node.

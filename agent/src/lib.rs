@@ -13,6 +13,7 @@ pub mod node;
 pub mod pleg;
 pub mod pod_workers;
 pub mod qos;
+pub mod quantity;
 pub mod server;
 pub mod sources;
 pub mod status;

@@ -24,13 +24,10 @@ impl QosClass {
     }
 }
 
-fn nonzero(q: &Quantity) -> bool {
-    let number: String =
-        q.0.trim()
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
-    number.parse::<f64>().is_ok_and(|n| n > 0.0)
+fn parse(q: &Quantity) -> Option<crate::quantity::Quantity> {
+    crate::quantity::Quantity::from_api(q)
+        .ok()
+        .filter(|q| !q.is_zero())
 }
 
 fn resources(c: &Container) -> (BTreeMap<String, Quantity>, BTreeMap<String, Quantity>) {
@@ -64,13 +61,13 @@ pub fn qos_class(pod: &Pod) -> QosClass {
             requests.entry(k.clone()).or_insert_with(|| v.clone());
         }
         for resource in ["cpu", "memory"] {
-            let req = requests.get(resource).filter(|q| nonzero(q));
-            let lim = limits.get(resource).filter(|q| nonzero(q));
+            let req = requests.get(resource).and_then(parse);
+            let lim = limits.get(resource).and_then(parse);
             if req.is_some() || lim.is_some() {
                 any_set = true;
             }
             match (req, lim) {
-                (Some(r), Some(l)) if r.0 == l.0 => {}
+                (Some(r), Some(l)) if r == l => {}
                 _ => guaranteed = false,
             }
         }

@@ -158,17 +158,31 @@ async fn bound_pods_run_report_status_and_finish_like_jobs() -> anyhow::Result<(
     );
     assert_eq!(status.qos_class.as_deref(), Some("BestEffort"));
     // The agent posted the pod's events, as kubelet does.
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(cluster.client.clone(), ns);
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(cluster.client.clone(), ns);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let list = events
             .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={name}")))
             .await?;
         let reasons: Vec<String> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
-        if ["Pulled", "Created", "Started"].iter().all(|r| reasons.iter().any(|x| x == r)) {
-            let started = list.items.iter().find(|e| e.reason.as_deref() == Some("Started")).expect("Started");
-            assert_eq!(started.source.as_ref().and_then(|s| s.component.as_deref()), Some("kubelet"));
-            assert_eq!(started.involved_object.field_path.as_deref(), Some("spec.containers{main}"));
+        if ["Pulled", "Created", "Started"]
+            .iter()
+            .all(|r| reasons.iter().any(|x| x == r))
+        {
+            let started = list
+                .items
+                .iter()
+                .find(|e| e.reason.as_deref() == Some("Started"))
+                .expect("Started");
+            assert_eq!(
+                started.source.as_ref().and_then(|s| s.component.as_deref()),
+                Some("kubelet")
+            );
+            assert_eq!(
+                started.involved_object.field_path.as_deref(),
+                Some("spec.containers{main}")
+            );
             break;
         }
         assert!(Instant::now() < deadline, "events missing, got {reasons:?}");

@@ -194,18 +194,18 @@ mod tests {
     fn creates_missing_replaces_stale_deletes_orphaned() {
         let s = pod("etcd-n1", "hash2", None, false);
         // Missing: create.
-        let p = plan(&statics(&[s.clone()]), &BTreeMap::new());
+        let p = plan(&statics(std::slice::from_ref(&s)), &BTreeMap::new());
         assert_eq!(p.create.len(), 1);
         assert!(p.delete.is_empty());
         // Up to date: nothing.
         let p = plan(
-            &statics(&[s.clone()]),
+            &statics(std::slice::from_ref(&s)),
             &mirrors(&[pod("etcd-n1", "m1", Some("hash2"), false)]),
         );
         assert_eq!(p, MirrorPlan::default());
         // Stale (older manifest): delete now, create next round.
         let p = plan(
-            &statics(&[s.clone()]),
+            &statics(std::slice::from_ref(&s)),
             &mirrors(&[pod("etcd-n1", "m1", Some("hash1"), false)]),
         );
         assert_eq!(
@@ -219,7 +219,7 @@ mod tests {
         assert!(p.create.is_empty());
         // Being deleted by a user: delete for good, then recreate.
         let p = plan(
-            &statics(&[s.clone()]),
+            &statics(std::slice::from_ref(&s)),
             &mirrors(&[pod("etcd-n1", "m1", Some("hash2"), true)]),
         );
         assert_eq!(p.delete.len(), 1);

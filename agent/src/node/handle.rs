@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Node, Taint};
 use tokio::sync::watch;
 
-use super::quantity::Quantity;
 use super::resources::ResourceList;
+use crate::quantity::Quantity;
 
 /// Cheap to clone; every clone sees the latest Node. `None` until the node is registered or read.
 #[derive(Debug, Clone)]

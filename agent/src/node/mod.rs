@@ -7,14 +7,13 @@
 //! heartbeat changed or `nodeStatusReportFrequency` passed. The [`lease`] is renewed by a task of its
 //! own. A [`NodeHandle`] shows the rest of the agent the Node as the API server last returned it.
 //!
-//! Modules: [`host`] reads the machine, [`quantity`] is Kubernetes quantity arithmetic,
+//! Modules: [`host`] reads the machine, [`crate::quantity`] is Kubernetes quantity arithmetic,
 //! [`resources`] computes capacity, allocatable and eviction pressure, [`runtime`] tracks CRI
 //! readiness, [`status`] builds the Node and its status, [`lease`] keeps the Lease.
 
 pub mod handle;
 pub mod host;
 pub mod lease;
-pub mod quantity;
 pub mod resources;
 pub mod runtime;
 pub mod status;

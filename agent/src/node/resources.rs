@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::host::{FsStats, HostInfo, HostUsage};
-use super::quantity::{Format, Quantity, QuantityError};
+use crate::quantity::{Format, Quantity, QuantityError};
 
 pub const CPU: &str = "cpu";
 pub const MEMORY: &str = "memory";

@@ -17,9 +17,9 @@ use mk_cri::api;
 use serde_json::{Map, Value};
 
 use super::host::{FsStats, HostInfo};
-use super::quantity::{Format, Quantity};
 use super::resources::{self, EvictionThresholds, Pressure, ResourceConfigError, ResourceList};
 use crate::config::KubeletConfiguration;
+use crate::quantity::{Format, Quantity};
 
 /// The version this agent reports as `nodeInfo.kubeletVersion`: the Kubernetes minor whose kubelet
 /// behaviour it follows, with the agent's own version as semver build metadata (as k3s does with
