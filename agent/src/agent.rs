@@ -218,6 +218,14 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         cgroup_mount: options.cgroup_mount.clone(),
         host_ip: host_ip.map(|ip| ip.to_string()),
         resync: config.sync_frequency,
+        client: client.clone(),
+        node: node_rx.clone(),
+        root_dir: options.root_dir.clone(),
+        dns: crate::kuberuntime::security::DnsSettings {
+            cluster_dns: config.cluster_dns.clone(),
+            cluster_domain: config.cluster_domain.clone(),
+            host_resolv_conf: std::fs::read_to_string(&config.resolv_conf).unwrap_or_default(),
+        },
     });
 
     let (events_tx, events_rx) = mpsc::channel(1024);

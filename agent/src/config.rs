@@ -88,6 +88,8 @@ pub struct KubeletConfiguration {
     #[serde(rename = "clusterDNS")]
     pub cluster_dns: Vec<String>,
     pub cluster_domain: String,
+    /// The resolv.conf pods with dnsPolicy Default (or no clusterDNS) use.
+    pub resolv_conf: PathBuf,
 }
 
 mod go_duration {
@@ -136,6 +138,7 @@ impl Default for KubeletConfiguration {
             node_lease_duration_seconds: 40,
             cluster_dns: Vec::new(),
             cluster_domain: String::new(),
+            resolv_conf: "/etc/resolv.conf".into(),
         }
     }
 }

@@ -38,19 +38,78 @@ pub struct ImageManager {
     serialize: Option<tokio::sync::Mutex<()>>,
 }
 
-/// What happened, for events and logs.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Ensured {
-    Present(String),
-    Pulled { image_ref: String, seconds: f64 },
+/// The image to create the container from, and what it took to have it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Ensured {
+    /// The image ID the runtime knows it by.
+    pub image_ref: String,
+    /// Seconds the pull took, when the image was pulled.
+    pub pulled_seconds: Option<f64>,
+    /// The image's configured user, for the runAsNonRoot check.
+    pub uid: Option<i64>,
+    pub username: String,
 }
 
 impl Ensured {
-    pub fn image_ref(&self) -> &str {
-        match self {
-            Ensured::Present(r) | Ensured::Pulled { image_ref: r, .. } => r,
+    fn from_image(image: &api::Image, pulled_seconds: Option<f64>) -> Self {
+        Self {
+            image_ref: image.id.clone(),
+            pulled_seconds,
+            uid: image.uid.as_ref().map(|u| u.value),
+            username: image.username.clone(),
         }
     }
+}
+
+/// The registry host of an image reference, as Docker reads it (`docker.io` for `busybox`).
+pub fn registry_of(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => "docker.io",
+    }
+}
+
+/// Credentials for `image` from `.dockerconfigjson` documents (imagePullSecrets), in order.
+pub fn pull_credentials(image: &str, docker_configs: &[serde_json::Value]) -> Vec<api::AuthConfig> {
+    let registry = registry_of(image);
+    let mut out = Vec::new();
+    for config in docker_configs {
+        let Some(auths) = config.get("auths").and_then(|a| a.as_object()) else {
+            continue;
+        };
+        for (server, entry) in auths {
+            let host = server
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap_or_default();
+            let matches = host == registry
+                || (registry == "docker.io"
+                    && (host == "index.docker.io" || host == "registry-1.docker.io"));
+            if !matches {
+                continue;
+            }
+            let field = |k: &str| {
+                entry
+                    .get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            out.push(api::AuthConfig {
+                username: field("username"),
+                password: field("password"),
+                auth: field("auth"),
+                server_address: server.clone(),
+                identity_token: field("identitytoken"),
+                registry_token: field("registrytoken"),
+            });
+        }
+    }
+    out
 }
 
 fn now_ns() -> i64 {
@@ -66,7 +125,7 @@ impl ImageManager {
         }
     }
 
-    async fn present(&self, image: &str) -> Result<Option<String>, CriError> {
+    async fn present(&self, image: &str) -> Result<Option<api::Image>, CriError> {
         let status = self
             .cri
             .image_status(api::ImageStatusRequest {
@@ -77,7 +136,7 @@ impl ImageManager {
                 verbose: false,
             })
             .await?;
-        Ok(status.image.map(|i| i.id))
+        Ok(status.image)
     }
 
     /// Ensures the image of `container` is present; returns the image reference to create it from.
@@ -86,6 +145,7 @@ impl ImageManager {
         &self,
         container: &Container,
         backoff_scope: &str,
+        credentials: &[api::AuthConfig],
     ) -> Result<Ensured, ImageError> {
         let image = container.image.clone().unwrap_or_default();
         let policy = container
@@ -106,7 +166,7 @@ impl ImageManager {
         };
         if !should_pull {
             return match present {
-                Some(id) => Ok(Ensured::Present(id)),
+                Some(found) => Ok(Ensured::from_image(&found, None)),
                 None => Err(ImageError::NeverPull(image)),
             };
         }
@@ -124,36 +184,94 @@ impl ImageManager {
             Some(lock) => Some(lock.lock().await),
             None => None,
         };
-        let result = self
-            .cri
-            .pull_image(api::PullImageRequest {
-                image: Some(api::ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
-                auth: None,
-                sandbox_config: None,
-            })
-            .await;
-        match result {
-            Ok(resp) => {
-                if let Ok(mut b) = self.backoff.lock() {
-                    b.forget(&key);
-                }
-                Ok(Ensured::Pulled {
-                    image_ref: resp.image_ref,
-                    seconds: started.elapsed().as_secs_f64(),
+        // kubelet tries each matching credential in turn, then anonymously.
+        let attempts: Vec<Option<api::AuthConfig>> = credentials
+            .iter()
+            .cloned()
+            .map(Some)
+            .chain(std::iter::once(None))
+            .collect();
+        let mut last_error = None;
+        for auth in attempts {
+            let result = self
+                .cri
+                .pull_image(api::PullImageRequest {
+                    image: Some(api::ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                    auth,
+                    sandbox_config: None,
                 })
-            }
-            Err(e) => {
-                if let Ok(mut b) = self.backoff.lock() {
-                    b.next(&key, now_ns());
+                .await;
+            match result {
+                Ok(_) => {
+                    if let Ok(mut b) = self.backoff.lock() {
+                        b.forget(&key);
+                    }
+                    let seconds = started.elapsed().as_secs_f64();
+                    let pulled = self
+                        .present(&image)
+                        .await
+                        .map_err(|e| ImageError::Inspect {
+                            image: image.clone(),
+                            message: e.message(),
+                        })?;
+                    return match pulled {
+                        Some(found) => Ok(Ensured::from_image(&found, Some(seconds))),
+                        None => Err(ImageError::Inspect {
+                            image: image.clone(),
+                            message: "pulled image not found".into(),
+                        }),
+                    };
                 }
-                Err(ImageError::Pull {
-                    image,
-                    message: e.message(),
-                })
+                Err(e) => last_error = Some(e),
             }
         }
+        if let Ok(mut b) = self.backoff.lock() {
+            b.next(&key, now_ns());
+        }
+        Err(ImageError::Pull {
+            image,
+            message: last_error.map(|e| e.message()).unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_host_as_docker_reads_it() {
+        for (image, host) in [
+            ("busybox", "docker.io"),
+            ("library/busybox:1", "docker.io"),
+            ("quay.io/x/y:1", "quay.io"),
+            ("localhost:5000/app:1", "localhost:5000"),
+            ("127.0.0.1:5000/app", "127.0.0.1:5000"),
+            ("localhost/app", "localhost"),
+        ] {
+            assert_eq!(registry_of(image), host, "{image}");
+        }
+    }
+
+    #[test]
+    fn credentials_match_the_image_registry() {
+        let config = serde_json::json!({"auths": {
+            "127.0.0.1:5000": {"username": "u", "password": "p", "auth": "dTpw"},
+            "https://index.docker.io/v1/": {"auth": "aHViOmh1Yg=="},
+            "quay.io": {"username": "q"}
+        }});
+        let local = pull_credentials("127.0.0.1:5000/app:1", std::slice::from_ref(&config));
+        assert_eq!(local.len(), 1);
+        assert_eq!(
+            (local[0].username.as_str(), local[0].password.as_str()),
+            ("u", "p")
+        );
+        let hub = pull_credentials("busybox:1.36", std::slice::from_ref(&config));
+        assert_eq!(hub.len(), 1);
+        assert_eq!(hub[0].auth, "aHViOmh1Yg==");
+        assert!(pull_credentials("ghcr.io/x:1", &[config]).is_empty());
     }
 }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod backoff;
 pub mod config;
+pub mod envvars;
 pub mod events;
 pub mod images;
 pub mod kuberuntime;

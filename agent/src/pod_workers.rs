@@ -14,12 +14,13 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
+use crate::envvars;
 use crate::events::{EventRecorder, EventType};
-use crate::images::{Ensured, ImageManager};
+use crate::images::ImageManager;
 use crate::kuberuntime::observe::{
     ContainerState, ObservedContainer, ObservedPod, SandboxState, observe_pod,
 };
-use crate::kuberuntime::{container_config, labels, sandbox_config};
+use crate::kuberuntime::{container_config, labels, pod_files, sandbox_config, security};
 use crate::metrics::{ContainerErrorLabels, ContainerTypeLabels, Metrics, OperationLabels};
 use crate::qos;
 use crate::sources::{PodSet, pod_key};
@@ -46,6 +47,14 @@ pub struct WorkerContext {
     pub cgroup_mount: PathBuf,
     pub host_ip: Option<String>,
     pub resync: Duration,
+    /// The API server, when the agent is joined to a cluster (for env and volume sources).
+    pub client: Option<kube::Client>,
+    /// kubelet's `--root-dir`: per-pod files live under `<root_dir>/pods/<uid>`.
+    pub root_dir: PathBuf,
+    /// clusterDNS, clusterDomain and the host's resolv.conf.
+    pub dns: security::DnsSettings,
+    /// The Node as last read (allocatable, for the downward API).
+    pub node: watch::Receiver<Option<k8s_openapi::api::core::v1::Node>>,
 }
 
 #[derive(Clone)]
@@ -238,6 +247,7 @@ fn sandbox_options(ctx: &WorkerContext) -> sandbox_config::SandboxOptions<'_> {
         node_name: &ctx.node_name,
         pod_logs_dir: &ctx.pod_logs_dir,
         cgroup_root: &ctx.cgroup_root,
+        dns: &ctx.dns,
     }
 }
 
@@ -457,22 +467,18 @@ async fn execute(
         (Some(id), None) => id.clone(),
         (None, None) => return Ok(()),
     };
+    let pod_ips = sandbox_ips(ctx, &sandbox_id).await;
     let mut result = Ok(());
     for start in &actions.start {
         let Some((container, init)) = container_spec(pod, &start.name) else {
             continue;
         };
-        if let Err(retry) = start_container(
-            ctx,
-            pod,
-            container,
-            init,
-            start,
-            &sandbox_id,
-            &sandbox_cfg,
-            state,
-        )
-        .await
+        let sandbox = SandboxRef {
+            id: &sandbox_id,
+            config: &sandbox_cfg,
+            ips: &pod_ips,
+        };
+        if let Err(retry) = start_container(ctx, pod, container, init, start, &sandbox, state).await
         {
             result = Err(retry);
         }
@@ -480,45 +486,97 @@ async fn execute(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn start_container(
+/// The sandbox a container is started in.
+struct SandboxRef<'a> {
+    id: &'a str,
+    config: &'a api::PodSandboxConfig,
+    ips: &'a [String],
+}
+
+/// Why a container could not be started: the waiting reason, the message, and when to retry.
+struct StartError {
+    reason: &'static str,
+    message: String,
+    retry: Duration,
+}
+
+impl StartError {
+    fn new(reason: &'static str, message: impl Into<String>, retry: Duration) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            retry,
+        }
+    }
+}
+
+/// `.dockerconfigjson` documents of the pod's imagePullSecrets.
+async fn pull_secret_configs(ctx: &WorkerContext, pod: &Pod) -> Vec<serde_json::Value> {
+    let (Some(client), Some(spec)) = (ctx.client.as_ref(), pod.spec.as_ref()) else {
+        return Vec::new();
+    };
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let mut configs = Vec::new();
+    for reference in spec.image_pull_secrets.iter().flatten() {
+        match api.get_opt(&reference.name).await {
+            Ok(Some(secret)) => {
+                let data = secret.data.unwrap_or_default();
+                if let Some(json) = data
+                    .get(".dockerconfigjson")
+                    .and_then(|b| serde_json::from_slice(&b.0).ok())
+                {
+                    configs.push(json);
+                }
+            }
+            // kubelet pulls without a missing secret and says so.
+            Ok(None) => {
+                tracing::warn!(pod = %pod_key(pod), secret = %reference.name, "image pull secret not found; pulling without it")
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod_key(pod), secret = %reference.name, error = %e, "cannot read image pull secret")
+            }
+        }
+    }
+    configs
+}
+
+fn node_memory_capacity(ctx: &WorkerContext) -> i64 {
+    let from_node = ctx
+        .node
+        .borrow()
+        .as_ref()
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("memory"))
+        .and_then(|q| crate::quantity::Quantity::from_api(q).ok())
+        .map(|q| q.value());
+    from_node.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<i64>().ok())
+            })
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    })
+}
+
+/// Pulls the image and builds the container's CRI config: environment, user checks and mounts.
+async fn prepare_container(
     ctx: &WorkerContext,
     pod: &Pod,
     container: &Container,
-    init: bool,
     start: &sync::ContainerStart,
-    sandbox_id: &str,
-    sandbox_cfg: &api::PodSandboxConfig,
-    state: &mut WorkerState,
-) -> Result<(), Duration> {
-    let container_type = if init { "init_container" } else { "container" };
-    let fail = |state: &mut WorkerState, reason: &str, message: String, code: &str| {
-        ctx.events.record(
-            pod,
-            Some(&container.name),
-            EventType::Warning,
-            "Failed",
-            &message,
-        );
-        ctx.metrics
-            .started_containers_errors
-            .get_or_create(&ContainerErrorLabels {
-                container_type,
-                code: code.to_string(),
-            })
-            .inc();
-        state.reasons.insert(
-            container.name.clone(),
-            WaitingReason {
-                reason: reason.into(),
-                message,
-            },
-        );
-    };
+    sandbox: &SandboxRef<'_>,
+) -> Result<api::CreateContainerRequest, StartError> {
     let image = container.image.as_deref().unwrap_or_default();
-    let scope = pod.metadata.uid.as_deref().unwrap_or_default();
-    let needs_pull_event = container.image_pull_policy.as_deref() == Some("Always");
-    if needs_pull_event {
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    if container.image_pull_policy.as_deref() == Some("Always") {
         ctx.events.record(
             pod,
             Some(&container.name),
@@ -527,88 +585,186 @@ async fn start_container(
             format!("Pulling image \"{image}\""),
         );
     }
-    let image_ref = match ctx.images.ensure(container, scope).await {
-        Ok(ensured) => {
-            match &ensured {
-                Ensured::Present(_) => ctx.events.record(
-                    pod,
-                    Some(&container.name),
-                    EventType::Normal,
-                    "Pulled",
-                    format!("Container image \"{image}\" already present on machine"),
-                ),
-                Ensured::Pulled { seconds, .. } => ctx.events.record(
-                    pod,
-                    Some(&container.name),
-                    EventType::Normal,
-                    "Pulled",
-                    format!("Successfully pulled image \"{image}\" in {seconds:.3}s"),
-                ),
-            }
-            ensured.image_ref().to_string()
-        }
-        Err(e) => {
-            let reason = e.reason();
-            fail(state, reason, e.to_string(), reason);
-            return Err(crate::backoff::INITIAL);
-        }
+    let configs = pull_secret_configs(ctx, pod).await;
+    let credentials = crate::images::pull_credentials(image, &configs);
+    let ensured = ctx
+        .images
+        .ensure(container, uid, &credentials)
+        .await
+        .map_err(|e| StartError::new(e.reason(), e.to_string(), crate::backoff::INITIAL))?;
+    let pulled = match ensured.pulled_seconds {
+        Some(seconds) => format!("Successfully pulled image \"{image}\" in {seconds:.3}s"),
+        None => format!("Container image \"{image}\" already present on machine"),
     };
-    let request = container_config::build(
+    ctx.events.record(
+        pod,
+        Some(&container.name),
+        EventType::Normal,
+        "Pulled",
+        pulled,
+    );
+
+    let config_error =
+        |message: String| StartError::new("CreateContainerConfigError", message, ERROR_RETRY);
+    security::verify_run_as_non_root(pod, container, ensured.uid, &ensured.username)
+        .map_err(config_error)?;
+    let objects = envvars::fetch(ctx.client.as_ref(), pod, container)
+        .await
+        .map_err(|e| config_error(e.to_string()))?;
+    let facts = envvars::PodFacts {
+        pod_ips: sandbox.ips.to_vec(),
+        host_ips: ctx.host_ip.iter().cloned().collect(),
+        allocatable: ctx
+            .node
+            .borrow()
+            .as_ref()
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.allocatable.clone())
+            .unwrap_or_default(),
+    };
+    let env = envvars::resolve(pod, container, &objects, &facts)
+        .map_err(|e| config_error(e.to_string()))?;
+
+    let mut mounts = Vec::new();
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let file_error = |e: std::io::Error| config_error(format!("preparing pod files: {e}"));
+    if !host_network {
+        let hosts = security::hosts_file(pod, sandbox.ips, &ctx.dns.cluster_domain);
+        mounts.push(pod_files::write_hosts(&ctx.root_dir, uid, &hosts).map_err(file_error)?);
+    }
+    if let Some(path) = container
+        .termination_message_path
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        mounts.push(
+            pod_files::termination_mount(&ctx.root_dir, uid, &container.name, start.attempt, path)
+                .map_err(file_error)?,
+        );
+    }
+    Ok(container_config::build(container_config::ContainerInputs {
         pod,
         container,
         start,
-        sandbox_id,
-        sandbox_cfg.clone(),
-        &image_ref,
-        &ctx.node_name,
-    );
-    let id = match ctx.cri.create_container(request).await {
-        Ok(resp) => resp.container_id,
-        Err(e) => {
-            fail(
-                state,
-                "CreateContainerError",
-                e.message(),
-                "CreateContainerError",
-            );
-            return Err(ERROR_RETRY);
+        sandbox_id: sandbox.id,
+        sandbox_config: sandbox.config.clone(),
+        image_ref: &ensured.image_ref,
+        node_name: &ctx.node_name,
+        env,
+        mounts,
+        memory_capacity: node_memory_capacity(ctx),
+    }))
+}
+
+/// Pulls, creates and starts one container; on failure records the waiting reason and an event.
+async fn start_container(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    container: &Container,
+    init: bool,
+    start: &sync::ContainerStart,
+    sandbox: &SandboxRef<'_>,
+    state: &mut WorkerState,
+) -> Result<(), Duration> {
+    let container_type = if init { "init_container" } else { "container" };
+    let result = async {
+        let request = prepare_container(ctx, pod, container, start, sandbox).await?;
+        let id = ctx
+            .cri
+            .create_container(request)
+            .await
+            .map_err(|e| StartError::new("CreateContainerError", e.message(), ERROR_RETRY))?
+            .container_id;
+        ctx.events.record(
+            pod,
+            Some(&container.name),
+            EventType::Normal,
+            "Created",
+            format!("Created container {}", container.name),
+        );
+        if let Some(finished_at) = start.replaces_finished_at {
+            state
+                .backoff
+                .next(&sync::actions::backoff_key(pod, container), finished_at);
         }
-    };
-    ctx.events.record(
-        pod,
-        Some(&container.name),
-        EventType::Normal,
-        "Created",
-        format!("Created container {}", container.name),
-    );
-    if let Some(finished_at) = start.replaces_finished_at {
-        state
-            .backoff
-            .next(&sync::actions::backoff_key(pod, container), finished_at);
+        ctx.cri
+            .start_container(api::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .map_err(|e| StartError::new("RunContainerError", e.message(), ERROR_RETRY))?;
+        Ok::<String, StartError>(id)
     }
-    if let Err(e) = ctx
+    .await;
+    match result {
+        Ok(_id) => {
+            ctx.metrics
+                .started_containers
+                .get_or_create(&ContainerTypeLabels { container_type })
+                .inc();
+            ctx.events.record(
+                pod,
+                Some(&container.name),
+                EventType::Normal,
+                "Started",
+                format!("Started container {}", container.name),
+            );
+            state.reasons.remove(&container.name);
+            Ok(())
+        }
+        Err(e) => {
+            let event_reason = match e.reason {
+                "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" | "ImageInspectError" => {
+                    "Failed"
+                }
+                _ => "Failed",
+            };
+            ctx.events.record(
+                pod,
+                Some(&container.name),
+                EventType::Warning,
+                event_reason,
+                format!("Error: {}", e.message),
+            );
+            ctx.metrics
+                .started_containers_errors
+                .get_or_create(&ContainerErrorLabels {
+                    container_type,
+                    code: e.reason.to_string(),
+                })
+                .inc();
+            state.reasons.insert(
+                container.name.clone(),
+                WaitingReason {
+                    reason: e.reason.into(),
+                    message: e.message,
+                },
+            );
+            Err(e.retry)
+        }
+    }
+}
+
+/// The sandbox's IPs (the pod IPs the downward API and env refer to).
+async fn sandbox_ips(ctx: &WorkerContext, sandbox_id: &str) -> Vec<String> {
+    let resp = ctx
         .cri
-        .start_container(api::StartContainerRequest {
-            container_id: id.clone(),
+        .pod_sandbox_status(api::PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox_id.to_string(),
+            verbose: false,
         })
-        .await
-    {
-        fail(state, "RunContainerError", e.message(), "RunContainerError");
-        return Err(ERROR_RETRY);
-    }
-    ctx.metrics
-        .started_containers
-        .get_or_create(&ContainerTypeLabels { container_type })
-        .inc();
-    ctx.events.record(
-        pod,
-        Some(&container.name),
-        EventType::Normal,
-        "Started",
-        format!("Started container {}", container.name),
-    );
-    state.reasons.remove(&container.name);
-    Ok(())
+        .await;
+    let Ok(Some(network)) = resp.map(|r| r.status.and_then(|s| s.network)) else {
+        return Vec::new();
+    };
+    std::iter::once(network.ip)
+        .chain(network.additional_ips.into_iter().map(|ip| ip.ip))
+        .filter(|ip| !ip.is_empty())
+        .collect()
 }
 
 async fn stop_container(ctx: &WorkerContext, id: &str, grace: i64) {

@@ -3,7 +3,7 @@
 use k8s_openapi::api::core::v1::{Container, Pod};
 use mk_cri::api;
 
-use super::labels;
+use super::{labels, security};
 use crate::sync::ContainerStart;
 
 /// Expands `$(VAR)` references as the API does for command, args and env: known variables are
@@ -39,27 +39,37 @@ pub fn expand(input: &str, vars: &[(String, String)]) -> String {
     out
 }
 
-/// The container's environment from literal `env` values, with `$(VAR)` expansion over the earlier ones.
-pub fn environment(container: &Container) -> Vec<(String, String)> {
-    let mut vars: Vec<(String, String)> = Vec::new();
-    for e in container.env.iter().flatten() {
-        let value = expand(e.value.as_deref().unwrap_or_default(), &vars);
-        vars.push((e.name.clone(), value));
-    }
-    vars
+/// Everything a container's CRI config is built from.
+pub struct ContainerInputs<'a> {
+    pub pod: &'a Pod,
+    pub container: &'a Container,
+    pub start: &'a ContainerStart,
+    pub sandbox_id: &'a str,
+    pub sandbox_config: api::PodSandboxConfig,
+    pub image_ref: &'a str,
+    pub node_name: &'a str,
+    /// The resolved environment (see `envvars`).
+    pub env: Vec<(String, String)>,
+    /// Volume, /etc/hosts and termination-log mounts.
+    pub mounts: Vec<api::Mount>,
+    /// The node's memory capacity in bytes (for the OOM score of burstable containers).
+    pub memory_capacity: i64,
 }
 
-/// Builds the CreateContainer request of `container` in the sandbox `sandbox_id`.
-pub fn build(
-    pod: &Pod,
-    container: &Container,
-    start: &ContainerStart,
-    sandbox_id: &str,
-    sandbox_config: api::PodSandboxConfig,
-    image_ref: &str,
-    node_name: &str,
-) -> api::CreateContainerRequest {
-    let env = environment(container);
+/// Builds the CreateContainer request.
+pub fn build(inputs: ContainerInputs<'_>) -> api::CreateContainerRequest {
+    let ContainerInputs {
+        pod,
+        container,
+        start,
+        sandbox_id,
+        sandbox_config,
+        image_ref,
+        node_name,
+        env,
+        mounts,
+        memory_capacity,
+    } = inputs;
     let expand_all = |list: &Option<Vec<String>>| -> Vec<String> {
         list.iter().flatten().map(|s| expand(s, &env)).collect()
     };
@@ -91,6 +101,11 @@ pub fn build(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    let namespaces = sandbox_config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
     let config = api::ContainerConfig {
         metadata: Some(api::ContainerMetadata {
             name: container.name.clone(),
@@ -105,9 +120,13 @@ pub fn build(
         args: expand_all(&container.args),
         working_dir: container.working_dir.clone().unwrap_or_default(),
         envs: env
-            .into_iter()
-            .map(|(key, value)| api::KeyValue { key, value })
+            .iter()
+            .map(|(key, value)| api::KeyValue {
+                key: key.clone(),
+                value: value.clone(),
+            })
             .collect(),
+        mounts,
         labels: labels::container_labels(pod, &container.name, node_name),
         annotations,
         log_path: format!("{}/{}.log", container.name, start.attempt),
@@ -115,15 +134,12 @@ pub fn build(
         stdin_once: container.stdin_once.unwrap_or(false),
         tty: container.tty.unwrap_or(false),
         linux: Some(api::LinuxContainerConfig {
-            resources: None,
-            security_context: Some(api::LinuxContainerSecurityContext {
-                namespace_options: sandbox_config
-                    .linux
-                    .as_ref()
-                    .and_then(|l| l.security_context.as_ref())
-                    .and_then(|s| s.namespace_options.clone()),
-                ..Default::default()
-            }),
+            resources: Some(security::container_resources(
+                pod,
+                container,
+                memory_capacity,
+            )),
+            security_context: Some(security::container_security(pod, container, namespaces)),
         }),
         ..Default::default()
     };
@@ -178,15 +194,20 @@ mod tests {
             attempt: 3,
             replaces_finished_at: None,
         };
-        let req = build(
-            &pod,
-            c,
-            &start,
-            "sb",
-            api::PodSandboxConfig::default(),
-            "sha256:img",
-            "n1",
-        );
+        let env = crate::envvars::resolve(&pod, c, &Default::default(), &Default::default())
+            .expect("env");
+        let req = build(ContainerInputs {
+            pod: &pod,
+            container: c,
+            start: &start,
+            sandbox_id: "sb",
+            sandbox_config: api::PodSandboxConfig::default(),
+            image_ref: "sha256:img",
+            node_name: "n1",
+            env,
+            mounts: vec![],
+            memory_capacity: 1 << 30,
+        });
         let config = req.config.expect("config");
         assert_eq!(config.command, vec!["sh", "-c"]);
         assert_eq!(config.args, vec!["echo hello world"]);

@@ -4,4 +4,6 @@
 pub mod container_config;
 pub mod labels;
 pub mod observe;
+pub mod pod_files;
 pub mod sandbox_config;
+pub mod security;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Pod;
 use mk_cri::api;
 
-use super::labels;
+use super::{labels, security};
 use crate::qos;
 
 /// `<podLogsDir>/<namespace>_<name>_<uid>`, kubelet's pod log directory.
@@ -60,6 +60,7 @@ pub struct SandboxOptions<'a> {
     pub node_name: &'a str,
     pub pod_logs_dir: &'a Path,
     pub cgroup_root: &'a str,
+    pub dns: &'a security::DnsSettings,
 }
 
 /// Builds the RunPodSandbox request for `pod`.
@@ -69,11 +70,6 @@ pub fn build(pod: &Pod, attempt: u32, opts: &SandboxOptions<'_>) -> api::RunPodS
         .as_ref()
         .and_then(|s| s.host_network)
         .unwrap_or(false);
-    let namespace_mode = if host_network {
-        api::NamespaceMode::Node
-    } else {
-        api::NamespaceMode::Pod
-    };
     let config = api::PodSandboxConfig {
         metadata: Some(api::PodSandboxMetadata {
             name: pod.metadata.name.clone().unwrap_or_default(),
@@ -89,7 +85,7 @@ pub fn build(pod: &Pod, attempt: u32, opts: &SandboxOptions<'_>) -> api::RunPodS
         log_directory: log_dir_of(pod, opts.pod_logs_dir)
             .to_string_lossy()
             .into_owned(),
-        dns_config: None,
+        dns_config: security::dns_config(pod, opts.dns),
         port_mappings: port_mappings(pod),
         labels: labels::sandbox_labels(pod, opts.node_name),
         annotations: pod
@@ -101,15 +97,8 @@ pub fn build(pod: &Pod, attempt: u32, opts: &SandboxOptions<'_>) -> api::RunPodS
             .collect(),
         linux: Some(api::LinuxPodSandboxConfig {
             cgroup_parent: qos::pod_cgroup_parent(pod, opts.cgroup_root),
-            security_context: Some(api::LinuxSandboxSecurityContext {
-                namespace_options: Some(api::NamespaceOption {
-                    network: namespace_mode as i32,
-                    pid: api::NamespaceMode::Container as i32,
-                    ipc: api::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            security_context: Some(security::sandbox_security(pod)),
+            sysctls: security::sysctls(pod),
             ..Default::default()
         }),
         windows: None,
@@ -138,10 +127,12 @@ mod tests {
             ]}]}
         }))
         .expect("pod");
+        let dns = security::DnsSettings::default();
         let opts = SandboxOptions {
             node_name: "n1",
             pod_logs_dir: Path::new("/var/log/pods"),
             cgroup_root: "/",
+            dns: &dns,
         };
         let req = build(&pod, 2, &opts);
         let config = req.config.expect("config");
