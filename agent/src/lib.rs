@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod node;
 pub mod pleg;
 pub mod pod_workers;
+pub mod prober;
 pub mod qos;
 pub mod quantity;
 pub mod server;

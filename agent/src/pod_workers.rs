@@ -20,7 +20,9 @@ use crate::images::ImageManager;
 use crate::kuberuntime::observe::{
     ContainerState, ObservedContainer, ObservedPod, SandboxState, observe_pod,
 };
-use crate::kuberuntime::{container_config, labels, pod_files, sandbox_config, security};
+use crate::kuberuntime::{
+    container_config, labels, lifecycle, pod_files, sandbox_config, security,
+};
 use crate::metrics::{ContainerErrorLabels, ContainerTypeLabels, Metrics, OperationLabels};
 use crate::qos;
 use crate::sources::{PodSet, pod_key};
@@ -324,6 +326,31 @@ async fn sync_deleting(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) 
     ctx.resync
 }
 
+/// Fills the messages of exited containers from their termination-message files (or log tails).
+fn fill_termination_messages(ctx: &WorkerContext, pod: &Pod, observed: &mut ObservedPod) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let log_dir = sandbox_config::log_dir_of(pod, &ctx.pod_logs_dir);
+    for c in observed
+        .containers
+        .iter_mut()
+        .filter(|c| c.state() == ContainerState::Exited && c.message.is_empty())
+    {
+        let policy = container_spec(pod, &c.name)
+            .and_then(|(spec, _)| spec.termination_message_policy.clone())
+            .unwrap_or_else(|| "File".into());
+        let log = log_dir.join(&c.name).join(format!("{}.log", c.attempt));
+        c.message = pod_files::termination_message(
+            &ctx.root_dir,
+            &uid,
+            &c.name,
+            c.attempt,
+            &policy,
+            c.exit_code,
+            &log,
+        );
+    }
+}
+
 fn publish_status(
     ctx: &WorkerContext,
     pod: &Pod,
@@ -331,6 +358,9 @@ fn publish_status(
     state: &mut WorkerState,
     terminating: bool,
 ) {
+    let mut observed = observed.clone();
+    fill_termination_messages(ctx, pod, &mut observed);
+    let observed = &observed;
     let status_ctx = StatusContext {
         runtime_name: &ctx.runtime_name,
         reasons: &state.reasons,
@@ -397,7 +427,11 @@ async fn execute(
             "Killing",
             format!("Stopping container {}", kill.name),
         );
-        stop_container(ctx, &kill.id, grace).await;
+        let ip = observed
+            .latest_sandbox()
+            .and_then(|s| s.ips.first())
+            .map(String::as_str);
+        stop_container(ctx, pod, &kill.name, &kill.id, grace, ip).await;
     }
     if actions.kill_pod {
         kill_pod(ctx, pod, observed, grace).await;
@@ -697,6 +731,27 @@ async fn start_container(
             })
             .await
             .map_err(|e| StartError::new("RunContainerError", e.message(), ERROR_RETRY))?;
+        if let Some(hook) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+        {
+            let grace = grace_seconds(pod);
+            let limit = Duration::from_secs(u64::try_from(grace).unwrap_or(30));
+            let ip = sandbox.ips.first().map(String::as_str);
+            if let Err(message) = lifecycle::run(&ctx.cri, hook, container, &id, ip, limit).await {
+                let message = format!("PostStartHook failed: {message}");
+                ctx.events.record(
+                    pod,
+                    Some(&container.name),
+                    EventType::Warning,
+                    "FailedPostStartHook",
+                    &message,
+                );
+                stop_container(ctx, pod, &container.name, &id, grace, ip).await;
+                return Err(StartError::new("PostStartHookError", message, ERROR_RETRY));
+            }
+        }
         Ok::<String, StartError>(id)
     }
     .await;
@@ -767,7 +822,35 @@ async fn sandbox_ips(ctx: &WorkerContext, sandbox_id: &str) -> Vec<String> {
         .collect()
 }
 
-async fn stop_container(ctx: &WorkerContext, id: &str, grace: i64) {
+/// Stops a container as kubelet's `killContainer`: the preStop hook first, inside the grace period,
+/// then StopContainer (SIGTERM, SIGKILL when the rest of the grace period ends).
+async fn stop_container(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    name: &str,
+    id: &str,
+    grace: i64,
+    pod_ip: Option<&str>,
+) {
+    let mut grace = grace;
+    let spec = container_spec(pod, name).map(|(c, _)| c);
+    if let Some((container, hook)) =
+        spec.and_then(|c| Some((c, c.lifecycle.as_ref()?.pre_stop.as_ref()?)))
+    {
+        let started = Instant::now();
+        let limit = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
+        if let Err(message) = lifecycle::run(&ctx.cri, hook, container, id, pod_ip, limit).await {
+            ctx.events.record(
+                pod,
+                Some(name),
+                EventType::Warning,
+                "FailedPreStopHook",
+                format!("PreStopHook failed: {message}"),
+            );
+        }
+        let spent = i64::try_from(started.elapsed().as_secs()).unwrap_or(grace);
+        grace = (grace - spent).max(MIN_GRACE_SECONDS);
+    }
     if let Err(e) = ctx
         .cri
         .stop_container(api::StopContainerRequest {
@@ -823,7 +906,15 @@ async fn kill_pod(ctx: &WorkerContext, pod: &Pod, observed: &ObservedPod, grace:
             format!("Stopping container {}", c.name),
         );
     }
-    futures::future::join_all(live.iter().map(|c| stop_container(ctx, &c.id, grace))).await;
+    let ip = observed
+        .latest_sandbox()
+        .and_then(|s| s.ips.first())
+        .map(String::as_str);
+    futures::future::join_all(
+        live.iter()
+            .map(|c| stop_container(ctx, pod, &c.name, &c.id, grace, ip)),
+    )
+    .await;
     for s in observed
         .sandboxes
         .iter()

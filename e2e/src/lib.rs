@@ -276,6 +276,52 @@ impl Agent {
         }
     }
 
+    /// The CRI log file of a container instance, as the agent lays them out.
+    pub fn container_log_path(&self, pod: &Pod, container: &str, attempt: u32) -> PathBuf {
+        self.pod_logs_dir()
+            .join(format!(
+                "{}_{}_{}",
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                pod.metadata.uid.as_deref().unwrap_or_default()
+            ))
+            .join(container)
+            .join(format!("{attempt}.log"))
+    }
+
+    /// The output of a container instance (the message part of its CRI log lines), waiting up to
+    /// `timeout` for it to contain `expected`.
+    pub async fn wait_output(
+        &self,
+        pod: &Pod,
+        container: &str,
+        attempt: u32,
+        expected: &str,
+        timeout: Duration,
+    ) -> Result<String> {
+        let path = self.container_log_path(pod, container, attempt);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let output: String = text
+                .lines()
+                .filter_map(|l| l.splitn(4, ' ').nth(3))
+                .map(|m| format!("{m}\n"))
+                .collect();
+            if output.contains(expected) {
+                return Ok(output);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} never contained {expected:?}; it holds:\n{output}\nagent log:\n{}",
+                    path.display(),
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// This agent's sandboxes in the runtime.
     pub async fn sandboxes(&self) -> Result<Vec<api::PodSandbox>> {
         let resp = cri()

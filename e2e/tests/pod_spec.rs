@@ -1,0 +1,326 @@
+//! The everyday pod spec, through the real agent and containerd, against the stand-in API server (or a
+//! real cluster with `KUBECONFIG`). Each test checks what a user would: what the container prints,
+//! its status, its events. Run through `e2e/run-tests.sh`.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Pod, Secret};
+use kube::Api;
+use kube::api::PostParams;
+use mk_e2e::Agent;
+use mk_e2e::cluster::Cluster;
+
+fn pod(value: serde_json::Value) -> Pod {
+    serde_json::from_value(value).expect("pod")
+}
+
+fn status_of(p: &Pod, name: &str) -> Option<ContainerStatus> {
+    let s = p.status.as_ref()?;
+    s.container_statuses
+        .iter()
+        .flatten()
+        .chain(s.init_container_statuses.iter().flatten())
+        .find(|c| c.name == name)
+        .cloned()
+}
+
+async fn joined(prefix: &str, extra: &str) -> anyhow::Result<(Cluster, Agent)> {
+    let cluster = Cluster::start().await?;
+    let agent = Agent::start_with(prefix, Some(&cluster.kubeconfig), extra)?;
+    Ok((cluster, agent))
+}
+
+async fn create(cluster: &Cluster, agent: &Agent, p: Pod) -> anyhow::Result<Pod> {
+    cluster.create_pod("default", p, &agent.node).await
+}
+
+fn busybox() -> &'static str {
+    mk_e2e::BUSYBOX
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_from_configmaps_secrets_and_the_downward_api() -> anyhow::Result<()> {
+    let (cluster, agent) = joined("e2e-env", "").await?;
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), "default");
+    let cm_name = format!("cfg-{}", agent.node);
+    let secret_name = format!("creds-{}", agent.node);
+    cms.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": cm_name}, "data": {"mode": "fast", "level": "3"}}))?).await?;
+    secrets.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": secret_name}, "stringData": {"password": "hunter2"}}))?).await?;
+    let name = format!("env-{}", agent.node);
+    let p = create(&cluster, &agent, pod(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": "env"}},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "main", "image": busybox(), "command": ["sh", "-c", "env | sort"],
+            "resources": {"limits": {"memory": "64Mi"}},
+            "envFrom": [{"configMapRef": {"name": cm_name}, "prefix": "CFG_"}],
+            "env": [
+                {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "password"}}},
+                {"name": "MY_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "MY_APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                {"name": "MY_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                {"name": "GREETING", "value": "hello $(MY_POD)"}
+            ]
+        }]}
+    }))).await?;
+    let done = cluster
+        .wait_pod("default", &name, Duration::from_secs(30), |p| {
+            (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then(|| p.clone())
+        })
+        .await?;
+    let ip = done
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("podIP");
+    let out = agent
+        .wait_output(&p, "main", 0, "PASSWORD=", Duration::from_secs(10))
+        .await?;
+    for line in [
+        "CFG_mode=fast".to_string(),
+        "CFG_level=3".to_string(),
+        "PASSWORD=hunter2".to_string(),
+        format!("MY_POD={name}"),
+        "MY_APP=env".to_string(),
+        format!("MY_NODE={}", agent.node),
+        format!("MY_IP={ip}"),
+        "MEM_MI=64".to_string(),
+        format!("GREETING=hello {name}"),
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line} in:\n{out}");
+    }
+
+    // A missing non-optional reference keeps the container waiting with CreateContainerConfigError.
+    let broken = format!("broken-{}", agent.node);
+    create(&cluster, &agent, pod(serde_json::json!({
+        "metadata": {"name": broken},
+        "spec": {"containers": [{"name": "main", "image": busybox(), "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "k"}}}]}]}
+    }))).await?;
+    let waiting = cluster
+        .wait_pod("default", &broken, Duration::from_secs(30), |p| {
+            let w = status_of(p, "main")?.state?.waiting?;
+            (w.reason.as_deref() == Some("CreateContainerConfigError")).then_some(w)
+        })
+        .await?;
+    assert_eq!(
+        waiting.message.as_deref(),
+        Some("configmap \"nope\" not found")
+    );
+    for n in [&name, &broken] {
+        cluster.delete_pod("default", n).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_in_order_before_the_app() -> anyhow::Result<()> {
+    let (cluster, agent) = joined("e2e-init", "").await?;
+    let name = format!("init-{}", agent.node);
+    let p = create(&cluster, &agent, pod(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "initContainers": [
+                {"name": "first", "image": busybox(), "command": ["sh", "-c", "echo first; sleep 1"]},
+                {"name": "second", "image": busybox(), "command": ["sh", "-c", "echo second"]}
+            ],
+            "containers": [{"name": "main", "image": busybox(), "command": ["sh", "-c", "echo app; trap 'exit 0' TERM; while true; do sleep 1; done"]}]
+        }
+    }))).await?;
+    let running = cluster
+        .wait_pod("default", &name, Duration::from_secs(40), |p| {
+            (p.status.as_ref()?.phase.as_deref() == Some("Running")).then(|| p.clone())
+        })
+        .await?;
+    let finished = |c: &str| {
+        status_of(&running, c)
+            .and_then(|s| s.state?.terminated)
+            .expect("terminated init container")
+    };
+    let (first, second) = (finished("first"), finished("second"));
+    assert_eq!(
+        (first.exit_code, first.reason.as_deref()),
+        (0, Some("Completed"))
+    );
+    assert!(
+        first.finished_at.as_ref().map(|t| t.0) <= second.started_at.as_ref().map(|t| t.0),
+        "second started before first finished"
+    );
+    let app_started = status_of(&running, "main")
+        .and_then(|s| s.state?.running?.started_at)
+        .expect("app running")
+        .0;
+    assert!(second.finished_at.expect("finished").0 <= app_started);
+    let initialized = running
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    assert!(
+        initialized
+            .iter()
+            .any(|c| c.type_ == "Initialized" && c.status == "True")
+    );
+    agent
+        .wait_output(&p, "main", 0, "app", Duration::from_secs(10))
+        .await?;
+    cluster.delete_pod("default", &name).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_stop_runs_before_sigterm_and_post_start_runs_after_start() -> anyhow::Result<()> {
+    let (cluster, agent) = joined("e2e-hooks", "").await?;
+    let name = format!("hooks-{}", agent.node);
+    let p = create(&cluster, &agent, pod(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"terminationGracePeriodSeconds": 10, "containers": [{
+            "name": "main", "image": busybox(),
+            "command": ["sh", "-c", "trap 'echo got-sigterm; exit 0' TERM; echo started; while true; do sleep 0.2; done"],
+            "lifecycle": {
+                "postStart": {"exec": {"command": ["sh", "-c", "echo post-start > /proc/1/fd/1"]}},
+                "preStop": {"exec": {"command": ["sh", "-c", "echo pre-stop > /proc/1/fd/1; sleep 1"]}}
+            }
+        }]}
+    }))).await?;
+    cluster
+        .wait_pod("default", &name, Duration::from_secs(30), |p| {
+            (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(())
+        })
+        .await?;
+    agent
+        .wait_output(&p, "main", 0, "post-start", Duration::from_secs(10))
+        .await?;
+    cluster.delete_pod("default", &name).await?;
+    let out = agent
+        .wait_output(&p, "main", 0, "got-sigterm", Duration::from_secs(20))
+        .await?;
+    let pre = out
+        .find("pre-stop")
+        .unwrap_or_else(|| panic!("no pre-stop output:\n{out}"));
+    let term = out.find("got-sigterm").expect("sigterm");
+    assert!(pre < term, "preStop must run before SIGTERM:\n{out}");
+    cluster
+        .wait_pod_deleted("default", &name, Duration::from_secs(20))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_as_user_termination_message_and_oom_killed() -> anyhow::Result<()> {
+    let (cluster, agent) = joined("e2e-sec", "").await?;
+    let user = format!("user-{}", agent.node);
+    let p = create(&cluster, &agent, pod(serde_json::json!({
+        "metadata": {"name": user},
+        "spec": {"restartPolicy": "Never", "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "supplementalGroups": [4000]},
+            "containers": [{"name": "main", "image": busybox(), "command": ["sh", "-c", "id; echo all done > /dev/termination-log"]}]}
+    }))).await?;
+    let done = cluster
+        .wait_pod("default", &user, Duration::from_secs(30), |p| {
+            (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then(|| p.clone())
+        })
+        .await?;
+    let out = agent
+        .wait_output(&p, "main", 0, "uid=", Duration::from_secs(10))
+        .await?;
+    assert!(
+        out.contains("uid=1000(app) gid=1000(app)") && out.contains("4000"),
+        "{out}"
+    );
+    let terminated = status_of(&done, "main")
+        .and_then(|s| s.state?.terminated)
+        .expect("terminated");
+    assert_eq!(terminated.message.as_deref(), Some("all done\n"));
+
+    let fallback = format!("fallback-{}", agent.node);
+    create(&cluster, &agent, pod(serde_json::json!({
+        "metadata": {"name": fallback},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": busybox(), "terminationMessagePolicy": "FallbackToLogsOnError", "command": ["sh", "-c", "echo something broke; exit 2"]}]}
+    }))).await?;
+    let failed = cluster
+        .wait_pod("default", &fallback, Duration::from_secs(30), |p| {
+            (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then(|| p.clone())
+        })
+        .await?;
+    let terminated = status_of(&failed, "main")
+        .and_then(|s| s.state?.terminated)
+        .expect("terminated");
+    assert_eq!(terminated.exit_code, 2);
+    assert_eq!(terminated.message.as_deref(), Some("something broke"));
+
+    // 20 MiB limit, 60 MB held in a shell variable: the kernel kills it and the status says OOMKilled.
+    let oom = format!("oom-{}", agent.node);
+    create(&cluster, &agent, pod(serde_json::json!({
+        "metadata": {"name": oom},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": busybox(),
+            "resources": {"limits": {"memory": "20Mi"}},
+            "command": ["sh", "-c", "x=$(head -c 60000000 /dev/zero | tr '\\0' 'x'); sleep 30"]}]}
+    }))).await?;
+    let killed = cluster
+        .wait_pod("default", &oom, Duration::from_secs(60), |p| {
+            (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then(|| p.clone())
+        })
+        .await?;
+    let terminated = status_of(&killed, "main")
+        .and_then(|s| s.state?.terminated)
+        .expect("terminated");
+    assert_eq!(
+        terminated.reason.as_deref(),
+        Some("OOMKilled"),
+        "{terminated:?}"
+    );
+    assert_eq!(
+        killed.status.and_then(|s| s.qos_class).as_deref(),
+        Some("Burstable")
+    );
+    for n in [&user, &fallback, &oom] {
+        cluster.delete_pod("default", n).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_dns_and_host_aliases_reach_the_container() -> anyhow::Result<()> {
+    let (cluster, agent) = joined(
+        "e2e-res",
+        "clusterDNS: [10.96.0.10]\nclusterDomain: cluster.local\n",
+    )
+    .await?;
+    let name = format!("res-{}", agent.node);
+    let p = create(&cluster, &agent, pod(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never",
+            "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["db.example"]}],
+            "containers": [{"name": "main", "image": busybox(),
+                "resources": {"requests": {"cpu": "250m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "64Mi"}},
+                "command": ["sh", "-c", "echo quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) shares=$(cat /sys/fs/cgroup/cpu/cpu.shares) mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes); cat /etc/resolv.conf /etc/hosts"]}]}
+    }))).await?;
+    cluster
+        .wait_pod("default", &name, Duration::from_secs(30), |p| {
+            (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(())
+        })
+        .await?;
+    let out = agent
+        .wait_output(&p, "main", 0, "quota=", Duration::from_secs(10))
+        .await?;
+    assert!(
+        out.contains(&format!("quota=50000 shares=256 mem={}", 64 * 1024 * 1024)),
+        "{out}"
+    );
+    assert!(out.contains("nameserver 10.96.0.10"), "{out}");
+    assert!(
+        out.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{out}"
+    );
+    assert!(out.contains("options ndots:5"), "{out}");
+    assert!(out.contains("10.1.2.3\tdb.example"), "{out}");
+    assert!(out.contains("# Kubernetes-managed hosts file."), "{out}");
+    let started = Instant::now();
+    cluster.delete_pod("default", &name).await?;
+    cluster
+        .wait_pod_deleted("default", &name, Duration::from_secs(20))
+        .await?;
+    assert!(started.elapsed() < Duration::from_secs(20));
+    Ok(())
+}
