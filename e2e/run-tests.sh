@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The project's single test entry point (CI calls it through .ci/run): installs the Debian packages the
-# tests need, builds the local OCI images (cached in target/e2e-images), starts a private containerd in a
-# fresh temporary directory, then builds the workspace's binaries and runs `cargo test --workspace` with
-# MK_E2E_CRI_ENDPOINT and MK_E2E_IMAGE_DIR exported. Extra arguments go to `cargo test`
-# (e.g. `e2e/run-tests.sh -p mk-e2e -- --nocapture`). containerd is torn down on any exit, failure or
-# ctrl-c included; the script exits with cargo's status.
+# tests need, builds the local OCI images (cached in target/e2e-images), starts a private containerd and
+# a private dockerd in fresh temporary directories, builds the workspace's binaries and runs
+# `cargo test --workspace` (the agent suites on containerd, the Docker adapter's CRI tests on dockerd),
+# then the agent suites a second time on the built-in Docker adapter. Extra arguments go to the first
+# `cargo test` only and skip the Docker rerun (e.g. `e2e/run-tests.sh -p mk-e2e -- --nocapture`).
+# Both daemons are torn down on any exit, failure or ctrl-c included; the script exits with cargo's
+# status.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,12 +21,15 @@ imagedir=${CARGO_TARGET_DIR:-$repo/target}/e2e-images
 step "building local images into $imagedir"
 "$scripts/build-images.sh" "$imagedir"
 
-# Short path: the containerd socket lives inside it (unix socket paths are limited to 108 bytes).
+# Short paths: the daemons' sockets live inside them (unix socket paths are limited to 108 bytes).
 statedir=$(mktemp -d /tmp/mk-e2e.XXXXXX)
+dockerdir=$(mktemp -d /tmp/mk-dkr.XXXXXX)
 # shellcheck disable=SC2317 # called by the traps below
 teardown() {
   local status=$?
   trap - EXIT INT TERM
+  step "stopping dockerd (e2e/scripts/dockerd-down.sh $dockerdir)"
+  "$scripts/dockerd-down.sh" "$dockerdir" || echo "warning: dockerd-down.sh failed" >&2
   step "stopping containerd (e2e/scripts/containerd-down.sh $statedir)"
   "$scripts/containerd-down.sh" "$statedir" || echo "warning: containerd-down.sh failed" >&2
   exit "$status"
@@ -37,13 +42,25 @@ step "starting a private containerd in $statedir"
 endpoint=$("$scripts/containerd-up.sh" "$statedir" "$imagedir" | tail -n 1)
 export MK_E2E_CRI_ENDPOINT=$endpoint
 export MK_E2E_IMAGE_DIR=$imagedir
-step "MK_E2E_CRI_ENDPOINT=$MK_E2E_CRI_ENDPOINT MK_E2E_IMAGE_DIR=$MK_E2E_IMAGE_DIR"
+step "starting a private dockerd in $dockerdir"
+MK_E2E_DOCKER_ENDPOINT=$("$scripts/dockerd-up.sh" "$dockerdir" "$imagedir" | tail -n 1)
+export MK_E2E_DOCKER_ENDPOINT
+step "MK_E2E_CRI_ENDPOINT=$MK_E2E_CRI_ENDPOINT MK_E2E_DOCKER_ENDPOINT=$MK_E2E_DOCKER_ENDPOINT"
 
 step "cargo build --workspace --bins"
 cargo build --workspace --bins
 
-step "cargo test --workspace $*"
+step "cargo test --workspace $* (the agent suites on containerd)"
 status=0
 cargo test --workspace --no-fail-fast "$@" || status=$?
 step "cargo test exited with status $status"
+
+if (($# == 0)); then
+  step "the agent suites again, on the built-in Docker adapter (MK_E2E_RUNTIME=docker)"
+  docker_status=0
+  MK_E2E_RUNTIME=docker cargo test -p mk-e2e --no-fail-fast \
+    --test static_pods --test cluster --test pod_spec || docker_status=$?
+  step "cargo test on Docker exited with status $docker_status"
+  ((status == 0)) && status=$docker_status
+fi
 exit "$status"

@@ -205,8 +205,16 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
     let (desired_tx, desired_rx) = watch::channel(PodSet::default());
     tokio::spawn(sources::merge::run(source_rxs, desired_tx, cancel.clone()));
 
+    let (probe_wake_tx, probe_wake_rx) = mpsc::unbounded_channel();
+    let prober = crate::prober::ProbeManager::new(
+        cri.clone(),
+        recorder.clone(),
+        metrics.prober.clone(),
+        probe_wake_tx,
+    );
     let ctx = Arc::new(WorkerContext {
-        images: ImageManager::new(cri.clone(), config.serialize_image_pulls),
+        prober,
+        images: ImageManager::new(cri.clone(), config.parallel_pull_limit()),
         cri: cri.clone(),
         status: status.clone(),
         metrics: metrics.clone(),
@@ -250,7 +258,8 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         rejected: HashSet::new(),
         runnable: PodSet::default(),
     };
-    sync.run(desired_rx, events_rx, relist_rx, cancel).await;
+    sync.run(desired_rx, events_rx, probe_wake_rx, relist_rx, cancel)
+        .await;
     Ok(())
 }
 
@@ -408,6 +417,7 @@ impl SyncLoop {
         mut self,
         mut desired: watch::Receiver<PodSet>,
         mut events: mpsc::Receiver<String>,
+        mut probe_results: mpsc::UnboundedReceiver<String>,
         relists: watch::Receiver<Option<Relist>>,
         cancel: CancellationToken,
     ) {
@@ -424,6 +434,7 @@ impl SyncLoop {
                     self.update(&set);
                 }
                 Some(uid) = events.recv() => self.workers.wake(&uid),
+                Some(uid) = probe_results.recv() => self.workers.wake(&uid),
                 _ = housekeeping.tick() => {
                     // Until every source has listed once, a pod missing from the set may just be unread.
                     if !self.runnable.synced {

@@ -73,6 +73,8 @@ pub struct KubeletConfiguration {
     pub runtime_request_timeout: Duration,
     pub cgroup_root: String,
     pub serialize_image_pulls: bool,
+    /// With serializeImagePulls false: at most this many pulls at once (unset: no limit).
+    pub max_parallel_image_pulls: Option<u32>,
     pub register_node: bool,
     pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
     /// Resource name → quantity (`cpu: 100m`, `memory: 256Mi`).
@@ -120,6 +122,7 @@ impl Default for KubeletConfiguration {
             runtime_request_timeout: Duration::from_secs(120),
             cgroup_root: "/".into(),
             serialize_image_pulls: true,
+            max_parallel_image_pulls: None,
             register_node: true,
             register_with_taints: Vec::new(),
             kube_reserved: BTreeMap::new(),
@@ -151,6 +154,14 @@ pub struct Loaded {
 }
 
 impl KubeletConfiguration {
+    /// How many image pulls may run at once: 1 when serialized, else maxParallelImagePulls.
+    pub fn parallel_pull_limit(&self) -> Option<usize> {
+        if self.serialize_image_pulls {
+            return Some(1);
+        }
+        self.max_parallel_image_pulls.map(|n| n as usize)
+    }
+
     /// Reads a KubeletConfiguration file. A wrong type or value fails with the field's path; unknown
     /// fields are returned so the caller can warn about them.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
@@ -208,6 +219,18 @@ impl KubeletConfiguration {
             && k != KIND
         {
             return Err(field("kind", format!("expected {KIND:?}, got {k:?}")));
+        }
+        if self.serialize_image_pulls && self.max_parallel_image_pulls.is_some_and(|n| n > 1) {
+            return Err(field(
+                "maxParallelImagePulls",
+                "must be 1 or unset when serializeImagePulls is true".into(),
+            ));
+        }
+        if self.max_parallel_image_pulls == Some(0) {
+            return Err(field(
+                "maxParallelImagePulls",
+                "must be greater than 0".into(),
+            ));
         }
         if self.max_pods == 0 {
             return Err(field("maxPods", "must be greater than 0".into()));
@@ -348,6 +371,7 @@ mod tests {
             ),
             ("healthzBindAddress: localhost\n", "healthzBindAddress"),
             ("readOnlyPort: 70000\n", "readOnlyPort"),
+            ("maxParallelImagePulls: 3\n", "maxParallelImagePulls"),
         ] {
             match parse(text) {
                 Err(ConfigError::Field { field, .. }) => assert_eq!(field, expected, "{text}"),

@@ -1,5 +1,5 @@
 //! Making sure a container's image is present, per its imagePullPolicy (kubelet's `EnsureImageExists`),
-//! with kubelet's pull back-off and optional serialized pulls.
+//! with kubelet's pull back-off and its limit on concurrent pulls.
 
 use std::sync::Mutex;
 
@@ -35,7 +35,8 @@ impl ImageError {
 pub struct ImageManager {
     cri: CriClient,
     backoff: Mutex<Backoff>,
-    serialize: Option<tokio::sync::Mutex<()>>,
+    /// kubelet's serializeImagePulls / maxParallelImagePulls: how many pulls may run at once.
+    pulls: Option<tokio::sync::Semaphore>,
 }
 
 /// The image to create the container from, and what it took to have it.
@@ -117,11 +118,12 @@ fn now_ns() -> i64 {
 }
 
 impl ImageManager {
-    pub fn new(cri: CriClient, serialize_pulls: bool) -> Self {
+    /// `max_parallel_pulls`: 1 when pulls are serialized (kubelet's default), None for no limit.
+    pub fn new(cri: CriClient, max_parallel_pulls: Option<usize>) -> Self {
         Self {
             cri,
             backoff: Mutex::new(Backoff::default()),
-            serialize: serialize_pulls.then(|| tokio::sync::Mutex::new(())),
+            pulls: max_parallel_pulls.map(|n| tokio::sync::Semaphore::new(n.max(1))),
         }
     }
 
@@ -180,8 +182,8 @@ impl ImageManager {
             return Err(ImageError::BackOff(image));
         }
         let started = std::time::Instant::now();
-        let _serial = match &self.serialize {
-            Some(lock) => Some(lock.lock().await),
+        let _permit = match &self.pulls {
+            Some(limit) => limit.acquire().await.ok(),
             None => None,
         };
         // kubelet tries each matching credential in turn, then anonymously.

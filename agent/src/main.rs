@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 use mini_kubelet::agent::{self, AgentOptions};
 use mini_kubelet::config::KubeletConfiguration;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,18 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "mini-kubelet", version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Which runtime to use: `remote` (any CRI endpoint, containerRuntimeEndpoint) or `docker` (the
+    /// built-in Docker adapter, started in-process over --docker-endpoint).
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Remote)]
+    container_runtime: RuntimeKind,
+    /// dockerd's API endpoint, with --container-runtime docker.
+    #[arg(long, default_value = "unix:///var/run/docker.sock")]
+    docker_endpoint: String,
+    /// The pause image of Docker sandboxes, with --container-runtime docker.
+    #[arg(long, default_value = "mini-kubelet.local/pause:3.10")]
+    pod_infra_container_image: String,
     /// KubeletConfiguration file (kubelet.config.k8s.io/v1beta1).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -61,6 +73,61 @@ struct Cli {
     verbosity: u8,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeKind {
+    Remote,
+    Docker,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve CRI over the Docker Engine API on its own (for crictl, critest or another kubelet).
+    Dockershim {
+        /// Where to serve CRI.
+        #[arg(long, default_value = "unix:///run/mini-kubelet/dockershim.sock")]
+        listen: String,
+        /// dockerd's API endpoint.
+        #[arg(long, default_value = "unix:///var/run/docker.sock")]
+        docker_endpoint: String,
+        /// The pause image of sandboxes.
+        #[arg(long, default_value = "mini-kubelet.local/pause:3.10")]
+        pod_infra_container_image: String,
+    },
+}
+
+/// Serves the Docker adapter until SIGTERM / ctrl-c.
+async fn run_dockershim(
+    listen: &str,
+    config: mk_dockershim::DockerShimConfig,
+) -> anyhow::Result<()> {
+    let mk_cri::Endpoint::Unix(path) = mk_cri::parse_endpoint(listen).context("--listen")?;
+    let handle = mk_dockershim::serve(&path, config)
+        .await
+        .context("starting the Docker CRI adapter")?;
+    tracing::info!(endpoint = %handle.endpoint(), "serving CRI over the Docker Engine API");
+    wait_for_signal().await;
+    handle
+        .shutdown()
+        .await
+        .context("stopping the Docker CRI adapter")?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 fn init_logging(verbosity: u8) {
     let level = match verbosity {
         0..=2 => "info",
@@ -83,7 +150,7 @@ fn hostname() -> anyhow::Result<String> {
     Ok(name.trim().to_lowercase())
 }
 
-fn resolve(cli: Cli) -> anyhow::Result<AgentOptions> {
+fn resolve(cli: &Cli) -> anyhow::Result<AgentOptions> {
     let mut config = match &cli.config {
         Some(path) => {
             let loaded = KubeletConfiguration::load(path)?;
@@ -94,10 +161,10 @@ fn resolve(cli: Cli) -> anyhow::Result<AgentOptions> {
         }
         None => KubeletConfiguration::default(),
     };
-    if let Some(p) = cli.pod_manifest_path {
+    if let Some(p) = cli.pod_manifest_path.clone() {
         config.static_pod_path = Some(p);
     }
-    if let Some(e) = cli.container_runtime_endpoint {
+    if let Some(e) = cli.container_runtime_endpoint.clone() {
         mk_cri::parse_endpoint(&e).context("--container-runtime-endpoint")?;
         config.container_runtime_endpoint = e;
     }
@@ -107,20 +174,20 @@ fn resolve(cli: Cli) -> anyhow::Result<AgentOptions> {
     if let Some(p) = cli.healthz_port {
         config.healthz_port = p;
     }
-    if let Some(a) = cli.healthz_bind_address {
+    if let Some(a) = cli.healthz_bind_address.clone() {
         config.healthz_bind_address = a;
     }
-    if let Some(a) = cli.address {
+    if let Some(a) = cli.address.clone() {
         config.address = a;
     }
     if let Some(m) = cli.max_pods {
         anyhow::ensure!(m > 0, "--max-pods must be greater than 0");
         config.max_pods = m;
     }
-    if let Some(r) = cli.cgroup_root {
+    if let Some(r) = cli.cgroup_root.clone() {
         config.cgroup_root = r;
     }
-    let node_name = match cli.hostname_override {
+    let node_name = match cli.hostname_override.clone() {
         Some(n) => n.trim().to_lowercase(),
         None => hostname()?,
     };
@@ -137,11 +204,11 @@ fn resolve(cli: Cli) -> anyhow::Result<AgentOptions> {
     }
     Ok(AgentOptions {
         config,
-        kubeconfig: cli.kubeconfig,
+        kubeconfig: cli.kubeconfig.clone(),
         node_ip: cli.node_ip,
         node_labels,
         node_name,
-        root_dir: cli.root_dir,
+        root_dir: cli.root_dir.clone(),
         cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
         pleg_period: Duration::from_secs(1),
     })
@@ -151,9 +218,41 @@ fn resolve(cli: Cli) -> anyhow::Result<AgentOptions> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.verbosity);
-    let options = resolve(cli)?;
+    if let Some(Command::Dockershim {
+        listen,
+        docker_endpoint,
+        pod_infra_container_image,
+    }) = &cli.command
+    {
+        let config = mk_dockershim::DockerShimConfig {
+            pod_infra_image: pod_infra_container_image.clone(),
+            ..mk_dockershim::DockerShimConfig::with_endpoint(docker_endpoint.clone())
+        };
+        return run_dockershim(listen, config).await;
+    }
+    let mut options = resolve(&cli)?;
     std::fs::create_dir_all(&options.root_dir)
         .with_context(|| format!("creating --root-dir {}", options.root_dir.display()))?;
+    // The built-in Docker adapter: a CRI server in this process; the agent reaches it through the
+    // same CRI client as any other runtime.
+    let _dockershim = match cli.container_runtime {
+        RuntimeKind::Remote => None,
+        RuntimeKind::Docker => {
+            let socket = options.root_dir.join("dockershim.sock");
+            let config = mk_dockershim::DockerShimConfig {
+                pod_infra_image: cli.pod_infra_container_image.clone(),
+                instance: options.node_name.clone(),
+                ..mk_dockershim::DockerShimConfig::with_endpoint(cli.docker_endpoint.clone())
+            };
+            let handle = mk_dockershim::serve(&socket, config)
+                .await
+                .with_context(|| {
+                    format!("starting the Docker CRI adapter on {}", cli.docker_endpoint)
+                })?;
+            options.config.container_runtime_endpoint = handle.endpoint();
+            Some(handle)
+        }
+    };
     tracing::info!(
         node = %options.node_name,
         runtime = %options.config.container_runtime_endpoint,
@@ -163,18 +262,7 @@ async fn main() -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        wait_for_signal().await;
         tracing::info!("shutting down; pods keep running");
         stop.cancel();
     });

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub started_containers: Family<ContainerTypeLabels, Counter>,
     pub started_containers_errors: Family<ContainerErrorLabels, Counter>,
     pub desired_pods: Gauge,
+    /// `prober_probe_total` and `prober_probe_duration_seconds` (unprefixed, as kubelet's).
+    pub prober: crate::prober::ProbeMetrics,
 }
 
 impl Default for Metrics {
@@ -70,6 +72,7 @@ impl Default for Metrics {
             started_containers: Family::default(),
             started_containers_errors: Family::default(),
             desired_pods: Gauge::default(),
+            prober: crate::prober::ProbeMetrics::default(),
         }
     }
 }
@@ -130,6 +133,7 @@ impl Metrics {
             "The number of pods the kubelet is being instructed to run.",
             self.desired_pods.clone(),
         );
+        self.prober.register(&mut root);
         root
     }
 }

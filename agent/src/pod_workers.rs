@@ -24,6 +24,7 @@ use crate::kuberuntime::{
     container_config, labels, lifecycle, pod_files, sandbox_config, security,
 };
 use crate::metrics::{ContainerErrorLabels, ContainerTypeLabels, Metrics, OperationLabels};
+use crate::prober::ProbedContainer;
 use crate::qos;
 use crate::sources::{PodSet, pod_key};
 use crate::status::{StatusContext, StatusManager, WaitingReason};
@@ -51,6 +52,8 @@ pub struct WorkerContext {
     pub resync: Duration,
     /// The API server, when the agent is joined to a cluster (for env and volume sources).
     pub client: Option<kube::Client>,
+    /// Liveness, readiness and startup probes.
+    pub prober: crate::prober::ProbeManager,
     /// kubelet's `--root-dir`: per-pod files live under `<root_dir>/pods/<uid>`.
     pub root_dir: PathBuf,
     /// clusterDNS, clusterDomain and the host's resolv.conf.
@@ -263,6 +266,7 @@ async fn sync_pod(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) -> Du
             return ERROR_RETRY;
         }
     };
+    let observed = run_probes(ctx, pod, observed, state).await;
     let now = now_ns();
     state.backoff.gc(now);
     let actions = sync::compute(pod, &observed, &state.backoff, now);
@@ -282,8 +286,74 @@ async fn sync_pod(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) -> Du
     } else {
         observed
     };
+    let ip = pod_ip(ctx, pod, &observed);
+    ctx.prober
+        .update_containers(&uid, ip.as_deref(), &ProbedContainer::latest(&observed));
     publish_status(ctx, pod, &observed, state, false);
     next
+}
+
+/// The address probes and hooks reach the pod at: the node's for host-network pods, else the sandbox's.
+fn pod_ip(ctx: &WorkerContext, pod: &Pod, observed: &ObservedPod) -> Option<String> {
+    if pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false)
+    {
+        return ctx.host_ip.clone();
+    }
+    observed
+        .latest_sandbox()
+        .filter(|s| s.state == SandboxState::Ready)
+        .and_then(|s| s.ips.first().cloned())
+}
+
+/// Keeps the pod's probes in step with its containers and kills the containers whose liveness or
+/// startup probe failed (the sync core then restarts them, with back-off). Returns the state to sync.
+async fn run_probes(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    observed: ObservedPod,
+    state: &mut WorkerState,
+) -> ObservedPod {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    ctx.prober.add_pod(pod);
+    let ip = pod_ip(ctx, pod, &observed);
+    ctx.prober
+        .update_containers(&uid, ip.as_deref(), &ProbedContainer::latest(&observed));
+    let failures = ctx.prober.liveness_failures(&uid);
+    if failures.is_empty() {
+        return observed;
+    }
+    let will_restart = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) != Some("Never");
+    for failure in &failures {
+        ctx.events.record(
+            pod,
+            Some(&failure.container_name),
+            EventType::Normal,
+            "Killing",
+            failure.kill_message(will_restart),
+        );
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or(failure.grace_override)
+            .unwrap_or_else(|| grace_seconds(pod));
+        stop_container(
+            ctx,
+            pod,
+            &failure.container_name,
+            &failure.container_id,
+            grace,
+            ip.as_deref(),
+        )
+        .await;
+    }
+    match observe_pod(&ctx.cri, &uid, &ctx.node_name, &mut state.cache).await {
+        Ok(o) => o,
+        Err(_) => observed,
+    }
 }
 
 /// One turn for a pod the API server is deleting: stop it within its deletion grace period, report
@@ -297,6 +367,7 @@ async fn sync_deleting(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) 
             return ERROR_RETRY;
         }
     };
+    ctx.prober.stop_liveness_and_startup(&uid);
     let live = |o: &ObservedPod| {
         o.containers
             .iter()
@@ -361,7 +432,19 @@ fn publish_status(
     let mut observed = observed.clone();
     fill_termination_messages(ctx, pod, &mut observed);
     let observed = &observed;
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let probes: HashMap<String, (bool, bool)> = observed
+        .containers
+        .iter()
+        .map(|c| {
+            let s = ctx
+                .prober
+                .status(&uid, &c.name, c.state() == ContainerState::Running);
+            (c.name.clone(), (s.started, s.ready))
+        })
+        .collect();
     let status_ctx = StatusContext {
+        probes: &probes,
         runtime_name: &ctx.runtime_name,
         reasons: &state.reasons,
         host_ip: ctx.host_ip.as_deref(),
@@ -980,6 +1063,7 @@ async fn terminate(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) {
         tracing::warn!(path = %log_dir.display(), error = %e, "cannot remove pod log directory");
     }
     ctx.status.remove(&uid);
+    ctx.prober.remove_pod(&uid);
     tracing::info!(pod = %name, seconds = started.elapsed().as_secs_f64(), "pod terminated and removed");
 }
 

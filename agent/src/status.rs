@@ -31,6 +31,8 @@ pub struct StatusContext<'a> {
     pub start_time: Timestamp,
     /// The pod is being terminated by the agent.
     pub terminating: bool,
+    /// Probe results by container name (started, ready); a running container absent here is ready.
+    pub probes: &'a HashMap<String, (bool, bool)>,
 }
 
 fn time(ns: i64) -> Option<Time> {
@@ -106,8 +108,9 @@ fn container_status(
                 }),
                 ..Default::default()
             });
-            status.ready = !ctx.terminating;
-            status.started = Some(true);
+            let (started, ready) = ctx.probes.get(&spec.name).copied().unwrap_or((true, true));
+            status.ready = ready && !ctx.terminating;
+            status.started = Some(started);
             status.last_state = previous.map(|p| ApiState {
                 terminated: Some(terminated(p, ctx.runtime_name)),
                 ..Default::default()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stops the private dockerd that dockerd-up.sh started for STATEDIR and removes every trace of it, so
-# that up/down/up works repeatedly: its containers (removed through the API while it still answers),
+# that up/down/up works repeatedly: its containers (removed through the API while it still answers)
+# and the empty pod cgroup directories runc leaves behind for them,
 # the daemon (TERM, then KILL after 20 s), its own containerd, shims, runc containers and
 # docker-proxy processes left behind, every mount under STATEDIR (overlay2 rootfs, shm, netns, the
 # data root's own bind mount), the iptables rules naming its bridge or subnet (and Docker's shared
@@ -70,10 +71,14 @@ stop_pids() { # TERM, wait up to $1 tenths of a second, then KILL
   sleep 0.2
 }
 
-# 1. Its containers, while the daemon still answers (faster than letting dockerd stop each one).
+# 1. Its containers, while the daemon still answers (faster than letting dockerd stop each one);
+#    their cgroup parents (a pod's /kubepods/<qos>/pod<uid>) are noted to be removed below.
+cgroup_parents=""
 if [[ -S $sock ]] && ids=$(timeout 10 "$docker" -H "unix://$sock" ps -aq 2>/dev/null) && [[ -n $ids ]]; then
   say "removing $(echo "$ids" | wc -l) container(s)"
   # shellcheck disable=SC2086 # one id per word
+  cgroup_parents=$(timeout 10 "$docker" -H "unix://$sock" inspect --format '{{.HostConfig.CgroupParent}}' $ids 2>/dev/null | sort -u || true)
+  # shellcheck disable=SC2086
   timeout 60 "$docker" -H "unix://$sock" rm -f -v $ids >/dev/null 2>&1 || say "docker rm -f failed"
 fi
 
@@ -105,6 +110,15 @@ if [[ -n $subnet ]]; then
   # shellcheck disable=SC2046
   stop_pids 20 $(pids_matching docker-proxy "-container-ip ${subnet%.0/24}." || true)
 fi
+
+# runc leaves a pod's cgroup directory behind on cgroup v1: remove the empty ones of our containers
+# (only the pod level, never the shared /kubepods/<qos> above it).
+for parent in $cgroup_parents; do
+  [[ $parent == /*/* && $parent != *..* ]] || continue
+  for dir in /sys/fs/cgroup"$parent" /sys/fs/cgroup/*"$parent"; do
+    if [[ -d $dir ]]; then rmdir "$dir" 2>/dev/null || true; fi
+  done
+done
 
 # 3. Everything mounted under STATEDIR, deepest first.
 unmount_all() {

@@ -36,6 +36,28 @@ pub fn endpoint() -> String {
     }
 }
 
+/// The runtime the agent suites run on: `MK_E2E_RUNTIME=docker` runs them on the built-in Docker
+/// adapter over the dockerd of `MK_E2E_DOCKER_ENDPOINT`; anything else on containerd.
+pub fn on_docker() -> bool {
+    std::env::var("MK_E2E_RUNTIME").is_ok_and(|r| r == "docker")
+}
+
+/// The prefix of container IDs in pod status (`containerd`, `docker`).
+pub fn runtime_name() -> &'static str {
+    if on_docker() { "docker" } else { "containerd" }
+}
+
+/// dockerd's endpoint for the Docker runs. Panics with instructions when it is not set.
+pub fn docker_endpoint() -> String {
+    match std::env::var("MK_E2E_DOCKER_ENDPOINT") {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "MK_E2E_DOCKER_ENDPOINT is not set: the Docker runs need a real dockerd. Run them through \
+             e2e/run-tests.sh, which starts a private dockerd (e2e/scripts/dockerd-up.sh)."
+        ),
+    }
+}
+
 pub fn cri() -> CriClient {
     CriClient::new(&endpoint(), Duration::from_secs(60), CriMetrics::default())
         .expect("MK_E2E_CRI_ENDPOINT is not a valid CRI endpoint")
@@ -140,6 +162,13 @@ impl Agent {
             .append(true)
             .open(self.log_file())?;
         let mut command = Command::new(agent_binary());
+        if on_docker() {
+            command
+                .arg("--container-runtime")
+                .arg("docker")
+                .arg("--docker-endpoint")
+                .arg(docker_endpoint());
+        }
         if let Some(kubeconfig) = &self.kubeconfig {
             command.arg("--kubeconfig").arg(kubeconfig);
         }
@@ -322,9 +351,25 @@ impl Agent {
         }
     }
 
+    /// A CRI client for this agent's runtime: the shared containerd, or on Docker the adapter the
+    /// agent serves in its root directory.
+    pub fn cri(&self) -> CriClient {
+        if on_docker() {
+            let socket = self.dir.path().join("root/dockershim.sock");
+            return CriClient::new(
+                &format!("unix://{}", socket.display()),
+                Duration::from_secs(60),
+                CriMetrics::default(),
+            )
+            .expect("dockershim socket path");
+        }
+        cri()
+    }
+
     /// This agent's sandboxes in the runtime.
     pub async fn sandboxes(&self) -> Result<Vec<api::PodSandbox>> {
-        let resp = cri()
+        let resp = self
+            .cri()
             .list_pod_sandbox(api::ListPodSandboxRequest {
                 filter: Some(api::PodSandboxFilter {
                     label_selector: HashMap::from([(NODE_LABEL.to_string(), self.node.clone())]),
@@ -337,7 +382,8 @@ impl Agent {
 
     /// This agent's containers in the runtime.
     pub async fn containers(&self) -> Result<Vec<api::Container>> {
-        let resp = cri()
+        let resp = self
+            .cri()
             .list_containers(api::ListContainersRequest {
                 filter: Some(api::ContainerFilter {
                     label_selector: HashMap::from([(NODE_LABEL.to_string(), self.node.clone())]),
@@ -349,9 +395,29 @@ impl Agent {
     }
 }
 
-/// Stops and removes every sandbox of `node` (and so its containers).
+/// Stops and removes every sandbox of `node` (and so its containers). On Docker the agent's adapter
+/// is gone with the agent, so a temporary one serves the clean-up.
 pub async fn remove_node_objects(node: &str) -> Result<()> {
-    let cri = cri();
+    if on_docker() {
+        let dir = tempfile::tempdir()?;
+        let config = mk_dockershim::DockerShimConfig {
+            instance: node.to_string(),
+            ..mk_dockershim::DockerShimConfig::with_endpoint(docker_endpoint())
+        };
+        let shim = mk_dockershim::serve(dir.path().join("cleanup.sock"), config).await?;
+        let client = CriClient::new(
+            &shim.endpoint(),
+            Duration::from_secs(60),
+            CriMetrics::default(),
+        )?;
+        let result = remove_sandboxes(&client, node).await;
+        let _ = shim.shutdown().await;
+        return result;
+    }
+    remove_sandboxes(&cri(), node).await
+}
+
+async fn remove_sandboxes(cri: &CriClient, node: &str) -> Result<()> {
     let sandboxes = cri
         .list_pod_sandbox(api::ListPodSandboxRequest {
             filter: Some(api::PodSandboxFilter {

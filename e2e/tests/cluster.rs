@@ -76,7 +76,8 @@ async fn node_registers_turns_ready_and_renews_its_lease() -> anyhow::Result<()>
     }
     let info = status.node_info.expect("nodeInfo");
     assert!(
-        info.container_runtime_version.starts_with("containerd://"),
+        info.container_runtime_version
+            .starts_with(&format!("{}://", mk_e2e::runtime_name())),
         "{}",
         info.container_runtime_version
     );
@@ -154,7 +155,7 @@ async fn bound_pods_run_report_status_and_finish_like_jobs() -> anyhow::Result<(
     assert!(
         cs.container_id
             .unwrap_or_default()
-            .starts_with("containerd://")
+            .starts_with(&format!("{}://", mk_e2e::runtime_name()))
     );
     assert_eq!(status.qos_class.as_deref(), Some("BestEffort"));
     // The agent posted the pod's events, as kubelet does.

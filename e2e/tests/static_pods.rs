@@ -47,7 +47,7 @@ async fn manifest_becomes_a_running_container_with_cri_logs() -> anyhow::Result<
     let cs = &status.container_statuses.expect("container statuses")[0];
     assert_eq!(
         cs.container_id.as_deref(),
-        Some(format!("containerd://{}", containers[0].id).as_str())
+        Some(format!("{}://{}", mk_e2e::runtime_name(), containers[0].id).as_str())
     );
     assert!(cs.image_id.starts_with("sha256:"), "{}", cs.image_id);
     assert!(cs.ready);

@@ -64,6 +64,7 @@ fn status(pod: &Pod, o: &ObservedPod, reasons: &HashMap<String, WaitingReason>) 
         host_ip: Some("192.0.2.1"),
         start_time: Timestamp::UNIX_EPOCH,
         terminating: false,
+        probes: &HashMap::new(),
     };
     compute(pod, o, &ctx, None, Timestamp::UNIX_EPOCH)
 }
@@ -227,12 +228,14 @@ fn transition_times_stay_while_status_is_unchanged() {
     let p = pod("Always", &["a"]);
     let o = observed(true, vec![c("a", 0, ContainerState::Running, 0)]);
     let reasons = HashMap::new();
+    let probes = HashMap::new();
     let ctx = StatusContext {
         runtime_name: "containerd",
         reasons: &reasons,
         host_ip: None,
         start_time: Timestamp::UNIX_EPOCH,
         terminating: false,
+        probes: &probes,
     };
     let first = compute(&p, &o, &ctx, None, Timestamp::UNIX_EPOCH);
     let later = Timestamp::from_second(100).expect("ts");
@@ -241,4 +244,24 @@ fn transition_times_stay_while_status_is_unchanged() {
         first, second,
         "nothing changed, so the status is equal and not re-published"
     );
+}
+
+#[test]
+fn readiness_probe_results_drive_ready() {
+    let p = pod("Always", &["a"]);
+    let o = observed(true, vec![c("a", 0, ContainerState::Running, 0)]);
+    let reasons = HashMap::new();
+    let probes = HashMap::from([("a".to_string(), (true, false))]);
+    let ctx = StatusContext {
+        runtime_name: "containerd",
+        reasons: &reasons,
+        host_ip: None,
+        start_time: Timestamp::UNIX_EPOCH,
+        terminating: false,
+        probes: &probes,
+    };
+    let s = compute(&p, &o, &ctx, None, Timestamp::UNIX_EPOCH);
+    assert!(!s.container_statuses.as_ref().expect("cs")[0].ready);
+    assert_eq!(condition(&s, "Ready"), "False");
+    assert_eq!(s.phase.as_deref(), Some("Running"));
 }

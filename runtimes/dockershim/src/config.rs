@@ -32,6 +32,11 @@ pub struct DockerShimConfig {
     /// `max-size` of the json-file log Docker keeps for each container (the shim copies that log
     /// into the CRI log file; Docker's copy is bounded to `max-size` x 2 files).
     pub docker_log_max_size: String,
+    /// When not empty, everything this shim creates is labelled `io.mini-kubelet.cri.instance=`
+    /// this value and it only lists, adopts and reports those: several agents (or tests) can then
+    /// share one dockerd without seeing each other's pods. Empty (the default): the shim manages
+    /// every CRI container of the dockerd.
+    pub instance: String,
 }
 
 impl Default for DockerShimConfig {
@@ -43,6 +48,7 @@ impl Default for DockerShimConfig {
             stats_cache_ttl: Duration::from_secs(2),
             allow_negative_oom_score_adj: false,
             docker_log_max_size: "10m".to_string(),
+            instance: String::new(),
         }
     }
 }
@@ -90,7 +96,13 @@ mod tests {
             socket_path("/tmp/d.sock").ok(),
             Some(PathBuf::from("/tmp/d.sock"))
         );
-        for bad in ["", "unix://", "tcp://1.2.3.4:2375", "unix://rel.sock", "rel.sock"] {
+        for bad in [
+            "",
+            "unix://",
+            "tcp://1.2.3.4:2375",
+            "unix://rel.sock",
+            "rel.sock",
+        ] {
             assert!(socket_path(bad).is_err(), "{bad}");
         }
     }

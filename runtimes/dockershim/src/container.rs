@@ -118,7 +118,11 @@ impl DockerShim {
         };
         // Docker also resolves names and unique ID prefixes; the CRI uses full IDs (a prefix of a
         // full ID is accepted, as containerd does, but not a name).
-        if !inspect.id.as_deref().is_some_and(|full| full.starts_with(id)) {
+        if !inspect
+            .id
+            .as_deref()
+            .is_some_and(|full| full.starts_with(id))
+        {
             return Ok(None);
         }
         let labels = inspect
@@ -154,11 +158,16 @@ impl DockerShim {
         if image_spec.image.is_empty() {
             return Err(OpError::InvalidArgument("no container image given".into()));
         }
-        let sandbox_id = request.pod_sandbox_id;
         let (sandbox_inspect, sandbox) = self
-            .inspect_sandbox(&sandbox_id)
+            .inspect_sandbox(&request.pod_sandbox_id)
             .await?
-            .ok_or_else(|| OpError::NotFound(format!("pod sandbox {sandbox_id} not found")))?;
+            .ok_or_else(|| {
+                OpError::NotFound(format!("pod sandbox {} not found", request.pod_sandbox_id))
+            })?;
+        let sandbox_id = sandbox_inspect
+            .id
+            .clone()
+            .unwrap_or_else(|| request.pod_sandbox_id.clone());
         if !is_running(&sandbox_inspect) {
             return Err(OpError::FailedPrecondition(format!(
                 "pod sandbox {sandbox_id} is not ready"
@@ -193,16 +202,33 @@ impl DockerShim {
                     .and_then(|h| h.cgroup_parent.clone())
             })
             .filter(|p| !p.is_empty());
+        let mut binds: Vec<String> = config.mounts.iter().map(convert::docker_bind).collect();
+        // Containers joining the sandbox's network share its resolv.conf (the pod's DNS config);
+        // with the host's network they do not join it, so it is mounted for them.
+        if is_node(sandbox.namespaces.network)
+            && !config
+                .mounts
+                .iter()
+                .any(|m| m.container_path == "/etc/resolv.conf")
+            && let Some(resolv) = sandbox_inspect
+                .resolv_conf_path
+                .as_deref()
+                .filter(|p| !p.is_empty())
+        {
+            binds.push(format!("{resolv}:/etc/resolv.conf"));
+        }
         let res = resources(&linux.resources.clone().unwrap_or_default());
-        let oom = linux
-            .resources
-            .as_ref()
-            .and_then(|r| oom_score_adj(r.oom_score_adj, self.config().allow_negative_oom_score_adj));
+        let oom = linux.resources.as_ref().and_then(|r| {
+            oom_score_adj(r.oom_score_adj, self.config().allow_negative_oom_score_adj)
+        });
 
         let mut security_opt = Vec::new();
+        // The deprecated path is what kubelets before 1.19 send.
+        #[allow(deprecated)]
+        let legacy_seccomp = security.seccomp_profile_path.clone();
         if let Some(seccomp) = convert::seccomp_option(
             security.seccomp.as_ref(),
-            &security.seccomp_profile_path,
+            &legacy_seccomp,
             security.privileged,
         )
         .map_err(OpError::InvalidArgument)?
@@ -219,8 +245,7 @@ impl DockerShim {
             ipc_mode: Some(ipc_mode),
             pid_mode,
             cgroup_parent,
-            binds: (!config.mounts.is_empty())
-                .then(|| config.mounts.iter().map(convert::docker_bind).collect()),
+            binds: (!binds.is_empty()).then_some(binds),
             devices: (!config.devices.is_empty()).then(|| {
                 config
                     .devices
@@ -245,8 +270,13 @@ impl DockerShim {
                 .then(|| security.masked_paths.clone()),
             readonly_paths: (!privileged && !security.readonly_paths.is_empty())
                 .then(|| security.readonly_paths.clone()),
-            group_add: (!security.supplemental_groups.is_empty())
-                .then(|| security.supplemental_groups.iter().map(i64::to_string).collect()),
+            group_add: (!security.supplemental_groups.is_empty()).then(|| {
+                security
+                    .supplemental_groups
+                    .iter()
+                    .map(i64::to_string)
+                    .collect()
+            }),
             oom_score_adj: oom,
             cpu_shares: res.cpu_shares,
             cpu_period: res.cpu_period,
@@ -258,14 +288,17 @@ impl DockerShim {
             log_config: Some(HostConfigLogConfig {
                 typ: Some("json-file".into()),
                 config: Some(HashMap::from([
-                    ("max-size".to_string(), self.config().docker_log_max_size.clone()),
+                    (
+                        "max-size".to_string(),
+                        self.config().docker_log_max_size.clone(),
+                    ),
                     ("max-file".to_string(), "2".to_string()),
                 ])),
             }),
             runtime: (!sandbox.runtime_handler.is_empty()).then(|| sandbox.runtime_handler.clone()),
             ..Default::default()
         };
-        let labels = ContainerLabels {
+        let mut labels = ContainerLabels {
             metadata: metadata.clone(),
             sandbox_id: sandbox_id.clone(),
             created_at: convert::now_ns(),
@@ -277,6 +310,7 @@ impl DockerShim {
         }
         .encode()
         .map_err(|e| OpError::InvalidArgument(e.to_string()))?;
+        self.label_instance(&mut labels);
         let body = ContainerCreateBody {
             image: Some(image_spec.image.clone()),
             entrypoint: (!config.command.is_empty()).then(|| config.command.clone()),
@@ -306,15 +340,22 @@ impl DockerShim {
         };
         let name = convert::container_name(&metadata, &sandbox.metadata);
         self.create_named(&name, body).await.map_err(|e| match e {
-            OpError::Docker { context, source } if is_not_found(&source) => OpError::NotFound(
-                format!("{context}: image {} not present: {source}", image_spec.image),
-            ),
+            OpError::Docker { context, source } if is_not_found(&source) => {
+                OpError::NotFound(format!(
+                    "{context}: image {} not present: {source}",
+                    image_spec.image
+                ))
+            }
             other => other,
         })
     }
 
     pub(crate) async fn start_container(&self, id: &str) -> Result<(), OpError> {
         let (_, labels) = self.require_container(id).await?;
+        if !labels.log_path.is_empty() {
+            // As containerd: no start without a log file to write to.
+            crate::logs::create_log_file(Path::new(&labels.log_path))?;
+        }
         self.docker()
             .start_container(id, None)
             .await
@@ -380,7 +421,12 @@ impl DockerShim {
             .as_ref()
             .is_some_and(|s| s.state == api::ContainerState::ContainerRunning as i32);
         let summaries = self
-            .list_docker(TYPE_CONTAINER, &filter.label_selector, sandbox, only_running)
+            .list_docker(
+                TYPE_CONTAINER,
+                &filter.label_selector,
+                sandbox,
+                only_running,
+            )
             .await?;
         let mut out = Vec::with_capacity(summaries.len());
         for summary in &summaries {
@@ -469,8 +515,7 @@ pub(crate) fn container_status(
             container_path: m.destination.clone().unwrap_or_default(),
             host_path: m.source.clone().unwrap_or_default(),
             readonly: !m.rw.unwrap_or(true),
-            propagation: convert::propagation(m.propagation.as_deref().unwrap_or_default())
-                as i32,
+            propagation: convert::propagation(m.propagation.as_deref().unwrap_or_default()) as i32,
             ..Default::default()
         })
         .collect();
@@ -566,7 +611,10 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(with_swap.memory_swap, Some(128 << 20));
-        assert_eq!(resources(&api::LinuxContainerResources::default()), Resources::default());
+        assert_eq!(
+            resources(&api::LinuxContainerResources::default()),
+            Resources::default()
+        );
     }
 
     #[test]

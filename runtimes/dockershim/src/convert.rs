@@ -65,6 +65,13 @@ pub(crate) fn state_info(state: Option<&ContainerState>) -> StateInfo {
                     | ContainerStateStatusEnum::RESTARTING
             )
         );
+    // dockerd stamps StartedAt when its start call returns and FinishedAt from the exit event:
+    // a process that exits at once can seem to finish before it started.
+    let finished_at = if finished_at != 0 && started_at != 0 {
+        finished_at.max(started_at)
+    } else {
+        finished_at
+    };
     let mut info = StateInfo {
         state: api::ContainerState::ContainerCreated,
         started_at,
@@ -128,7 +135,8 @@ fn id_matches(filter: &str, id: &str) -> bool {
 
 pub(crate) fn container_matches(filter: &api::ContainerFilter, c: &api::Container) -> bool {
     id_matches(&filter.id, &c.id)
-        && (filter.pod_sandbox_id.is_empty() || id_matches(&filter.pod_sandbox_id, &c.pod_sandbox_id))
+        && (filter.pod_sandbox_id.is_empty()
+            || id_matches(&filter.pod_sandbox_id, &c.pod_sandbox_id))
         && filter.state.as_ref().is_none_or(|s| s.state == c.state)
         && selector_matches(&filter.label_selector, &c.labels)
 }
@@ -377,6 +385,12 @@ mod tests {
         assert_eq!(info.reason, "Completed");
         assert_eq!(info.finished_at - info.started_at, 5_000_000_000);
 
+        // A quick exit can be stamped before the start: never report finished < started.
+        let mut quick = exited.clone();
+        quick.finished_at = Some("2025-12-31T23:59:59.9Z".into());
+        let info = state_info(Some(&quick));
+        assert_eq!(info.finished_at, info.started_at);
+
         exited.exit_code = Some(3);
         let info = state_info(Some(&exited));
         assert_eq!((info.exit_code, info.reason.as_str()), (3, "Error"));
@@ -404,10 +418,22 @@ mod tests {
 
     #[test]
     fn summary_states() {
-        assert_eq!(summary_state("running"), api::ContainerState::ContainerRunning);
-        assert_eq!(summary_state("exited"), api::ContainerState::ContainerExited);
-        assert_eq!(summary_state("created"), api::ContainerState::ContainerCreated);
-        assert_eq!(summary_state("removing"), api::ContainerState::ContainerUnknown);
+        assert_eq!(
+            summary_state("running"),
+            api::ContainerState::ContainerRunning
+        );
+        assert_eq!(
+            summary_state("exited"),
+            api::ContainerState::ContainerExited
+        );
+        assert_eq!(
+            summary_state("created"),
+            api::ContainerState::ContainerCreated
+        );
+        assert_eq!(
+            summary_state("removing"),
+            api::ContainerState::ContainerUnknown
+        );
     }
 
     fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -521,19 +547,28 @@ mod tests {
             name: "app".into(),
             attempt: 0,
         };
-        assert_eq!(container_name(&c, &pod), "k8s_app_web_kube-system_8d2f-11_0");
+        assert_eq!(
+            container_name(&c, &pod),
+            "k8s_app_web_kube-system_8d2f-11_0"
+        );
     }
 
     #[test]
     fn users() {
         let v = |value| api::Int64Value { value };
         assert_eq!(docker_user(None, "", None), None);
-        assert_eq!(docker_user(Some(&v(1000)), "", None).as_deref(), Some("1000"));
+        assert_eq!(
+            docker_user(Some(&v(1000)), "", None).as_deref(),
+            Some("1000")
+        );
         assert_eq!(
             docker_user(Some(&v(1000)), "ignored", Some(&v(2000))).as_deref(),
             Some("1000:2000")
         );
-        assert_eq!(docker_user(None, "app", Some(&v(3))).as_deref(), Some("app:3"));
+        assert_eq!(
+            docker_user(None, "app", Some(&v(3))).as_deref(),
+            Some("app:3")
+        );
         assert_eq!(docker_user(None, "", Some(&v(3))), None);
     }
 
@@ -564,7 +599,10 @@ mod tests {
     fn dns() {
         let conf = resolv_conf(&api::DnsConfig {
             servers: vec!["10.0.0.10".into(), "1.1.1.1".into()],
-            searches: vec!["default.svc.cluster.local".into(), "svc.cluster.local".into()],
+            searches: vec![
+                "default.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+            ],
             options: vec!["ndots:5".into()],
         });
         assert_eq!(

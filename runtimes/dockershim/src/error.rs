@@ -22,6 +22,13 @@ pub enum DockerShimError {
         #[source]
         source: DockerError,
     },
+    /// A Docker API call failed.
+    #[error("{context}: {source}")]
+    Docker {
+        context: String,
+        #[source]
+        source: DockerError,
+    },
     /// A file system operation on the listen socket failed.
     #[error("{action} {}: {source}", path.display())]
     Io {

@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 use bollard::models::ImageInspect;
-use bollard::query_parameters::{
-    CreateImageOptions, ListImagesOptions, RemoveImageOptions,
-};
+use bollard::query_parameters::{CreateImageOptions, ListImagesOptions, RemoveImageOptions};
 use futures::TryStreamExt;
 use k8s_cri::v1 as api;
 
@@ -199,15 +197,32 @@ impl DockerShim {
             }))
             .await
             .map_err(|e| OpError::docker("listing images", e))?;
-        let mut images = Vec::with_capacity(summaries.len());
-        for summary in summaries {
-            // The list lacks the image's user: inspect (cheap, local) for it.
-            let image = match self.inspect_image(&summary.id).await? {
-                Some(inspect) => cri_image(&inspect),
-                None => continue, // removed meanwhile
-            };
-            images.push(image);
-        }
+        // From the list alone (one call): the image's user, which the list lacks, matters to
+        // ImageStatus (kubelet's runAsNonRoot check), not to listing.
+        let images = summaries
+            .into_iter()
+            .map(|summary| api::Image {
+                spec: Some(api::ImageSpec {
+                    image: summary.id.clone(),
+                    ..Default::default()
+                }),
+                id: summary.id,
+                repo_tags: summary
+                    .repo_tags
+                    .into_iter()
+                    .filter(|t| t != "<none>:<none>")
+                    .collect(),
+                repo_digests: summary
+                    .repo_digests
+                    .into_iter()
+                    .filter(|d| d != "<none>@<none>")
+                    .collect(),
+                size: u64::try_from(summary.size).unwrap_or(0),
+                uid: None,
+                username: String::new(),
+                pinned: false,
+            })
+            .collect();
         Ok(api::ListImagesResponse { images })
     }
 
@@ -237,17 +252,13 @@ impl DockerShim {
         };
         let started = std::time::Instant::now();
         self.docker()
-            .create_image(
-                Some(options),
-                None,
-                credentials(request.auth.as_ref()),
-            )
+            .create_image(Some(options), None, credentials(request.auth.as_ref()))
             .try_for_each(|progress| async move {
                 // dockerd reports pull failures in the stream (HTTP 200 already sent).
                 match progress.error_detail.and_then(|d| d.message) {
-                    Some(message) => Err(bollard::errors::Error::DockerStreamError {
-                        error: message,
-                    }),
+                    Some(message) => {
+                        Err(bollard::errors::Error::DockerStreamError { error: message })
+                    }
                     None => Ok(()),
                 }
             })
@@ -341,9 +352,15 @@ mod tests {
             ("busybox:1.36", "docker.io/library/busybox:1.36"),
             ("library/busybox", "docker.io/library/busybox:latest"),
             ("docker.io/busybox", "docker.io/library/busybox:latest"),
-            ("index.docker.io/busybox", "docker.io/library/busybox:latest"),
+            (
+                "index.docker.io/busybox",
+                "docker.io/library/busybox:latest",
+            ),
             ("someone/app:v1", "docker.io/someone/app:v1"),
-            ("mini-kubelet.local/pause:3.10", "mini-kubelet.local/pause:3.10"),
+            (
+                "mini-kubelet.local/pause:3.10",
+                "mini-kubelet.local/pause:3.10",
+            ),
             ("localhost/app", "localhost/app:latest"),
             ("127.0.0.1:5000/app", "127.0.0.1:5000/app:latest"),
             ("127.0.0.1:5000/team/app:2", "127.0.0.1:5000/team/app:2"),

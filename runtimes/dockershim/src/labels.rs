@@ -47,6 +47,8 @@ pub const SANDBOX_ID: &str = "io.mini-kubelet.cri.sandbox-id";
 pub const LOG_PATH: &str = "io.mini-kubelet.cri.log-path";
 /// The container's image as the CRI named it.
 pub const IMAGE: &str = "io.mini-kubelet.cri.image";
+/// The shim instance that made the container ([`crate::DockerShimConfig::instance`]), when set.
+pub const INSTANCE: &str = "io.mini-kubelet.cri.instance";
 /// The container's image as the user wrote it in the pod spec (ImageSpec.user_specified_image).
 pub const USER_IMAGE: &str = "io.mini-kubelet.cri.user-specified-image";
 
@@ -110,7 +112,9 @@ fn user_labels(
 }
 
 /// Splits Docker labels into the CRI labels and annotations (dropping the shim's own).
-fn split_user(docker: &HashMap<String, String>) -> (HashMap<String, String>, HashMap<String, String>) {
+fn split_user(
+    docker: &HashMap<String, String>,
+) -> (HashMap<String, String>, HashMap<String, String>) {
     let mut labels = HashMap::new();
     let mut annotations = HashMap::new();
     for (key, value) in docker {
@@ -373,6 +377,9 @@ mod tests {
         let encoded = encode_namespaces(&options);
         assert_eq!(encoded, "network=POD,pid=TARGET,ipc=NODE,target=c1");
         assert_eq!(decode_namespaces(&encoded), options);
-        assert_eq!(decode_namespaces("garbage"), api::NamespaceOption::default());
+        assert_eq!(
+            decode_namespaces("garbage"),
+            api::NamespaceOption::default()
+        );
     }
 }

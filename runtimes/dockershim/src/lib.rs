@@ -20,9 +20,10 @@
 //!   bridge network, or the host's for hostNetwork), IPC namespace (`shareable`) and, with
 //!   `shareProcessNamespace`, PID namespace; it carries the hostname, the host port bindings,
 //!   the sysctls and the cgroup parent. With a CRI DNS config its `resolv.conf` (the file Docker
-//!   keeps for it, which Docker also mounts into every container joining its network) is
-//!   rewritten from the config; without one it is Docker's copy of the host's. The sandbox's IP is
-//!   the pause container's address on Docker's network. *No CNI*: that mode is a follow-up.
+//!   keeps for it and mounts into every container joining its network; containers of host-network
+//!   pods get it bind-mounted) is rewritten from the config; without one it is Docker's copy of
+//!   the host's. The sandbox's IP is the pause container's address on Docker's bridge network.
+//!   *No CNI*: that mode is a follow-up.
 //! * **Containers** are named `k8s_<container>_<pod>_<namespace>_<uid>_<attempt>` and join the
 //!   sandbox's namespaces (`container:<sandbox id>` network / IPC / PID modes, or `host`), inherit
 //!   its cgroup parent, and get command → entrypoint, args → cmd, env, working dir, mounts (Docker
@@ -47,9 +48,23 @@
 //! * **Images** through Docker: references are normalised as Docker does
 //!   ([`normalize_reference`]), CRI auth becomes Docker registry credentials, ImageStatus of an
 //!   absent image is `image: None`, ImageFsInfo reports Docker's data root.
+//! * **Runtime**: Version (`docker`, the engine's version, API `v1`), Status (RuntimeReady and
+//!   NetworkReady follow `docker ping`), RuntimeConfig (Docker's cgroup driver);
+//!   UpdateRuntimeConfig is accepted and ignored (Docker's bridge has its own subnet).
+//! * **IDs** are Docker's 64-hex IDs; a unique prefix is accepted, names are not.
+//! * **Several shims on one dockerd** stay apart with [`DockerShimConfig::instance`].
 //! * **Not implemented** (`Unimplemented`): the streaming calls Exec, Attach and PortForward,
-//!   CheckpointContainer, ListMetricDescriptors, ListPodSandboxMetrics, RuntimeConfig.
-//!   UpdateRuntimeConfig is accepted and ignored (no CNI).
+//!   CheckpointContainer, ListMetricDescriptors, ListPodSandboxMetrics. Not done either: CNI
+//!   networking (pods use Docker's bridge), AppArmor / SELinux options, user namespaces, image
+//!   volumes (`Mount.image`), the writable layer's usage in stats, hugepage limits, ImageFsInfo's
+//!   inode count.
+//!
+//! # Host limits seen on the project's machines
+//!
+//! Root there lacks CAP_SYS_RESOURCE, so nothing may lower `oom_score_adj` (negative values are
+//! raised to 0 unless [`DockerShimConfig::allow_negative_oom_score_adj`]) and privileged
+//! containers cannot start (Docker grants them every capability it knows, runc cannot apply
+//! CAP_SYS_RESOURCE).
 
 mod config;
 mod container;
@@ -69,15 +84,16 @@ use std::sync::Arc;
 
 use bollard::{API_DEFAULT_VERSION, Docker};
 
-pub use config::{
-    DEFAULT_DOCKER_ENDPOINT, DEFAULT_POD_INFRA_IMAGE, DockerShimConfig, socket_path,
-};
+pub use config::{DEFAULT_DOCKER_ENDPOINT, DEFAULT_POD_INFRA_IMAGE, DockerShimConfig, socket_path};
 pub use error::DockerShimError;
 pub use image::normalize_reference;
 pub use server::{ServerHandle, serve};
 
-/// The CRI v1 messages, re-exported.
+/// The CRI v1 messages and service traits, re-exported.
 pub use k8s_cri::v1 as api;
+/// tonic, whose types appear in this crate's API (the services, `Request` to call them
+/// in-process, the transport error), re-exported.
+pub use tonic;
 
 /// The runtime name reported by Version.
 pub const RUNTIME_NAME: &str = "docker";
@@ -100,7 +116,10 @@ impl std::fmt::Debug for DockerShim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DockerShim")
             .field("docker_endpoint", &self.inner.config.docker_endpoint)
-            .field("api_version", &self.inner.docker.client_version().to_string())
+            .field(
+                "api_version",
+                &self.inner.docker.client_version().to_string(),
+            )
             .field("log_followers", &self.inner.logs.count())
             .finish()
     }

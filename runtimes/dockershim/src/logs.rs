@@ -25,12 +25,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bollard::container::LogOutput;
-use bollard::query_parameters::LogsOptions;
+use bollard::query_parameters::{ListContainersOptions, LogsOptions};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use crate::DockerShim;
 use crate::error::OpError;
+use crate::{DockerShim, DockerShimError, labels};
 
 /// Which stream a CRI log line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +93,13 @@ pub fn last_timestamp(path: &Path) -> Option<i128> {
         .find_map(|line| split_docker_timestamp(line).map(|(_, ns, _)| ns))
 }
 
+/// Creates a CRI log file (and its directory) if absent.
+pub(crate) fn create_log_file(path: &Path) -> Result<(), OpError> {
+    LogFile::open(path)
+        .map(drop)
+        .map_err(|e| OpError::io(format!("creating log file {}", path.display()), e))
+}
+
 /// An open CRI log file that ReopenContainerLog can swap for a fresh one.
 #[derive(Debug)]
 struct LogFile {
@@ -152,7 +159,10 @@ impl LogFollowers {
     }
 
     pub(crate) fn count(&self) -> usize {
-        self.lock().values().filter(|(_, t)| !t.is_finished()).count()
+        self.lock()
+            .values()
+            .filter(|(_, t)| !t.is_finished())
+            .count()
     }
 }
 
@@ -171,6 +181,8 @@ impl DockerShim {
         {
             return Ok(());
         }
+        // Followers of containers that stopped are of no further use.
+        active.retain(|_, (_, task)| !task.is_finished());
         let log = LogFile::open(log_path)
             .map_err(|e| OpError::io(format!("opening log file {}", log_path.display()), e))?;
         let log = Arc::new(Mutex::new(log));
@@ -186,11 +198,7 @@ impl DockerShim {
 
     /// Reopens the CRI log file of a container (kubelet renamed it to rotate it). Starts a
     /// follower when none runs.
-    pub(crate) fn reopen_log(
-        &self,
-        container_id: &str,
-        log_path: &Path,
-    ) -> Result<(), OpError> {
+    pub(crate) fn reopen_log(&self, container_id: &str, log_path: &Path) -> Result<(), OpError> {
         let shared = self
             .inner
             .logs
@@ -208,6 +216,54 @@ impl DockerShim {
         }
     }
 
+    /// Starts copying the output of the shim's existing containers into their CRI log files, from
+    /// where each file ends (used when a shim starts, e.g. after the agent restarted): running
+    /// containers, and exited ones whose log file is still there (for output they wrote while
+    /// no follower ran). Returns how many followers it started.
+    pub async fn resume_logs(&self) -> Result<usize, DockerShimError> {
+        let filters = crate::convert::docker_label_filters(
+            labels::TYPE_CONTAINER,
+            &HashMap::new(),
+            &[(labels::INSTANCE, &self.config().instance)],
+        );
+        let summaries = self
+            .docker()
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|source| DockerShimError::Docker {
+                context: "listing containers".into(),
+                source,
+            })?;
+        let mut started = 0;
+        for summary in summaries {
+            let (Some(id), Some(docker_labels)) = (summary.id, summary.labels) else {
+                continue;
+            };
+            let Some(cri) = labels::ContainerLabels::decode(&docker_labels) else {
+                continue;
+            };
+            let state = summary.state.map(|s| s.to_string()).unwrap_or_default();
+            let path = Path::new(&cri.log_path);
+            let wanted = match state.as_str() {
+                "running" | "paused" | "restarting" => true,
+                "exited" | "dead" => path.exists(),
+                _ => false,
+            };
+            if cri.log_path.is_empty() || !wanted {
+                continue;
+            }
+            match self.follow_logs(&id, path, last_timestamp(path)) {
+                Ok(()) => started += 1,
+                Err(e) => tracing::warn!(container = %id, error = %e, "cannot resume its log"),
+            }
+        }
+        Ok(started)
+    }
+
     /// Forgets the follower of a removed container (its stream ends by itself).
     pub(crate) fn forget_logs(&self, container_id: &str) {
         self.inner.logs.lock().remove(container_id);
@@ -217,12 +273,7 @@ impl DockerShim {
 /// Copies Docker's log of one container into its CRI log file until the container has stopped
 /// and its log is drained. A broken stream (dockerd restarting) is resumed after the last entry
 /// copied.
-async fn copy_logs(
-    shim: DockerShim,
-    id: String,
-    log: SharedLog,
-    mut after_ns: Option<i128>,
-) {
+async fn copy_logs(shim: DockerShim, id: String, log: SharedLog, mut after_ns: Option<i128>) {
     let mut final_pass = false;
     loop {
         let since = after_ns.map_or(0, |ns| {

@@ -57,11 +57,11 @@ pub(crate) fn sandbox_ips(inspect: &ContainerInspectResponse) -> (String, Vec<St
 }
 
 pub(crate) fn is_running(inspect: &ContainerInspectResponse) -> bool {
-    inspect
-        .state
-        .as_ref()
-        .and_then(|s| s.running)
-        .unwrap_or(false)
+    is_running_state(inspect.state.as_ref())
+}
+
+pub(crate) fn is_running_state(state: Option<&bollard::models::ContainerState>) -> bool {
+    state.and_then(|s| s.running).unwrap_or(false)
 }
 
 fn sandbox_state(running: bool) -> api::PodSandboxState {
@@ -103,7 +103,11 @@ impl DockerShim {
                         }
                         Ok(existing) => {
                             let id = existing.id.unwrap_or_default();
-                            tracing::info!(name, id, "removing a stopped container holding the name");
+                            tracing::info!(
+                                name,
+                                id,
+                                "removing a stopped container holding the name"
+                            );
                             self.remove_docker_container(&id).await?;
                         }
                         Err(e) if is_not_found(&e) => {}
@@ -165,8 +169,13 @@ impl DockerShim {
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(OpError::docker(format!("inspecting sandbox {id}"), e)),
         };
-        // Docker also resolves names and ID prefixes: only the full ID of a sandbox counts.
-        if inspect.id.as_deref() != Some(id) {
+        // Docker also resolves names; the CRI uses IDs (a unique prefix of an ID is accepted, as
+        // containerd does, but not a name).
+        if !inspect
+            .id
+            .as_deref()
+            .is_some_and(|full| full.starts_with(id))
+        {
             return Ok(None);
         }
         let labels = inspect
@@ -188,7 +197,10 @@ impl DockerShim {
         let mut filters = convert::docker_label_filters(
             kind,
             selector,
-            &[(labels::SANDBOX_ID, sandbox_id)],
+            &[
+                (labels::SANDBOX_ID, sandbox_id),
+                (labels::INSTANCE, &self.config().instance),
+            ],
         );
         if only_running {
             filters.insert("status".into(), vec!["running".into()]);
@@ -201,6 +213,13 @@ impl DockerShim {
             }))
             .await
             .map_err(|e| OpError::docker("listing containers", e))
+    }
+
+    /// Adds the instance label ([`crate::DockerShimConfig::instance`]) when one is configured.
+    pub(crate) fn label_instance(&self, docker_labels: &mut HashMap<String, String>) {
+        if !self.config().instance.is_empty() {
+            docker_labels.insert(labels::INSTANCE.into(), self.config().instance.clone());
+        }
     }
 
     async fn ensure_pause_image(&self) -> Result<(), OpError> {
@@ -255,18 +274,22 @@ impl DockerShim {
             labels: config.labels.clone(),
             annotations: config.annotations.clone(),
         };
-        let docker_labels = sandbox_labels
+        let mut docker_labels = sandbox_labels
             .encode()
             .map_err(|e| OpError::InvalidArgument(e.to_string()))?;
+        self.label_instance(&mut docker_labels);
         let bindings = if host_network {
             HashMap::new()
         } else {
             convert::port_bindings(&config.port_mappings)
         };
         let mut security_opt = Vec::new();
+        // The deprecated path is what kubelets before 1.19 send.
+        #[allow(deprecated)]
+        let legacy_seccomp = security.seccomp_profile_path.clone();
         if let Some(seccomp) = convert::seccomp_option(
             security.seccomp.as_ref(),
-            &security.seccomp_profile_path,
+            &legacy_seccomp,
             security.privileged,
         )
         .map_err(OpError::InvalidArgument)?
@@ -283,8 +306,13 @@ impl DockerShim {
             privileged: Some(security.privileged),
             readonly_rootfs: Some(security.readonly_rootfs),
             security_opt: (!security_opt.is_empty()).then_some(security_opt),
-            group_add: (!security.supplemental_groups.is_empty())
-                .then(|| security.supplemental_groups.iter().map(i64::to_string).collect()),
+            group_add: (!security.supplemental_groups.is_empty()).then(|| {
+                security
+                    .supplemental_groups
+                    .iter()
+                    .map(i64::to_string)
+                    .collect()
+            }),
             // The pause container says nothing worth keeping.
             log_config: Some(HostConfigLogConfig {
                 typ: Some("none".into()),
@@ -298,7 +326,11 @@ impl DockerShim {
             // Docker refuses a hostname with the host's network (the host's name applies).
             hostname: (!host_network && !config.hostname.is_empty())
                 .then(|| config.hostname.clone()),
-            user: convert::docker_user(security.run_as_user.as_ref(), "", security.run_as_group.as_ref()),
+            user: convert::docker_user(
+                security.run_as_user.as_ref(),
+                "",
+                security.run_as_group.as_ref(),
+            ),
             labels: Some(docker_labels),
             exposed_ports: (!bindings.is_empty()).then(|| bindings.keys().cloned().collect()),
             host_config: Some(host_config),
@@ -320,7 +352,9 @@ impl DockerShim {
             .start_container(id, None)
             .await
             .map_err(|e| OpError::docker(format!("starting sandbox {id}"), e))?;
-        let Some(dns) = dns.filter(|d| !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty()) else {
+        let Some(dns) = dns
+            .filter(|d| !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty())
+        else {
             return Ok(()); // Docker's copy of the host's resolv.conf stays
         };
         // The file Docker keeps for the sandbox, which it also mounts into every container that
@@ -346,17 +380,26 @@ impl DockerShim {
         let Some((inspect, _)) = self.inspect_sandbox(id).await? else {
             return Ok(());
         };
-        let containers = self.list_docker(TYPE_CONTAINER, &HashMap::new(), id, true).await?;
-        let stops = containers.iter().filter_map(|c| c.id.as_deref()).map(|cid| async move {
-            match self.stop_docker_container(cid, 0).await {
-                Ok(()) => Ok(()),
-                Err(e) if is_not_found(&e) => Ok(()),
-                Err(e) => Err(OpError::docker(format!("stopping container {cid}"), e)),
-            }
-        });
+        let id = inspect.id.as_deref().unwrap_or(id);
+        let containers = self
+            .list_docker(TYPE_CONTAINER, &HashMap::new(), id, true)
+            .await?;
+        let stops = containers
+            .iter()
+            .filter_map(|c| c.id.as_deref())
+            .map(|cid| async move {
+                match self.stop_docker_container(cid, 0).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if is_not_found(&e) => Ok(()),
+                    Err(e) => Err(OpError::docker(format!("stopping container {cid}"), e)),
+                }
+            });
         futures::future::try_join_all(stops).await?;
         if is_running(&inspect) {
-            match self.stop_docker_container(id, i64::from(PAUSE_STOP_TIMEOUT)).await {
+            match self
+                .stop_docker_container(id, i64::from(PAUSE_STOP_TIMEOUT))
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(OpError::docker(format!("stopping sandbox {id}"), e)),
@@ -367,14 +410,20 @@ impl DockerShim {
 
     /// Removes the sandbox's containers and its pause container. Unknown IDs are fine.
     pub(crate) async fn remove_pod_sandbox(&self, id: &str) -> Result<(), OpError> {
-        if self.inspect_sandbox(id).await?.is_none() {
+        let Some((inspect, _)) = self.inspect_sandbox(id).await? else {
             return Ok(());
-        }
-        let containers = self.list_docker(TYPE_CONTAINER, &HashMap::new(), id, false).await?;
-        let removals = containers.iter().filter_map(|c| c.id.as_deref()).map(|cid| async move {
-            self.forget_logs(cid);
-            self.remove_docker_container(cid).await
-        });
+        };
+        let id = inspect.id.as_deref().unwrap_or(id);
+        let containers = self
+            .list_docker(TYPE_CONTAINER, &HashMap::new(), id, false)
+            .await?;
+        let removals = containers
+            .iter()
+            .filter_map(|c| c.id.as_deref())
+            .map(|cid| async move {
+                self.forget_logs(cid);
+                self.remove_docker_container(cid).await
+            });
         futures::future::try_join_all(removals).await?;
         self.remove_docker_container(id).await
     }
@@ -429,10 +478,7 @@ pub(crate) fn sandbox_status(
         created_at: labels.created_at,
         network: Some(api::PodSandboxNetworkStatus {
             ip,
-            additional_ips: additional
-                .into_iter()
-                .map(|ip| api::PodIp { ip })
-                .collect(),
+            additional_ips: additional.into_iter().map(|ip| api::PodIp { ip }).collect(),
         }),
         linux: Some(api::LinuxPodSandboxStatus {
             namespaces: Some(api::Namespace {
