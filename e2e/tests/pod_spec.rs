@@ -324,3 +324,70 @@ async fn resources_dns_and_host_aliases_reach_the_container() -> anyhow::Result<
     assert!(started.elapsed() < Duration::from_secs(20));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_flip_readiness_and_restart_on_liveness_failure() -> anyhow::Result<()> {
+    let (cluster, agent) = joined("e2e-probe", "").await?;
+    let name = format!("probed-{}", agent.node);
+    create(&cluster, &agent, pod(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"terminationGracePeriodSeconds": 2, "containers": [{
+            "name": "main", "image": busybox(),
+            "command": ["sh", "-c", "trap 'exit 0' TERM; touch /tmp/alive; sleep 3; touch /tmp/ready; sleep 3; rm /tmp/alive; while true; do sleep 1; done"],
+            "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1},
+            "livenessProbe": {"exec": {"command": ["cat", "/tmp/alive"]}, "periodSeconds": 1, "failureThreshold": 2}
+        }]}
+    }))).await?;
+    // Running but not ready until the readiness file exists.
+    let t0 = Instant::now();
+    cluster
+        .wait_pod("default", &name, Duration::from_secs(30), |p| {
+            let cs = status_of(p, "main")?;
+            (cs.state?.running.is_some() && !cs.ready).then_some(())
+        })
+        .await?;
+    cluster
+        .wait_pod("default", &name, Duration::from_secs(20), |p| {
+            status_of(p, "main")?.ready.then_some(())
+        })
+        .await?;
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "ready before the readiness file existed"
+    );
+    // Then the liveness file goes away: the container is killed and restarted.
+    let restarted = cluster
+        .wait_pod("default", &name, Duration::from_secs(40), |p| {
+            let cs = status_of(p, "main")?;
+            (cs.restart_count >= 1).then_some(cs)
+        })
+        .await?;
+    assert!(
+        restarted.last_state.and_then(|l| l.terminated).is_some(),
+        "lastState of the killed run"
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(cluster.client.clone(), "default");
+    let list = events
+        .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await?;
+    let messages: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|e| Some(format!("{}: {}", e.reason.clone()?, e.message.clone()?)))
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("Unhealthy: Liveness probe failed")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m == "Killing: Container main failed liveness probe, will be restarted"),
+        "{messages:#?}"
+    );
+    cluster.delete_pod("default", &name).await?;
+    Ok(())
+}
