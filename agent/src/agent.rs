@@ -214,6 +214,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
     );
     let ctx = Arc::new(WorkerContext {
         prober,
+        volumes: crate::volumes::VolumeManager::new(options.root_dir.clone(), client.clone()),
         images: ImageManager::new(cri.clone(), config.parallel_pull_limit()),
         cri: cri.clone(),
         status: status.clone(),

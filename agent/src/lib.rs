@@ -20,3 +20,4 @@ pub mod server;
 pub mod sources;
 pub mod status;
 pub mod sync;
+pub mod volumes;

@@ -29,6 +29,7 @@ use crate::qos;
 use crate::sources::{PodSet, pod_key};
 use crate::status::{StatusContext, StatusManager, WaitingReason};
 use crate::sync::{self, PodActions};
+use crate::volumes::PodVolumes;
 
 /// kubelet's `minimumGracePeriodInSeconds`.
 const MIN_GRACE_SECONDS: i64 = 2;
@@ -52,6 +53,8 @@ pub struct WorkerContext {
     pub resync: Duration,
     /// The API server, when the agent is joined to a cluster (for env and volume sources).
     pub client: Option<kube::Client>,
+    /// The pods' volumes.
+    pub volumes: crate::volumes::VolumeManager,
     /// Liveness, readiness and startup probes.
     pub prober: crate::prober::ProbeManager,
     /// kubelet's `--root-dir`: per-pod files live under `<root_dir>/pods/<uid>`.
@@ -188,6 +191,8 @@ struct WorkerState {
     start_time: Timestamp,
     started_reported: bool,
     last_status: Option<PodStatus>,
+    /// The last volume set-up error reported, so an unchanged one is not re-posted every turn.
+    last_mount_error: Option<String>,
 }
 
 fn now_ns() -> i64 {
@@ -203,6 +208,7 @@ async fn run_worker(ctx: Arc<WorkerContext>, mut rx: watch::Receiver<Desired>, w
         start_time: Timestamp::now(),
         started_reported: false,
         last_status: None,
+        last_mount_error: None,
     };
     let mut current: Option<Arc<Pod>> = None;
     loop {
@@ -267,12 +273,16 @@ async fn sync_pod(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) -> Du
         }
     };
     let observed = run_probes(ctx, pod, observed, state).await;
+    let Some(volumes) = set_up_volumes(ctx, pod, state).await else {
+        publish_status(ctx, pod, &observed, state, false);
+        return ERROR_RETRY;
+    };
     let now = now_ns();
     state.backoff.gc(now);
     let actions = sync::compute(pod, &observed, &state.backoff, now);
     let mut next = ctx.resync;
     let acted = !actions.changes_nothing();
-    if let Err(retry) = execute(ctx, pod, &observed, &actions, state).await {
+    if let Err(retry) = execute(ctx, pod, &observed, &actions, &volumes, state).await {
         next = next.min(retry);
     }
     for w in &actions.backoff {
@@ -291,6 +301,44 @@ async fn sync_pod(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) -> Du
         .update_containers(&uid, ip.as_deref(), &ProbedContainer::latest(&observed));
     publish_status(ctx, pod, &observed, state, false);
     next
+}
+
+/// Sets up (or refreshes) the pod's volumes before anything starts, as kubelet's WaitForAttachAndMount.
+/// A volume that cannot be set up keeps the pod waiting, with a `FailedMount` event per change of
+/// the error.
+async fn set_up_volumes(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    state: &mut WorkerState,
+) -> Option<PodVolumes> {
+    if let Some(allocatable) = ctx
+        .node
+        .borrow()
+        .as_ref()
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.allocatable.as_ref())
+    {
+        ctx.volumes.set_node_allocatable(allocatable);
+    }
+    let (volumes, errors): (Option<PodVolumes>, Vec<String>) = match ctx.volumes.setup(pod).await {
+        Ok(v) => {
+            let errors = v.refresh_errors.iter().map(|e| e.to_string()).collect();
+            (Some(v), errors)
+        }
+        Err(e) => (
+            None,
+            e.failed_mounts().iter().map(|f| f.to_string()).collect(),
+        ),
+    };
+    let summary = errors.join("\n");
+    if !errors.is_empty() && state.last_mount_error.as_deref() != Some(summary.as_str()) {
+        for message in &errors {
+            ctx.events
+                .record(pod, None, EventType::Warning, "FailedMount", message);
+        }
+    }
+    state.last_mount_error = (!errors.is_empty()).then_some(summary);
+    volumes
 }
 
 /// The address probes and hooks reach the pod at: the node's for host-network pods, else the sandbox's.
@@ -493,6 +541,7 @@ async fn execute(
     pod: &Pod,
     observed: &ObservedPod,
     actions: &PodActions,
+    volumes: &PodVolumes,
     state: &mut WorkerState,
 ) -> Result<(), Duration> {
     for id in &actions.remove_containers {
@@ -594,6 +643,7 @@ async fn execute(
             id: &sandbox_id,
             config: &sandbox_cfg,
             ips: &pod_ips,
+            volumes,
         };
         if let Err(retry) = start_container(ctx, pod, container, init, start, &sandbox, state).await
         {
@@ -608,6 +658,8 @@ struct SandboxRef<'a> {
     id: &'a str,
     config: &'a api::PodSandboxConfig,
     ips: &'a [String],
+    /// The pod's volumes, set up before anything was started.
+    volumes: &'a PodVolumes,
 }
 
 /// Why a container could not be started: the waiting reason, the message, and when to retry.
@@ -742,7 +794,10 @@ async fn prepare_container(
     let env = envvars::resolve(pod, container, &objects, &facts)
         .map_err(|e| config_error(e.to_string()))?;
 
-    let mut mounts = Vec::new();
+    let mut mounts = ctx
+        .volumes
+        .mounts_for_with_env(container, sandbox.volumes, &env)
+        .map_err(|e| config_error(e.to_string()))?;
     let host_network = pod
         .spec
         .as_ref()
@@ -934,43 +989,42 @@ async fn stop_container(
         let spent = i64::try_from(started.elapsed().as_secs()).unwrap_or(grace);
         grace = (grace - spent).max(MIN_GRACE_SECONDS);
     }
-    if let Err(e) = ctx
-        .cri
-        .stop_container(api::StopContainerRequest {
-            container_id: id.to_string(),
-            timeout: grace,
-        })
-        .await
+    let request = api::StopContainerRequest {
+        container_id: id.to_string(),
+        timeout: grace,
+    };
+    warn_unless_gone(ctx.cri.stop_container(request).await, "stop container", id);
+}
+
+/// Logs a failed clean-up call; an object already gone is not a failure.
+fn warn_unless_gone<T>(result: Result<T, mk_cri::CriError>, what: &str, id: &str) {
+    if let Err(e) = result
         && !e.is_not_found()
     {
-        tracing::warn!(container = id, error = %e, "failed to stop container");
+        tracing::warn!(id, error = %e, "failed to {what}");
     }
 }
 
 async fn remove_container(ctx: &WorkerContext, id: &str) {
-    if let Err(e) = ctx
-        .cri
-        .remove_container(api::RemoveContainerRequest {
-            container_id: id.to_string(),
-        })
-        .await
-        && !e.is_not_found()
-    {
-        tracing::warn!(container = id, error = %e, "failed to remove container");
-    }
+    let request = api::RemoveContainerRequest {
+        container_id: id.to_string(),
+    };
+    warn_unless_gone(
+        ctx.cri.remove_container(request).await,
+        "remove container",
+        id,
+    );
 }
 
 async fn remove_sandbox(ctx: &WorkerContext, id: &str) {
-    if let Err(e) = ctx
-        .cri
-        .remove_pod_sandbox(api::RemovePodSandboxRequest {
-            pod_sandbox_id: id.to_string(),
-        })
-        .await
-        && !e.is_not_found()
-    {
-        tracing::warn!(sandbox = id, error = %e, "failed to remove pod sandbox");
-    }
+    let request = api::RemovePodSandboxRequest {
+        pod_sandbox_id: id.to_string(),
+    };
+    warn_unless_gone(
+        ctx.cri.remove_pod_sandbox(request).await,
+        "remove pod sandbox",
+        id,
+    );
 }
 
 /// Stops every live container (in parallel, each with the grace period) and every ready sandbox.
@@ -1003,16 +1057,14 @@ async fn kill_pod(ctx: &WorkerContext, pod: &Pod, observed: &ObservedPod, grace:
         .iter()
         .filter(|s| s.state == SandboxState::Ready)
     {
-        if let Err(e) = ctx
-            .cri
-            .stop_pod_sandbox(api::StopPodSandboxRequest {
-                pod_sandbox_id: s.id.clone(),
-            })
-            .await
-            && !e.is_not_found()
-        {
-            tracing::warn!(sandbox = %s.id, error = %e, "failed to stop pod sandbox");
-        }
+        let request = api::StopPodSandboxRequest {
+            pod_sandbox_id: s.id.clone(),
+        };
+        warn_unless_gone(
+            ctx.cri.stop_pod_sandbox(request).await,
+            "stop pod sandbox",
+            &s.id,
+        );
     }
 }
 
@@ -1061,6 +1113,26 @@ async fn terminate(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) {
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!(path = %log_dir.display(), error = %e, "cannot remove pod log directory");
+    }
+    // Volumes go last: nothing may still use them (this also removes the pod's own files).
+    for attempt in 1..=5 {
+        match ctx.volumes.teardown(&uid).await {
+            Ok(()) => break,
+            Err(e) => {
+                ctx.events.record(
+                    pod,
+                    None,
+                    EventType::Warning,
+                    "FailedUnmount",
+                    e.to_string(),
+                );
+                if attempt == 5 {
+                    tracing::error!(pod = %name, error = %e, "giving up tearing down the pod's volumes");
+                } else {
+                    tokio::time::sleep(ERROR_RETRY).await;
+                }
+            }
+        }
     }
     ctx.status.remove(&uid);
     ctx.prober.remove_pod(&uid);

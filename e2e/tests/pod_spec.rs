@@ -391,3 +391,158 @@ async fn probes_flip_readiness_and_restart_on_liveness_failure() -> anyhow::Resu
     cluster.delete_pod("default", &name).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_carry_files_and_secret_updates_reach_them() -> anyhow::Result<()> {
+    let (cluster, agent) = joined("e2e-vol", "").await?;
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), "default");
+    let cm = format!("vol-cfg-{}", agent.node);
+    let secret = format!("vol-sec-{}", agent.node);
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            serde_json::json!({"metadata": {"name": cm}, "data": {"app.conf": "mode=fast"}}),
+        )?,
+    )
+    .await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                serde_json::json!({"metadata": {"name": secret}, "stringData": {"token": "v1"}}),
+            )?,
+        )
+        .await?;
+    let host_dir = agent.dir.path().join("host-data");
+    std::fs::create_dir_all(&host_dir)?;
+    std::fs::write(host_dir.join("from-host"), "hello from the host")?;
+    let name = format!("vol-{}", agent.node);
+    let p = create(&cluster, &agent, pod(serde_json::json!({
+        "metadata": {"name": name, "labels": {"tier": "web"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 2,
+            "volumes": [
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "mem", "emptyDir": {"medium": "Memory", "sizeLimit": "8Mi"}},
+                {"name": "cfg", "configMap": {"name": cm}},
+                {"name": "sec", "secret": {"secretName": secret, "defaultMode": 0o400}},
+                {"name": "host", "hostPath": {"path": host_dir.to_string_lossy(), "type": "Directory"}},
+                {"name": "info", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}}
+            ],
+            "initContainers": [{"name": "seed", "image": busybox(), "command": ["sh", "-c", "echo seeded > /scratch/seed"],
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
+            "containers": [{"name": "main", "image": busybox(),
+                "command": ["sh", "-c", "cat /scratch/seed /cfg/app.conf /host/from-host; echo; cat /info/labels; echo; grep -c ' /mem tmpfs' /proc/mounts; while true; do echo token=$(cat /sec/token); sleep 1; done"],
+                "volumeMounts": [
+                    {"name": "scratch", "mountPath": "/scratch"},
+                    {"name": "mem", "mountPath": "/mem"},
+                    {"name": "cfg", "mountPath": "/cfg", "readOnly": true},
+                    {"name": "sec", "mountPath": "/sec"},
+                    {"name": "host", "mountPath": "/host"},
+                    {"name": "info", "mountPath": "/info"}
+                ]}]
+        }
+    }))).await?;
+    cluster
+        .wait_pod("default", &name, Duration::from_secs(40), |p| {
+            (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(())
+        })
+        .await?;
+    let out = agent
+        .wait_output(&p, "main", 0, "token=v1", Duration::from_secs(15))
+        .await?;
+    for expected in [
+        "seeded",
+        "mode=fast",
+        "hello from the host",
+        "tier=\"web\"",
+        "token=v1",
+    ] {
+        assert!(out.contains(expected), "missing {expected} in:\n{out}");
+    }
+    // The Secret changes: the running container sees the new value without a restart.
+    secrets
+        .patch(
+            &secret,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"stringData": {"token": "v2"}})),
+        )
+        .await?;
+    agent
+        .wait_output(&p, "main", 0, "token=v2", Duration::from_secs(90))
+        .await?;
+
+    // A volume that cannot be set up: the pod stays Pending with a FailedMount event.
+    let broken = format!("nocfg-{}", agent.node);
+    create(&cluster, &agent, pod(serde_json::json!({
+        "metadata": {"name": broken},
+        "spec": {"volumes": [{"name": "cfg", "configMap": {"name": "does-not-exist"}}],
+            "containers": [{"name": "main", "image": busybox(), "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}]}
+    }))).await?;
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(cluster.client.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = events
+            .list(
+                &kube::api::ListParams::default().fields(&format!("involvedObject.name={broken}")),
+            )
+            .await?;
+        if let Some(e) = list
+            .items
+            .iter()
+            .find(|e| e.reason.as_deref() == Some("FailedMount"))
+        {
+            let message = e.message.clone().unwrap_or_default();
+            assert!(
+                message.contains("configmap \"does-not-exist\" not found"),
+                "{message}"
+            );
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no FailedMount event");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let pending = cluster.pods("default").get(&broken).await?;
+    assert_eq!(
+        pending.status.and_then(|s| s.phase).as_deref(),
+        Some("Pending")
+    );
+    assert!(
+        agent
+            .sandboxes()
+            .await?
+            .iter()
+            .all(|s| s.metadata.as_ref().is_none_or(|m| m.name != broken)),
+        "no sandbox before its volumes"
+    );
+
+    // Deleting the pod unmounts and removes its volumes.
+    let uid = p.metadata.uid.clone().unwrap_or_default();
+    cluster.delete_pod("default", &name).await?;
+    cluster
+        .wait_pod_deleted("default", &name, Duration::from_secs(30))
+        .await?;
+    let pod_dir = agent.dir.path().join("root/pods").join(&uid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pod_dir.exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} left behind",
+            pod_dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    assert!(
+        !mounts.contains(&uid),
+        "a mount of the pod is left:\n{mounts}"
+    );
+    assert!(
+        std::fs::read_to_string(host_dir.join("from-host"))?.contains("hello"),
+        "hostPath contents untouched"
+    );
+    cluster.delete_pod("default", &broken).await?;
+    Ok(())
+}
