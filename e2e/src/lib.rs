@@ -7,6 +7,7 @@
 //! [`Agent`] is dropped, even after a failed assertion.
 
 pub mod cluster;
+pub mod cri_checks;
 
 use std::collections::HashMap;
 use std::net::TcpListener;

@@ -12,12 +12,14 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use mk_cri::{CriClient, CriMetrics, api};
+use mk_e2e::cri_checks::{
+    kubelet_namespaces, parse_cri_log_line, remove_pod_cgroups, unique, wait_for_log_line,
+};
 
 const BUSYBOX: &str = "mini-kubelet.local/busybox:1.36";
 const PAUSE: &str = "mini-kubelet.local/pause:3.10";
@@ -39,20 +41,6 @@ fn client() -> CriClient {
         .expect("MK_E2E_CRI_ENDPOINT is not a valid CRI endpoint")
 }
 
-/// A name no other test (of this process or a concurrent one) uses.
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{:x}-{nanos:08x}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// What a test created, so it can all be removed whatever happened.
 struct Harness {
     client: CriClient,
@@ -67,16 +55,6 @@ struct Pod {
     uid: String,
     config: api::PodSandboxConfig,
     log_directory: PathBuf,
-}
-
-fn kubelet_namespaces() -> api::NamespaceOption {
-    // As kubelet does without shareProcessNamespace / hostNetwork: the pod's network and IPC, own PIDs.
-    api::NamespaceOption {
-        network: api::NamespaceMode::Pod as i32,
-        pid: api::NamespaceMode::Container as i32,
-        ipc: api::NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
 }
 
 impl Harness {
@@ -279,25 +257,6 @@ impl Harness {
     }
 }
 
-/// runc leaves `/kubepods/besteffort/pod<uid>` behind in every cgroup v1 hierarchy (the agent removes
-/// them in production); remove ours.
-fn remove_pod_cgroups(uid: &str) {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for hierarchy in hierarchies.flatten() {
-        let dir = hierarchy
-            .path()
-            .join("kubepods/besteffort")
-            .join(format!("pod{uid}"));
-        if dir.is_dir()
-            && let Err(err) = std::fs::remove_dir(&dir)
-        {
-            eprintln!("cleanup: rmdir {}: {err}", dir.display());
-        }
-    }
-}
-
 /// Runs `body` with a fresh harness, then cleans up whatever happened, then re-raises a failure.
 async fn with_harness<F, Fut>(body: F)
 where
@@ -323,91 +282,6 @@ where
         Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
         Err(join) => panic!("test task failed: {join}"),
     }
-}
-
-/// Waits until the CRI log file holds a line whose message is `wanted`, and returns all its lines.
-async fn wait_for_log_line(path: &Path, wanted: &str) -> Result<Vec<String>> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_string).collect();
-        if lines.iter().any(|l| l.ends_with(&format!(" {wanted}"))) {
-            return Ok(lines);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "no line {wanted:?} in {} after 15 s; it holds {text:?}",
-                path.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `2026-11-24T13:17:15.435010113Z` or with a `+01:00` offset; the fraction has 1 to 9 digits or none.
-fn is_rfc3339_nano(ts: &str) -> bool {
-    let b = ts.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
-    if !(digits(0..4)
-        && b.get(4) == Some(&b'-')
-        && digits(5..7)
-        && b.get(7) == Some(&b'-')
-        && digits(8..10)
-        && b.get(10) == Some(&b'T')
-        && digits(11..13)
-        && b.get(13) == Some(&b':')
-        && digits(14..16)
-        && b.get(16) == Some(&b':')
-        && digits(17..19))
-    {
-        return false;
-    }
-    let mut rest = &ts[19..];
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let n = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if !(1..=9).contains(&n) {
-            return false;
-        }
-        rest = &fraction[n..];
-    }
-    rest == "Z"
-        || (rest.len() == 6
-            && matches!(rest.as_bytes()[0], b'+' | b'-')
-            && rest.as_bytes()[3] == b':'
-            && rest[1..3]
-                .bytes()
-                .chain(rest[4..6].bytes())
-                .all(|c| c.is_ascii_digit()))
-}
-
-/// Checks one CRI log line: `<RFC3339Nano> <stdout|stderr> <F|P> <message>`.
-fn parse_cri_log_line(line: &str) -> Result<(&str, &str, &str)> {
-    let mut parts = line.splitn(4, ' ');
-    let (Some(ts), Some(stream), Some(tag), Some(msg)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        bail!("not a CRI log line: {line:?}");
-    };
-    ensure!(is_rfc3339_nano(ts), "bad timestamp {ts:?} in {line:?}");
-    ensure!(
-        matches!(stream, "stdout" | "stderr"),
-        "bad stream in {line:?}"
-    );
-    ensure!(matches!(tag, "F" | "P"), "bad tag in {line:?}");
-    Ok((stream, tag, msg))
-}
-
-#[test]
-fn rfc3339_nano_checker() {
-    assert!(is_rfc3339_nano("2026-11-24T13:17:15.435010113Z"));
-    assert!(is_rfc3339_nano("2026-11-24T13:17:15.4Z"));
-    assert!(is_rfc3339_nano("2026-11-24T13:17:15Z"));
-    assert!(is_rfc3339_nano("2026-11-24T13:17:15.435+01:00"));
-    assert!(!is_rfc3339_nano("2026-11-24 13:17:15Z"));
-    assert!(!is_rfc3339_nano("2026-11-24T13:17:15.Z"));
-    assert!(!is_rfc3339_nano("2026-11-24T13:17:15.4350101134Z"));
-    assert!(!is_rfc3339_nano("hello"));
 }
 
 #[tokio::test]
