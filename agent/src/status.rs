@@ -244,19 +244,24 @@ pub fn compute(
         .iter()
         .map(|c| container_status(c, observed, ctx, "PodInitializing"))
         .collect();
-    let init_succeeded = |s: &ContainerStatus| {
-        s.state
-            .as_ref()
+    let init_succeeded = |(spec, s): (&Container, &ContainerStatus)| {
+        let state = s.state.as_ref();
+        if crate::sync::actions::is_sidecar(spec) {
+            // A native sidecar counts once it has started.
+            return state.and_then(|st| st.running.as_ref()).is_some() && s.started == Some(true);
+        }
+        state
             .and_then(|st| st.terminated.as_ref())
             .is_some_and(|t| t.exit_code == 0)
     };
-    let init_done = init_statuses.iter().all(init_succeeded);
+    let init_done = inits.iter().zip(init_statuses.iter()).all(init_succeeded);
     let init_failed = policy == "Never"
-        && init_statuses.iter().any(|s| {
-            s.state
-                .as_ref()
-                .and_then(|st| st.terminated.as_ref())
-                .is_some_and(|t| t.exit_code != 0)
+        && inits.iter().zip(init_statuses.iter()).any(|(spec, s)| {
+            !crate::sync::actions::is_sidecar(spec)
+                && s.state
+                    .as_ref()
+                    .and_then(|st| st.terminated.as_ref())
+                    .is_some_and(|t| t.exit_code != 0)
         });
     let app_default = if init_done {
         "ContainerCreating"
@@ -275,8 +280,18 @@ pub fn compute(
     let containers_ready = statuses.iter().all(|s| s.ready);
     let now_time = Time(now);
     let finished = matches!(phase, "Succeeded" | "Failed");
+    // Readiness gates: conditions other controllers set on the pod must be True as well.
+    let gates_ready = spec.readiness_gates.iter().flatten().all(|gate| {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == gate.condition_type))
+            .is_some_and(|c| c.status == "True")
+    });
     let ready_reason = if finished {
         "PodCompleted"
+    } else if containers_ready {
+        "ReadinessGatesNotReady"
     } else {
         "ContainersNotReady"
     };
@@ -301,7 +316,7 @@ pub fn compute(
         ),
         condition(
             "Ready",
-            containers_ready && !finished,
+            containers_ready && gates_ready && !finished,
             Some(ready_reason),
             &now_time,
             previous,
@@ -309,7 +324,11 @@ pub fn compute(
         condition(
             "ContainersReady",
             containers_ready && !finished,
-            Some(ready_reason),
+            Some(if finished {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            }),
             &now_time,
             previous,
         ),

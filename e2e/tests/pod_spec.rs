@@ -546,3 +546,50 @@ async fn volumes_carry_files_and_secret_updates_reach_them() -> anyhow::Result<(
     cluster.delete_pod("default", &broken).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_sidecar_starts_first_and_keeps_running() -> anyhow::Result<()> {
+    let (cluster, agent) = joined("e2e-sidecar", "").await?;
+    let name = format!("sidecar-{}", agent.node);
+    create(&cluster, &agent, pod(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"terminationGracePeriodSeconds": 2,
+            "initContainers": [{"name": "proxy", "image": busybox(), "restartPolicy": "Always",
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]}],
+            "containers": [{"name": "main", "image": busybox(), "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]}]}
+    }))).await?;
+    let running = cluster
+        .wait_pod("default", &name, Duration::from_secs(40), |p| {
+            let ok = p.status.as_ref()?.phase.as_deref() == Some("Running")
+                && status_of(p, "main")?.state?.running.is_some();
+            ok.then(|| p.clone())
+        })
+        .await?;
+    let sidecar = status_of(&running, "proxy").expect("sidecar status");
+    let sidecar_started = sidecar
+        .state
+        .and_then(|s| s.running)
+        .and_then(|r| r.started_at)
+        .expect("sidecar running")
+        .0;
+    let app_started = status_of(&running, "main")
+        .and_then(|s| s.state?.running?.started_at)
+        .expect("app running")
+        .0;
+    assert!(
+        sidecar_started <= app_started,
+        "the sidecar starts before the app"
+    );
+    let conditions = running
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Initialized" && c.status == "True"),
+        "{conditions:?}"
+    );
+    cluster.delete_pod("default", &name).await?;
+    Ok(())
+}

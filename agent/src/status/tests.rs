@@ -265,3 +265,26 @@ fn readiness_probe_results_drive_ready() {
     assert_eq!(condition(&s, "Ready"), "False");
     assert_eq!(s.phase.as_deref(), Some("Running"));
 }
+
+#[test]
+fn readiness_gates_hold_ready_until_their_condition_is_true() {
+    let mut p = pod("Always", &["a"]);
+    p.spec.as_mut().expect("spec").readiness_gates =
+        Some(vec![k8s_openapi::api::core::v1::PodReadinessGate {
+            condition_type: "example.com/lb-ready".into(),
+        }]);
+    let o = observed(true, vec![c("a", 0, ContainerState::Running, 0)]);
+    let s = status(&p, &o, &HashMap::new());
+    assert_eq!(condition(&s, "ContainersReady"), "True");
+    assert_eq!(condition(&s, "Ready"), "False");
+    p.status = Some(PodStatus {
+        conditions: Some(vec![PodCondition {
+            type_: "example.com/lb-ready".into(),
+            status: "True".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    let s = status(&p, &o, &HashMap::new());
+    assert_eq!(condition(&s, "Ready"), "True");
+}

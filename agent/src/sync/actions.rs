@@ -154,10 +154,22 @@ enum InitProgress<'a> {
     Failed,
 }
 
+/// A native sidecar: an init container with `restartPolicy: Always`. It starts in order, the next
+/// init container does not wait for it to exit, and it is restarted whenever it stops.
+pub fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
 fn init_progress<'a>(pod: &'a Pod, observed: &ObservedPod, policy: &str) -> InitProgress<'a> {
     let inits = pod.spec.as_ref().and_then(|s| s.init_containers.as_ref());
     for init in inits.into_iter().flatten() {
         let latest = observed.latest(&init.name);
+        if is_sidecar(init) {
+            match latest.map(|c| c.state()) {
+                Some(ContainerState::Running) => continue,
+                _ => return InitProgress::Next(init),
+            }
+        }
         match latest.map(|c| c.state()) {
             None | Some(ContainerState::Created) | Some(ContainerState::Unknown) => {
                 return InitProgress::Next(init);

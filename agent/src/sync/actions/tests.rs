@@ -349,3 +349,69 @@ fn garbage_keeps_two_instances_per_container_and_drops_unused_sandboxes() {
     );
     assert!(a.start.is_empty() && !a.kill_pod);
 }
+
+#[test]
+fn native_sidecars_start_in_order_keep_running_and_are_restarted() {
+    let mut p = pod("Never", &["app"], &["sidecar", "setup"]);
+    p.spec
+        .as_mut()
+        .expect("spec")
+        .init_containers
+        .as_mut()
+        .expect("inits")[0]
+        .restart_policy = Some("Always".into());
+    // The sidecar starts first.
+    assert_eq!(
+        starts(&compute(
+            &p,
+            &ObservedPod::default(),
+            &Backoff::default(),
+            NOW
+        )),
+        vec![("sidecar", 0)]
+    );
+    // Once it runs, the next init container starts without waiting for it to exit.
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![container(&p, "sidecar", "s1", 0, Running, 0)],
+    );
+    assert_eq!(
+        starts(&compute(&p, &o, &Backoff::default(), NOW)),
+        vec![("setup", 0)]
+    );
+    // Then the app, with the sidecar still running.
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![
+            container(&p, "sidecar", "s1", 0, Running, 0),
+            container(&p, "setup", "s1", 0, Exited, 0),
+        ],
+    );
+    assert_eq!(
+        starts(&compute(&p, &o, &Backoff::default(), NOW)),
+        vec![("app", 0)]
+    );
+    // A sidecar that stops is restarted even under restartPolicy Never.
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![
+            container(&p, "sidecar", "s1", 0, Exited, 1),
+            container(&p, "setup", "s1", 0, Exited, 0),
+            container(&p, "app", "s1", 0, Running, 0),
+        ],
+    );
+    assert_eq!(
+        starts(&compute(&p, &o, &Backoff::default(), NOW)),
+        vec![("sidecar", 1)]
+    );
+    // When the app finishes, the pod (sidecar included) is stopped.
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![
+            container(&p, "sidecar", "s1", 0, Running, 0),
+            container(&p, "setup", "s1", 0, Exited, 0),
+            container(&p, "app", "s1", 0, Exited, 0),
+        ],
+    );
+    assert!(compute(&p, &o, &Backoff::default(), NOW).kill_pod);
+}
