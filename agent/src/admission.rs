@@ -173,6 +173,16 @@ pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
 
 /// Decides whether `pod` may run next to `others` (the admitted, still running pods).
 pub fn admit(pod: &Pod, node: &NodeView, others: &[&Pod]) -> Result<(), Rejection> {
+    let unsupported = crate::unsupported::check(pod);
+    if !unsupported.fatal.is_empty() {
+        return Err(Rejection {
+            reason: "UnsupportedPodSpec".into(),
+            message: format!(
+                "mini-kubelet cannot honour {}",
+                unsupported.fatal.join("; ")
+            ),
+        });
+    }
     if let Some(capacity) = node.allocatable.get("pods") {
         let capacity = quantity(Some(capacity), false);
         let used = i64::try_from(others.len()).unwrap_or(i64::MAX);
@@ -286,6 +296,14 @@ mod tests {
             )
         );
         assert_eq!(err.status().phase.as_deref(), Some("Failed"));
+    }
+
+    #[test]
+    fn unsupported_isolation_is_rejected() {
+        let p = pod(serde_json::json!({"hostUsers": false}));
+        let err = admit(&p, &node(), &[]).expect_err("rejected");
+        assert_eq!(err.reason, "UnsupportedPodSpec");
+        assert!(err.message.contains("spec.hostUsers"), "{}", err.message);
     }
 
     #[test]

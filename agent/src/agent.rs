@@ -386,6 +386,15 @@ impl SyncLoop {
                 .collect();
             match admission::admit(pod, &node, &others) {
                 Ok(()) => {
+                    for field in crate::unsupported::check(pod).ignored {
+                        self.events.record(
+                            pod,
+                            None,
+                            EventType::Warning,
+                            "UnsupportedField",
+                            format!("ignoring {field}"),
+                        );
+                    }
                     self.admitted.insert(uid);
                 }
                 Err(rejection) => {

@@ -20,4 +20,5 @@ pub mod server;
 pub mod sources;
 pub mod status;
 pub mod sync;
+pub mod unsupported;
 pub mod volumes;
