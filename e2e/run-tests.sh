@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's single test entry point (CI calls it through .ci/run): installs the Debian packages the
 # tests need, builds the local OCI images (cached in target/e2e-images), starts a private containerd and
-# a private dockerd in fresh temporary directories, builds the workspace's binaries and runs
+# a private dockerd and a private image registry (basic auth, on loopback) in fresh temporary directories, builds the workspace's binaries and runs
 # `cargo test --workspace` (the agent suites on containerd, the Docker adapter's CRI tests on dockerd),
 # then the agent suites a second time on the built-in Docker adapter. Extra arguments go to the first
 # `cargo test` only and skip the Docker rerun (e.g. `e2e/run-tests.sh -p mk-e2e -- --nocapture`).
@@ -24,10 +24,13 @@ step "building local images into $imagedir"
 # Short paths: the daemons' sockets live inside them (unix socket paths are limited to 108 bytes).
 statedir=$(mktemp -d /tmp/mk-e2e.XXXXXX)
 dockerdir=$(mktemp -d /tmp/mk-dkr.XXXXXX)
+regdir=$(mktemp -d /tmp/mk-reg.XXXXXX)
 # shellcheck disable=SC2317 # called by the traps below
 teardown() {
   local status=$?
   trap - EXIT INT TERM
+  step "stopping the registry (e2e/scripts/registry-down.sh $regdir)"
+  "$scripts/registry-down.sh" "$regdir" || echo "warning: registry-down.sh failed" >&2
   step "stopping dockerd (e2e/scripts/dockerd-down.sh $dockerdir)"
   "$scripts/dockerd-down.sh" "$dockerdir" || echo "warning: dockerd-down.sh failed" >&2
   step "stopping containerd (e2e/scripts/containerd-down.sh $statedir)"
@@ -45,7 +48,10 @@ export MK_E2E_IMAGE_DIR=$imagedir
 step "starting a private dockerd in $dockerdir"
 MK_E2E_DOCKER_ENDPOINT=$("$scripts/dockerd-up.sh" "$dockerdir" "$imagedir" | tail -n 1)
 export MK_E2E_DOCKER_ENDPOINT
-step "MK_E2E_CRI_ENDPOINT=$MK_E2E_CRI_ENDPOINT MK_E2E_DOCKER_ENDPOINT=$MK_E2E_DOCKER_ENDPOINT"
+step "starting a private registry with basic auth in $regdir"
+MK_E2E_REGISTRY=$("$scripts/registry-up.sh" "$regdir" "$imagedir" | tail -n 1)
+export MK_E2E_REGISTRY
+step "MK_E2E_CRI_ENDPOINT=$MK_E2E_CRI_ENDPOINT MK_E2E_DOCKER_ENDPOINT=$MK_E2E_DOCKER_ENDPOINT MK_E2E_REGISTRY=$MK_E2E_REGISTRY"
 
 step "cargo build --workspace --bins"
 cargo build --workspace --bins
@@ -59,7 +65,7 @@ if (($# == 0)); then
   step "the agent suites again, on the built-in Docker adapter (MK_E2E_RUNTIME=docker)"
   docker_status=0
   MK_E2E_RUNTIME=docker cargo test -p mk-e2e --no-fail-fast \
-    --test static_pods --test cluster --test pod_spec || docker_status=$?
+    --test static_pods --test cluster --test pod_spec --test images || docker_status=$?
   step "cargo test on Docker exited with status $docker_status"
   ((status == 0)) && status=$docker_status
 fi

@@ -444,7 +444,7 @@ impl SyncLoop {
                     self.update(&set);
                 }
                 Some(uid) = events.recv() => self.workers.wake(&uid),
-                Some(uid) = probe_results.recv() => self.workers.wake(&uid),
+                Some(uid) = probe_results.recv() => self.workers.wake_for_probe(&uid),
                 _ = housekeeping.tick() => {
                     // Until every source has listed once, a pod missing from the set may just be unread.
                     if !self.runnable.synced {

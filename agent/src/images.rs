@@ -13,8 +13,11 @@ use crate::backoff::Backoff;
 pub enum ImageError {
     #[error("Container image \"{0}\" is not present with pull policy of Never")]
     NeverPull(String),
-    #[error("Back-off pulling image \"{0}\"")]
-    BackOff(String),
+    #[error("Back-off pulling image \"{image}\"")]
+    BackOff {
+        image: String,
+        remaining: std::time::Duration,
+    },
     #[error("Failed to pull image \"{image}\": {message}")]
     Pull { image: String, message: String },
     #[error("Failed to inspect image \"{image}\": {message}")]
@@ -25,7 +28,7 @@ impl ImageError {
     pub fn reason(&self) -> &'static str {
         match self {
             ImageError::NeverPull(_) => "ErrImageNeverPull",
-            ImageError::BackOff(_) => "ImagePullBackOff",
+            ImageError::BackOff { .. } => "ImagePullBackOff",
             ImageError::Pull { .. } => "ErrImagePull",
             ImageError::Inspect { .. } => "ImageInspectError",
         }
@@ -104,7 +107,8 @@ pub fn pull_credentials(image: &str, docker_configs: &[serde_json::Value]) -> Ve
                 username: field("username"),
                 password: field("password"),
                 auth: field("auth"),
-                server_address: server.clone(),
+                // kubelet's keyring passes no server address (containerd 1.6 would parse it as a URL).
+                server_address: String::new(),
                 identity_token: field("identitytoken"),
                 registry_token: field("registrytoken"),
             });
@@ -148,6 +152,7 @@ impl ImageManager {
         container: &Container,
         backoff_scope: &str,
         credentials: &[api::AuthConfig],
+        on_pull: impl FnOnce(),
     ) -> Result<Ensured, ImageError> {
         let image = container.image.clone().unwrap_or_default();
         let policy = container
@@ -173,14 +178,15 @@ impl ImageManager {
             };
         }
         let key = format!("{backoff_scope}_{image}");
-        let in_backoff = self
+        let remaining = self
             .backoff
             .lock()
-            .map(|b| b.remaining_since_update(&key, now_ns()).is_some())
-            .unwrap_or(false);
-        if in_backoff {
-            return Err(ImageError::BackOff(image));
+            .ok()
+            .and_then(|b| b.remaining_since_update(&key, now_ns()));
+        if let Some(remaining) = remaining {
+            return Err(ImageError::BackOff { image, remaining });
         }
+        on_pull();
         let started = std::time::Instant::now();
         let _permit = match &self.pulls {
             Some(limit) => limit.acquire().await.ok(),
@@ -193,7 +199,7 @@ impl ImageManager {
             .map(Some)
             .chain(std::iter::once(None))
             .collect();
-        let mut last_error = None;
+        let mut errors: Vec<String> = Vec::new();
         for auth in attempts {
             let result = self
                 .cri
@@ -227,7 +233,12 @@ impl ImageManager {
                         }),
                     };
                 }
-                Err(e) => last_error = Some(e),
+                Err(e) => {
+                    let message = e.message();
+                    if !errors.contains(&message) {
+                        errors.push(message);
+                    }
+                }
             }
         }
         if let Ok(mut b) = self.backoff.lock() {
@@ -235,7 +246,7 @@ impl ImageManager {
         }
         Err(ImageError::Pull {
             image,
-            message: last_error.map(|e| e.message()).unwrap_or_default(),
+            message: errors.join("; "),
         })
     }
 }

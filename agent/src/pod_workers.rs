@@ -73,8 +73,18 @@ enum Desired {
 
 struct Worker {
     tx: watch::Sender<Desired>,
-    wake: Arc<Notify>,
+    wakes: Arc<Wakes>,
     task: JoinHandle<()>,
+}
+
+/// Why a worker should look again, besides a new spec or its timer.
+#[derive(Default)]
+struct Wakes {
+    /// The runtime changed (PLEG): the worker syncs only if its pod's runtime state really differs
+    /// from what it last saw (most events are echoes of its own actions).
+    runtime: Notify,
+    /// A probe result changed: always sync.
+    probe: Notify,
 }
 
 /// Owns the workers, keyed by pod UID.
@@ -93,10 +103,10 @@ impl PodWorkers {
 
     fn spawn(&mut self, uid: &str, desired: Desired) {
         let (tx, rx) = watch::channel(desired);
-        let wake = Arc::new(Notify::new());
-        let task = tokio::spawn(run_worker(self.ctx.clone(), rx, wake.clone()));
+        let wakes = Arc::new(Wakes::default());
+        let task = tokio::spawn(run_worker(self.ctx.clone(), rx, wakes.clone()));
         self.workers
-            .insert(uid.to_string(), Worker { tx, wake, task });
+            .insert(uid.to_string(), Worker { tx, wakes, task });
     }
 
     /// Brings the workers in line with the desired pods: new pods get a worker, changed pods are sent
@@ -107,7 +117,7 @@ impl PodWorkers {
             match self.workers.get(uid) {
                 Some(w) => {
                     w.tx.send_if_modified(|current| match current {
-                        Desired::Run(old) if Arc::ptr_eq(old, pod) || **old == **pod => false,
+                        Desired::Run(old) if !meaningful_change(old, pod) => false,
                         _ => {
                             *current = Desired::Run(pod.clone());
                             true
@@ -132,10 +142,17 @@ impl PodWorkers {
             .set(i64::try_from(desired.pods.len()).unwrap_or(i64::MAX));
     }
 
-    /// Wakes a pod's worker (a PLEG event).
+    /// Wakes a pod's worker for a runtime (PLEG) event.
     pub fn wake(&self, uid: &str) {
         if let Some(w) = self.workers.get(uid) {
-            w.wake.notify_one();
+            w.wakes.runtime.notify_one();
+        }
+    }
+
+    /// Wakes a pod's worker for a changed probe result.
+    pub fn wake_for_probe(&self, uid: &str) {
+        if let Some(w) = self.workers.get(uid) {
+            w.wakes.probe.notify_one();
         }
     }
 
@@ -182,6 +199,38 @@ impl PodWorkers {
     }
 }
 
+/// True when a new version of a pod asks for something different. Status-only updates (the echo of
+/// the agent's own status writes) and resourceVersion bumps are not: they would only cause a useless
+/// turn. The readiness-gate conditions other controllers set in the status do count.
+fn meaningful_change(old: &Pod, new: &Pod) -> bool {
+    if old.spec != new.spec {
+        return true;
+    }
+    let (a, b) = (&old.metadata, &new.metadata);
+    if a.labels != b.labels
+        || a.annotations != b.annotations
+        || a.deletion_timestamp != b.deletion_timestamp
+        || a.deletion_grace_period_seconds != b.deletion_grace_period_seconds
+    {
+        return true;
+    }
+    let gates: Vec<&str> = new
+        .spec
+        .iter()
+        .flat_map(|s| s.readiness_gates.iter().flatten())
+        .map(|g| g.condition_type.as_str())
+        .collect();
+    let gate_conditions = |p: &Pod| -> Vec<(String, String)> {
+        p.status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .filter(|c| gates.contains(&c.type_.as_str()))
+            .map(|c| (c.type_.clone(), c.status.clone()))
+            .collect()
+    };
+    gate_conditions(old) != gate_conditions(new)
+}
+
 /// A worker's memory between turns.
 struct WorkerState {
     backoff: Backoff,
@@ -193,13 +242,15 @@ struct WorkerState {
     last_status: Option<PodStatus>,
     /// The last volume set-up error reported, so an unchanged one is not re-posted every turn.
     last_mount_error: Option<String>,
+    /// The runtime state the last turn ended with.
+    last_observed: Option<ObservedPod>,
 }
 
 fn now_ns() -> i64 {
     i64::try_from(Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
 }
 
-async fn run_worker(ctx: Arc<WorkerContext>, mut rx: watch::Receiver<Desired>, wake: Arc<Notify>) {
+async fn run_worker(ctx: Arc<WorkerContext>, mut rx: watch::Receiver<Desired>, wakes: Arc<Wakes>) {
     let mut state = WorkerState {
         backoff: Backoff::default(),
         reasons: HashMap::new(),
@@ -209,6 +260,7 @@ async fn run_worker(ctx: Arc<WorkerContext>, mut rx: watch::Receiver<Desired>, w
         started_reported: false,
         last_status: None,
         last_mount_error: None,
+        last_observed: None,
     };
     let mut current: Option<Arc<Pod>> = None;
     loop {
@@ -233,12 +285,20 @@ async fn run_worker(ctx: Arc<WorkerContext>, mut rx: watch::Receiver<Desired>, w
                         operation_type: operation,
                     })
                     .observe(started.elapsed().as_secs_f64());
-                current = Some(pod);
-                tokio::select! {
-                    changed = rx.changed() => if changed.is_err() { return },
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(next) => {}
+                let deadline = tokio::time::Instant::now() + next;
+                loop {
+                    tokio::select! {
+                        changed = rx.changed() => if changed.is_err() { return } else { break },
+                        _ = wakes.probe.notified() => break,
+                        _ = wakes.runtime.notified() => {
+                            if runtime_changed(&ctx, &pod, &mut state).await {
+                                break;
+                            }
+                        }
+                        _ = tokio::time::sleep_until(deadline) => break,
+                    }
                 }
+                current = Some(pod);
             }
         }
     }
@@ -262,6 +322,15 @@ fn sandbox_options(ctx: &WorkerContext) -> sandbox_config::SandboxOptions<'_> {
     }
 }
 
+/// True when the pod's containers or sandboxes differ from what the last turn saw.
+async fn runtime_changed(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) -> bool {
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    match observe_pod(&ctx.cri, uid, &ctx.node_name, &mut state.cache).await {
+        Ok(now) => state.last_observed.as_ref() != Some(&now),
+        Err(_) => true,
+    }
+}
+
 /// One turn for a running pod. Returns when the worker should look again at the latest.
 async fn sync_pod(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) -> Duration {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -280,6 +349,9 @@ async fn sync_pod(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) -> Du
     let now = now_ns();
     state.backoff.gc(now);
     let actions = sync::compute(pod, &observed, &state.backoff, now);
+    // What the decision was made on: a runtime event that shows anything else (our own actions
+    // included) earns another turn, so nothing that happened meanwhile goes unseen.
+    state.last_observed = Some(observed.clone());
     let mut next = ctx.resync;
     let acted = !actions.changes_nothing();
     if let Err(retry) = execute(ctx, pod, &observed, &actions, &volumes, state).await {
@@ -745,7 +817,9 @@ async fn prepare_container(
 ) -> Result<api::CreateContainerRequest, StartError> {
     let image = container.image.as_deref().unwrap_or_default();
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-    if container.image_pull_policy.as_deref() == Some("Always") {
+    let configs = pull_secret_configs(ctx, pod).await;
+    let credentials = crate::images::pull_credentials(image, &configs);
+    let pulling = || {
         ctx.events.record(
             pod,
             Some(&container.name),
@@ -753,14 +827,41 @@ async fn prepare_container(
             "Pulling",
             format!("Pulling image \"{image}\""),
         );
-    }
-    let configs = pull_secret_configs(ctx, pod).await;
-    let credentials = crate::images::pull_credentials(image, &configs);
-    let ensured = ctx
+    };
+    let ensured = match ctx
         .images
-        .ensure(container, uid, &credentials)
+        .ensure(container, uid, &credentials, pulling)
         .await
-        .map_err(|e| StartError::new(e.reason(), e.to_string(), crate::backoff::INITIAL))?;
+    {
+        Ok(e) => e,
+        Err(e) => {
+            let retry = match &e {
+                // Report ErrImagePull for a moment, then ImagePullBackOff until the next real pull.
+                crate::images::ImageError::Pull { .. } => Duration::from_secs(2),
+                crate::images::ImageError::BackOff { remaining, .. } => {
+                    ctx.events.record(
+                        pod,
+                        Some(&container.name),
+                        EventType::Normal,
+                        "BackOff",
+                        e.to_string(),
+                    );
+                    *remaining + Duration::from_millis(50)
+                }
+                _ => crate::backoff::INITIAL,
+            };
+            if matches!(e, crate::images::ImageError::Pull { .. }) {
+                ctx.events.record(
+                    pod,
+                    Some(&container.name),
+                    EventType::Warning,
+                    "Failed",
+                    e.to_string(),
+                );
+            }
+            return Err(StartError::new(e.reason(), e.to_string(), retry));
+        }
+    };
     let pulled = match ensured.pulled_seconds {
         Some(seconds) => format!("Successfully pulled image \"{image}\" in {seconds:.3}s"),
         None => format!("Container image \"{image}\" already present on machine"),
@@ -910,18 +1011,19 @@ async fn start_container(
             Ok(())
         }
         Err(e) => {
-            let event_reason = match e.reason {
+            // kubelet: image failures say "Error: <reason>", the others "Error: <message>".
+            let text = match e.reason {
                 "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" | "ImageInspectError" => {
-                    "Failed"
+                    e.reason.to_string()
                 }
-                _ => "Failed",
+                _ => e.message.clone(),
             };
             ctx.events.record(
                 pod,
                 Some(&container.name),
                 EventType::Warning,
-                event_reason,
-                format!("Error: {}", e.message),
+                "Failed",
+                format!("Error: {text}"),
             );
             ctx.metrics
                 .started_containers_errors

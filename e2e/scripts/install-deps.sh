@@ -4,7 +4,7 @@
 # catatonit; python3 writes the OCI archives), and protoc for the CRI protos.
 # Idempotent: skips apt when everything is already there.
 set -euo pipefail
-pkgs=(containerd runc containernetworking-plugins busybox-static catatonit protobuf-compiler iproute2 iptables python3)
+pkgs=(containerd runc containernetworking-plugins busybox-static catatonit protobuf-compiler iproute2 iptables docker-registry skopeo apache2-utils python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

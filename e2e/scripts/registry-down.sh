@@ -17,6 +17,12 @@ if ! [[ -d $1 ]]; then
   exit 0
 fi
 statedir=$(cd "$1" && pwd -P)
+if [[ -z $(ls -A "$statedir") ]]; then
+  # registry-up.sh stopped before writing anything (or the caller made the directory for it).
+  rmdir "$statedir"
+  say "removed empty $statedir"
+  exit 0
+fi
 config=$statedir/config.yml
 pidfile=$statedir/registry.pid
 if [[ $statedir == / ]] || ! [[ -f $config ]] || ! grep -q 'registry-up.sh' "$config"; then

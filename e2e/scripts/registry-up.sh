@@ -12,8 +12,8 @@
 #     user `e2e`, password `e2e-secret`.
 #   It serves plain HTTP on loopback only; containerd (1.6 and 2.x) and dockerd treat 127.0.0.0/8 as an
 #   insecure registry by default, so they pull from it with no extra configuration. distribution 2.8
-#   accepts htpasswd auth without TLS (it only warns), so one registry serves both the authenticated
-#   and the unauthenticated cases: a pull without credentials gets 401 ("authentication required").
+#   accepts htpasswd auth over plain HTTP (checked: 401 without, 200 with credentials), so one registry
+#   serves both the authenticated and the unauthenticated cases: a pull without credentials gets 401 ("authentication required").
 #   Images, pushed from IMAGEDIR/busybox.tar (the OCI archive of build-images.sh) with skopeo:
 #     127.0.0.1:PORT/e2e/busybox:1.36
 #     127.0.0.1:PORT/e2e/busybox:latest

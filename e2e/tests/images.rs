@@ -52,7 +52,8 @@ fn sleeper(name: &str, image: &str, policy: Option<&str>, pull_secret: Option<&s
     if let Some(policy) = policy {
         container["imagePullPolicy"] = policy.into();
     }
-    let mut spec = serde_json::json!({"terminationGracePeriodSeconds": 2, "containers": [container]});
+    let mut spec =
+        serde_json::json!({"terminationGracePeriodSeconds": 2, "containers": [container]});
     if let Some(secret) = pull_secret {
         spec["imagePullSecrets"] = serde_json::json!([{"name": secret}]);
     }
@@ -119,6 +120,59 @@ fn running(p: &Pod) -> bool {
             .is_some_and(|s| s.running.is_some())
 }
 
+/// Waits until container `main` of the pod runs; on failure adds the agent's log lines about the pod.
+async fn wait_running(cluster: &Cluster, agent: &Agent, name: &str) -> anyhow::Result<Pod> {
+    cluster
+        .wait_pod("default", name, Duration::from_secs(30), |p| {
+            running(p).then(|| p.clone())
+        })
+        .await
+        .map_err(|e| e.context(agent_log_about(agent, name)))
+}
+
+/// The agent's log lines that mention the pod.
+fn agent_log_about(agent: &Agent, name: &str) -> String {
+    let lines: Vec<String> = agent
+        .log()
+        .lines()
+        .filter(|l| l.contains(name))
+        .map(str::to_string)
+        .collect();
+    format!("agent log about {name}:\n{}", lines.join("\n"))
+}
+
+/// Pulls `image` with the registry's credentials straight through CRI (on Docker through the adapter
+/// the agent serves, which appears shortly after the agent starts).
+async fn pre_pull(agent: &Agent, image: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let result = agent
+            .cri()
+            .pull_image(api::PullImageRequest {
+                image: Some(api::ImageSpec {
+                    image: image.to_string(),
+                    ..Default::default()
+                }),
+                // As kubelet sends them: no server address (containerd 1.6 parses it as a URL).
+                auth: Some(api::AuthConfig {
+                    username: USER.into(),
+                    password: PASSWORD.into(),
+                    ..Default::default()
+                }),
+                sandbox_config: None,
+            })
+            .await;
+        match result {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("pre-pulling {image}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("pre-pulling {image}: {e}")),
+        }
+    }
+}
+
 /// The pod's events as `(reason, message)`, oldest first.
 async fn events(cluster: &Cluster, name: &str) -> anyhow::Result<Vec<(String, String)>> {
     let api: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
@@ -147,7 +201,9 @@ async fn wait_event(
             return Ok(found.clone());
         }
         if Instant::now() > deadline {
-            anyhow::bail!("no event {what} for pod {name} within {timeout:?}; its events: {all:#?}");
+            anyhow::bail!(
+                "no event {what} for pod {name} within {timeout:?}; its events: {all:#?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -190,8 +246,8 @@ async fn wait_pull_failure_then_backoff(
         .await
         .map_err(|e| {
             e.context(format!(
-                "waiting reasons seen, in order: {seen:?}\nagent log:\n{}",
-                agent.log()
+                "waiting reasons seen, in order: {seen:?}\n{}",
+                agent_log_about(agent, name)
             ))
         })?;
     let message = seen_err.unwrap_or_default();
@@ -216,11 +272,7 @@ async fn always_pulls_with_the_credentials_of_image_pull_secrets() -> anyhow::Re
             &agent.node,
         )
         .await?;
-    let up = cluster
-        .wait_pod("default", &name, Duration::from_secs(30), |p| {
-            running(p).then(|| p.clone())
-        })
-        .await?;
+    let up = wait_running(&cluster, &agent, &name).await?;
     let status = status_of(&up, "main").expect("status of main");
     assert!(
         status.image_id.contains("sha256:"),
@@ -289,22 +341,7 @@ async fn latest_defaults_to_always_and_pulls_even_when_present() -> anyhow::Resu
     let img = image("latest");
     // Put the image on the node first: only a policy of Always pulls it again (IfNotPresent would
     // report "already present on machine").
-    agent
-        .cri()
-        .pull_image(api::PullImageRequest {
-            image: Some(api::ImageSpec {
-                image: img.clone(),
-                ..Default::default()
-            }),
-            auth: Some(api::AuthConfig {
-                username: USER.into(),
-                password: PASSWORD.into(),
-                // As kubelet sends them: no server address (containerd 1.6 parses it as a URL).
-                ..Default::default()
-            }),
-            sandbox_config: None,
-        })
-        .await?;
+    pre_pull(&agent, &img).await?;
     let secret = format!("regcred-{}", agent.node);
     create_pull_secret(&cluster, &secret).await?;
     let name = format!("latest-{}", agent.node);
@@ -325,11 +362,7 @@ async fn latest_defaults_to_always_and_pulls_even_when_present() -> anyhow::Resu
         Some("Always"),
         "the API server defaults :latest to Always"
     );
-    cluster
-        .wait_pod("default", &name, Duration::from_secs(30), |p| {
-            running(p).then_some(())
-        })
-        .await?;
+    wait_running(&cluster, &agent, &name).await?;
     wait_event(
         &cluster,
         &name,
@@ -384,8 +417,7 @@ async fn never_with_an_absent_image_is_err_image_never_pull() -> anyhow::Result<
     assert!(agent.containers().await?.is_empty());
     let all = events(&cluster, &name).await?;
     assert!(
-        !all.iter()
-            .any(|(r, _)| r == "Pulling" || r == "Pulled"),
+        !all.iter().any(|(r, _)| r == "Pulling" || r == "Pulled"),
         "{all:#?}"
     );
     cluster.delete_pod("default", &name).await?;
@@ -418,11 +450,7 @@ async fn a_missing_tag_keeps_its_pod_pending_while_others_run() -> anyhow::Resul
             &agent.node,
         )
         .await?;
-    cluster
-        .wait_pod("default", &healthy, Duration::from_secs(30), |p| {
-            running(p).then_some(())
-        })
-        .await?;
+    wait_running(&cluster, &agent, &healthy).await?;
     wait_pull_failure_then_backoff(&cluster, &agent, &broken, &img).await?;
     // The healthy pod kept running all along, and the broken one is still Pending.
     let h = cluster.pods("default").get(&healthy).await?;
