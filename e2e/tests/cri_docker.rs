@@ -695,7 +695,8 @@ async fn container_status_after_exit() {
             status.image.as_ref().map(|i| i.image.as_str()) == Some(BUSYBOX),
             "{status:?}"
         );
-        ensure!(status.image_ref.starts_with("sha256:"), "{status:?}");
+        // The image ID, or a repo digest once the image was pulled from a registry.
+        ensure!(status.image_ref.contains("sha256:"), "{status:?}");
         ensure!(
             status.labels.get("tier").map(String::as_str) == Some("x"),
             "{status:?}"
@@ -884,20 +885,14 @@ async fn stop_and_remove_are_idempotent() {
             })
             .await
             .context("RemoveContainer of an unknown ID must succeed")?;
-        let stop_unknown = h
-            .client
+        // CRI (and critest's Idempotence spec) require StopContainer of an unknown ID to succeed.
+        h.client
             .stop_container(api::StopContainerRequest {
                 container_id: unknown.clone(),
                 timeout: 0,
             })
-            .await;
-        ensure!(
-            stop_unknown
-                .as_ref()
-                .err()
-                .is_some_and(CriError::is_not_found),
-            "StopContainer of an unknown ID: {stop_unknown:?}"
-        );
+            .await
+            .context("StopContainer of an unknown ID must succeed")?;
         let status_unknown = h.sandbox_status(&unknown).await;
         ensure!(status_unknown.is_err(), "{status_unknown:?}");
 

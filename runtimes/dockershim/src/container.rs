@@ -222,6 +222,14 @@ impl DockerShim {
             oom_score_adj(r.oom_score_adj, self.config().allow_negative_oom_score_adj)
         });
 
+        if security.run_as_group.is_some()
+            && security.run_as_user.is_none()
+            && security.run_as_username.is_empty()
+        {
+            return Err(OpError::InvalidArgument(
+                "RunAsGroup is set without RunAsUser or RunAsUsername".into(),
+            ));
+        }
         let mut security_opt = Vec::new();
         // The deprecated path is what kubelets before 1.19 send.
         #[allow(deprecated)]
@@ -368,8 +376,11 @@ impl DockerShim {
 
     /// Stops a container with `timeout` seconds of grace; a stopped container is fine, an unknown
     /// one is NotFound.
+    /// Stops a container; an unknown ID is fine (CRI requires StopContainer to be idempotent).
     pub(crate) async fn stop_container(&self, id: &str, timeout: i64) -> Result<(), OpError> {
-        let (inspect, _) = self.require_container(id).await?;
+        let Some((inspect, _)) = self.inspect_cri_container(id).await? else {
+            return Ok(());
+        };
         if !is_running(&inspect) {
             return Ok(());
         }

@@ -328,7 +328,8 @@ pub(crate) fn seccomp_option(
         };
     }
     match legacy_path {
-        "unconfined" => Ok(Some("seccomp=unconfined".into())),
+        // No profile at all is unconfined in CRI (as containerd and the old dockershim do).
+        "" | "unconfined" => Ok(Some("seccomp=unconfined".into())),
         path if path.starts_with("localhost/") => localhost(&path["localhost/".len()..]),
         _ => Ok(None),
     }
@@ -652,7 +653,11 @@ mod tests {
             profile_type: t as i32,
             localhost_ref: String::new(),
         };
-        assert_eq!(seccomp_option(None, "", false), Ok(None));
+        assert_eq!(
+            seccomp_option(None, "", false),
+            Ok(Some("seccomp=unconfined".into())),
+            "no profile is unconfined in CRI"
+        );
         assert_eq!(
             seccomp_option(Some(&profile(ProfileType::RuntimeDefault)), "", false),
             Ok(None)
