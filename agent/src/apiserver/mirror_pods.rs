@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Api;
-use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::api::PostParams;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -109,14 +109,7 @@ pub async fn run(
         let plan = plan(&set, &current);
         for (namespace, name, uid) in &plan.delete {
             let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-            let params = DeleteParams {
-                grace_period_seconds: Some(0),
-                preconditions: Some(Preconditions {
-                    uid: Some(uid.clone()),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
+            let params = super::delete_now(uid);
             match api.delete(name, &params).await {
                 Ok(_) => {
                     tracing::info!(pod = %format!("{namespace}/{name}"), "deleted outdated mirror pod")

@@ -41,3 +41,15 @@ pub fn api_code(e: &kube::Error) -> Option<u16> {
         _ => None,
     }
 }
+
+/// Delete options for removing an object for good: grace 0, and only the object with this UID.
+pub fn delete_now(uid: &str) -> kube::api::DeleteParams {
+    kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    }
+}

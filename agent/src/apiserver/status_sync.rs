@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Patch, PatchParams};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -98,14 +98,7 @@ pub async fn run(
             let deleting =
                 entry.pod.metadata.deletion_timestamp.is_some() && !is_static(&entry.pod);
             if deleting && entry.terminated && !deleted.contains_key(&uid) {
-                let params = DeleteParams {
-                    grace_period_seconds: Some(0),
-                    preconditions: Some(Preconditions {
-                        uid: Some(uid.clone()),
-                        resource_version: None,
-                    }),
-                    ..Default::default()
-                };
+                let params = super::delete_now(&uid);
                 match api.delete(&name, &params).await {
                     Ok(_) => {
                         tracing::info!(pod = %format!("{namespace}/{name}"), "pod terminated; deleted from the API server");

@@ -6,9 +6,9 @@ use mk_cri::api;
 use super::{labels, security};
 use crate::sync::ContainerStart;
 
-/// Expands `$(VAR)` references as the API does for command, args and env: known variables are
-/// substituted, `$$` escapes a `$`, unknown references stay as they are.
-pub fn expand(input: &str, vars: &[(String, String)]) -> String {
+/// Expands `$(VAR)` references as the API does: `resolve` gives a variable's value (None leaves the
+/// reference as written), `$$` escapes a `$`, anything else is kept.
+pub fn expand_with(input: &str, mut resolve: impl FnMut(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(pos) = rest.find('$') {
@@ -21,8 +21,8 @@ pub fn expand(input: &str, vars: &[(String, String)]) -> String {
             && let Some(end) = inner.find(')')
         {
             let name = &inner[..end];
-            match vars.iter().rev().find(|(k, _)| k == name) {
-                Some((_, v)) => out.push_str(v),
+            match resolve(name) {
+                Some(value) => out.push_str(&value),
                 None => {
                     out.push_str("$(");
                     out.push_str(name);
@@ -37,6 +37,16 @@ pub fn expand(input: &str, vars: &[(String, String)]) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `$(VAR)` expansion over earlier variables (command, args, env values); unknown references stay.
+pub fn expand(input: &str, vars: &[(String, String)]) -> String {
+    expand_with(input, |name| {
+        vars.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    })
 }
 
 /// Everything a container's CRI config is built from.

@@ -110,31 +110,15 @@ pub fn propagation(mode: Option<&str>) -> Result<api::MountPropagation, VolumeEr
 /// variable must be set and non-empty (kubelet's `ExpandContainerVolumeMounts`).
 pub fn expand_sub_path_expr(expr: &str, env: &[(String, String)]) -> Result<String, VolumeError> {
     let mut missing = std::collections::BTreeSet::new();
-    let mut out = String::with_capacity(expr.len());
-    let mut rest = expr;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(stripped) = after.strip_prefix('$') {
-            out.push('$');
-            rest = stripped;
-        } else if let Some(inner) = after.strip_prefix('(')
-            && let Some(end) = inner.find(')')
-        {
-            let name = &inner[..end];
-            match env.iter().rev().find(|(k, _)| k == name) {
-                Some((_, v)) if !v.is_empty() => out.push_str(v),
-                _ => {
-                    missing.insert(name.to_string());
-                }
+    let out = crate::kuberuntime::container_config::expand_with(expr, |name| {
+        match env.iter().rev().find(|(k, _)| k == name) {
+            Some((_, v)) if !v.is_empty() => Some(v.clone()),
+            _ => {
+                missing.insert(name.to_string());
+                Some(String::new())
             }
-            rest = &inner[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
         }
-    }
-    out.push_str(rest);
+    });
     if missing.is_empty() {
         Ok(out)
     } else {
