@@ -284,6 +284,9 @@ impl DockerShim {
     /// when it has none. An absent image is not an error; an image used by a container is
     /// (FailedPrecondition), as Docker refuses to remove it.
     pub(crate) async fn remove_image(&self, spec: Option<api::ImageSpec>) -> Result<(), OpError> {
+        fn id_or(image: &bollard::models::ImageInspect, reference: &str) -> String {
+            image.id.clone().unwrap_or_else(|| reference.to_string())
+        }
         let reference = spec.map(|s| s.image).unwrap_or_default();
         let Some(image) = self.inspect_image(&reference).await? else {
             return Ok(());
@@ -306,6 +309,22 @@ impl DockerShim {
                 }
                 Err(e) => return Err(OpError::docker(format!("removing image {target}"), e)),
             }
+        }
+        // A concurrent RemoveImage of the same image may have been the one that deleted it, and
+        // Docker answers the others 404 before its deletion has finished: return only once the image
+        // is really gone, so ImageStatus right after RemoveImage never finds it (critest checks this).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self
+            .inspect_image(&id_or(&image, &reference))
+            .await?
+            .is_some()
+        {
+            if tokio::time::Instant::now() > deadline {
+                return Err(OpError::FailedPrecondition(format!(
+                    "image {reference} is still present after removal"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         Ok(())
     }
