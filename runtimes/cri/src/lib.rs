@@ -9,6 +9,7 @@ mod client;
 mod endpoint;
 mod error;
 mod metrics;
+pub mod server;
 
 pub use client::{CriClient, DEFAULT_TIMEOUT};
 pub use endpoint::{Endpoint, parse_endpoint};

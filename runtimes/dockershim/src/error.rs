@@ -1,8 +1,6 @@
 //! Errors: [`DockerShimError`] for setting the shim up and serving it, [`OpError`] for one CRI
 //! operation (turned into a gRPC status for the caller).
 
-use std::path::PathBuf;
-
 use bollard::errors::Error as DockerError;
 use tonic::{Code, Status};
 
@@ -29,23 +27,12 @@ pub enum DockerShimError {
         #[source]
         source: DockerError,
     },
-    /// A file system operation on the listen socket failed.
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Binding, serving or stopping the CRI server failed.
+    #[error(transparent)]
+    Server(#[from] mk_cri::server::ServeError),
     /// [`crate::DockerShim::serve_unix`] was called outside a tokio runtime.
     #[error("the CRI server must be started from within a tokio runtime")]
     NoRuntime,
-    /// The gRPC server failed.
-    #[error("serving CRI: {0}")]
-    Serve(#[from] tonic::transport::Error),
-    /// The server task panicked or was cancelled.
-    #[error("the CRI server task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
 }
 
 /// The failure of one CRI operation.

@@ -1,24 +1,12 @@
 //! Serving a [`FakeRuntime`] on a unix socket.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
-use tokio::net::UnixListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
+use mk_cri::server::{MAX_MESSAGE_SIZE, UnixServer};
 
 use crate::{FakeError, FakeRuntime};
-
-/// Largest message the fake accepts or sends, as containerd (16 MiB).
-const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
-/// How long [`ServerHandle::shutdown`] lets in-flight calls finish before abandoning them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-type ServeTask = JoinHandle<Result<(), tonic::transport::Error>>;
 
 impl FakeRuntime {
     /// The RuntimeService of this fake, for serving it some other way.
@@ -43,106 +31,37 @@ impl FakeRuntime {
     /// is gone: the state lives in the `FakeRuntime`, not in the server, which is how a runtime
     /// restart is simulated.
     pub fn serve_unix(&self, path: impl AsRef<Path>) -> Result<ServerHandle, FakeError> {
-        let path = path.as_ref().to_path_buf();
         tokio::runtime::Handle::try_current().map_err(|_| FakeError::NoRuntime)?;
-        let io = |action: &'static str| {
-            let path = path.clone();
-            move |source| FakeError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(io("creating the directory of"))?;
-        }
-        match std::fs::remove_file(&path) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io("removing the stale socket")(err));
-            }
-            _ => {}
-        }
-        let listener = UnixListener::bind(&path).map_err(io("binding"))?;
-        let identity = socket_identity(&path);
-        let (stop, stopped) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .add_service(self.runtime_service())
             .add_service(self.image_service());
-        let task = tokio::spawn(router.serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener),
-            async move {
-                // A dropped sender means the handle is gone: shut down as well.
-                let _ = stopped.await;
-            },
-        ));
-        tracing::debug!(socket = %path.display(), "fake CRI runtime serving");
-        Ok(ServerHandle {
-            path,
-            identity,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        let server = UnixServer::bind(path.as_ref(), router)?;
+        tracing::debug!(socket = %server.path().display(), "fake CRI runtime serving");
+        Ok(ServerHandle { server })
     }
-}
-
-fn socket_identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::symlink_metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino()))
 }
 
 /// A running fake CRI server. Shutting it down (or dropping it) stops accepting connections,
 /// closes the existing ones gracefully and removes the socket file.
 #[derive(Debug)]
 pub struct ServerHandle {
-    path: PathBuf,
-    identity: Option<(u64, u64)>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<ServeTask>,
+    server: UnixServer,
 }
 
 impl ServerHandle {
     /// The socket path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.server.path()
     }
 
     /// The socket as a CRI endpoint: `unix:///path/to/socket`.
     pub fn endpoint(&self) -> String {
-        format!("unix://{}", self.path.display())
+        self.server.endpoint()
     }
 
     /// Stops the server and waits (up to 5 s) for in-flight calls to finish and connections to
     /// close; calls still running after that are abandoned.
-    pub async fn shutdown(mut self) -> Result<(), FakeError> {
-        self.signal_stop();
-        let Some(mut task) = self.task.take() else {
-            return Ok(());
-        };
-        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
-            Ok(joined) => joined?.map_err(FakeError::Serve),
-            Err(_) => {
-                tracing::warn!(socket = %self.path.display(), "fake CRI server did not drain in time");
-                task.abort();
-                Ok(())
-            }
-        }
-    }
-
-    fn signal_stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-            // Only remove the socket if it is still the one we bound (not a successor's).
-            if self.identity.is_some() && socket_identity(&self.path) == self.identity {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
-    }
-}
-
-impl Drop for ServerHandle {
-    /// Signals the server to stop and removes the socket; the server drains in the background.
-    fn drop(&mut self) {
-        self.signal_stop();
+    pub async fn shutdown(self) -> Result<(), FakeError> {
+        Ok(self.server.shutdown().await?)
     }
 }
