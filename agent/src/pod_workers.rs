@@ -1188,7 +1188,13 @@ async fn terminate(ctx: &WorkerContext, pod: &Pod, state: &mut WorkerState) {
     let grace = if pod.spec.is_some() {
         grace_seconds(pod)
     } else {
-        MIN_GRACE_SECONDS.max(30)
+        observed
+            .containers
+            .iter()
+            .filter_map(|c| c.grace_period)
+            .max()
+            .unwrap_or(crate::sources::defaults::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS)
+            .max(MIN_GRACE_SECONDS)
     };
     publish_status(ctx, pod, &observed, state, true);
     kill_pod(ctx, pod, &observed, grace).await;

@@ -72,6 +72,9 @@ pub struct ObservedContainer {
     pub hash: String,
     pub restart_count: i32,
     pub is_init: bool,
+    /// The pod's terminationGracePeriodSeconds when the container was created (for pods the agent
+    /// no longer has the spec of).
+    pub grace_period: Option<i64>,
 }
 
 impl ObservedContainer {
@@ -246,6 +249,9 @@ fn from_status(status: api::ContainerStatus, sandbox_id: &str) -> ObservedContai
             .parse()
             .unwrap_or(0),
         is_init: annotation(labels::CONTAINER_IS_INIT) == "true",
+        grace_period: annotation(labels::POD_TERMINATION_GRACE_PERIOD)
+            .parse()
+            .ok(),
         id: status.id,
     }
 }
