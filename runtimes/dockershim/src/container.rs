@@ -108,29 +108,8 @@ impl DockerShim {
         &self,
         id: &str,
     ) -> Result<Option<(ContainerInspectResponse, ContainerLabels)>, OpError> {
-        if id.is_empty() {
-            return Err(OpError::InvalidArgument("no container ID given".into()));
-        }
-        let inspect = match self.docker().inspect_container(id, None).await {
-            Ok(inspect) => inspect,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(OpError::docker(format!("inspecting container {id}"), e)),
-        };
-        // Docker also resolves names and unique ID prefixes; the CRI uses full IDs (a prefix of a
-        // full ID is accepted, as containerd does, but not a name).
-        if !inspect
-            .id
-            .as_deref()
-            .is_some_and(|full| full.starts_with(id))
-        {
-            return Ok(None);
-        }
-        let labels = inspect
-            .config
-            .as_ref()
-            .and_then(|c| c.labels.as_ref())
-            .and_then(ContainerLabels::decode);
-        Ok(labels.map(|labels| (inspect, labels)))
+        self.inspect_by_cri_id(id, "container", ContainerLabels::decode)
+            .await
     }
 
     async fn require_container(

@@ -161,16 +161,27 @@ impl DockerShim {
         &self,
         id: &str,
     ) -> Result<Option<(ContainerInspectResponse, SandboxLabels)>, OpError> {
+        self.inspect_by_cri_id(id, "pod sandbox", SandboxLabels::decode)
+            .await
+    }
+
+    /// A Docker container by CRI ID, with the CRI labels `decode` reads from it; None when it is
+    /// absent or not of that kind. Docker also resolves names; the CRI uses IDs (a unique prefix
+    /// of an ID is accepted, as containerd does, but not a name).
+    pub(crate) async fn inspect_by_cri_id<L>(
+        &self,
+        id: &str,
+        kind: &str,
+        decode: impl FnOnce(&HashMap<String, String>) -> Option<L>,
+    ) -> Result<Option<(ContainerInspectResponse, L)>, OpError> {
         if id.is_empty() {
-            return Err(OpError::InvalidArgument("no pod sandbox ID given".into()));
+            return Err(OpError::InvalidArgument(format!("no {kind} ID given")));
         }
         let inspect = match self.docker().inspect_container(id, None).await {
             Ok(inspect) => inspect,
             Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(OpError::docker(format!("inspecting sandbox {id}"), e)),
+            Err(e) => return Err(OpError::docker(format!("inspecting {kind} {id}"), e)),
         };
-        // Docker also resolves names; the CRI uses IDs (a unique prefix of an ID is accepted, as
-        // containerd does, but not a name).
         if !inspect
             .id
             .as_deref()
@@ -182,7 +193,7 @@ impl DockerShim {
             .config
             .as_ref()
             .and_then(|c| c.labels.as_ref())
-            .and_then(SandboxLabels::decode);
+            .and_then(decode);
         Ok(labels.map(|labels| (inspect, labels)))
     }
 
