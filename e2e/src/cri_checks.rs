@@ -139,3 +139,169 @@ mod tests {
         assert!(!is_rfc3339_nano("2026-11-24T13:17:15.4350101134Z"));
     }
 }
+
+/// The busybox command of a container serving `pong` at `/ping` on `port` (for port-forward).
+pub fn web_server_command(port: u16) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!("mkdir -p /www && echo pong > /www/ping && exec httpd -f -p {port} -h /www"),
+    ]
+}
+
+fn v4_status(error_stream: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(error_stream)
+        .map_err(|e| anyhow::anyhow!("error stream is not a JSON status ({e}): {error_stream:?}"))
+}
+
+/// Exec, attach and port-forward through the runtime's streaming server, driven by
+/// `mk_streaming::client` (SPDY/3.1 with `v4.channel.k8s.io` / `portforward.k8s.io`, as client-go).
+/// `web` serves `/ping` on `port` ([`web_server_command`]); `shell` runs `sh` created with
+/// `stdin` and `stdin_once`; both are in `sandbox_id`.
+pub async fn check_streaming(
+    client: &mk_cri::CriClient,
+    sandbox_id: &str,
+    web: &str,
+    port: u16,
+    shell: &str,
+) -> Result<()> {
+    use mk_streaming::client::{SessionInput, forward_once, run_session};
+    let exec = |cmd: &[&str], stdin: bool, stderr: bool, tty: bool| api::ExecRequest {
+        container_id: web.into(),
+        cmd: cmd.iter().map(|s| (*s).to_string()).collect(),
+        stdin,
+        stdout: true,
+        stderr,
+        tty,
+    };
+
+    // Separate stdout and stderr, and the exit code in a v4 status.
+    let url = client
+        .exec(exec(
+            &["sh", "-c", "echo out; echo err >&2; exit 3"],
+            false,
+            true,
+            false,
+        ))
+        .await?
+        .url;
+    let out = run_session(
+        &url,
+        SessionInput {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure!(out.stdout == b"out\n", "exec stdout: {out:?}");
+    ensure!(out.stderr == b"err\n", "exec stderr: {out:?}");
+    let status = v4_status(&out.error)?;
+    ensure!(status["reason"] == "NonZeroExitCode", "{status}");
+    ensure!(status["details"]["causes"][0]["message"] == "3", "{status}");
+    // A URL serves one session.
+    ensure!(
+        run_session(&url, SessionInput::default()).await.is_err(),
+        "an exec URL was usable twice"
+    );
+
+    // Stdin reaches the command and its end is EOF.
+    let url = client.exec(exec(&["cat"], true, false, false)).await?.url;
+    let out = run_session(
+        &url,
+        SessionInput {
+            stdin: Some(b"fed through stdin\n".to_vec()),
+            stdout: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure!(
+        out.stdout == b"fed through stdin\n",
+        "exec with stdin: {out:?}"
+    );
+    ensure!(v4_status(&out.error)?["status"] == "Success", "{out:?}");
+
+    // A terminal.
+    let url = client
+        .exec(exec(
+            &["sh", "-c", "test -t 1 && echo on-a-tty"],
+            true,
+            false,
+            true,
+        ))
+        .await?
+        .url;
+    let out = run_session(
+        &url,
+        SessionInput {
+            stdin: Some(Vec::new()),
+            stdout: true,
+            tty: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("on-a-tty"),
+        "exec with a tty: {out:?}"
+    );
+
+    // Attach: what goes into the main process's stdin comes out of its stdout; closing stdin
+    // (stdin_once) ends the process and the session.
+    let url = client
+        .attach(api::AttachRequest {
+            container_id: shell.into(),
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        })
+        .await?
+        .url;
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        run_session(
+            &url,
+            SessionInput {
+                stdin: Some(b"echo attached-hello\n".to_vec()),
+                stdout: true,
+                stderr: true,
+                tty: false,
+            },
+        ),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("attach did not end after stdin closed"))??;
+    ensure!(
+        out.stdout == b"attached-hello\n",
+        "attach stdout: {out:?} ({})",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Port-forward to the pod's loopback-reachable server, and to a closed port.
+    let forward = api::PortForwardRequest {
+        pod_sandbox_id: sandbox_id.into(),
+        port: vec![i32::from(port)],
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = client.port_forward(forward.clone()).await?.url;
+        let (data, error) = forward_once(&url, port, b"GET /ping HTTP/1.0\r\n\r\n").await?;
+        let body = String::from_utf8_lossy(&data);
+        if body.ends_with("pong\n") && error.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("port-forward to {port}: {body:?}, error stream {error:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let url = client.port_forward(forward).await?.url;
+    let (data, error) = forward_once(&url, 1, b"x").await?;
+    ensure!(
+        data.is_empty() && !error.is_empty(),
+        "port-forward to a closed port: {data:?}, error stream {error:?}"
+    );
+    Ok(())
+}

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, ensure};
 use mk_cri::{CriClient, CriMetrics, api};
 use mk_e2e::cri_checks::{
-    kubelet_namespaces, parse_cri_log_line, remove_pod_cgroups, unique, wait_for_log_line,
+    check_streaming, kubelet_namespaces, parse_cri_log_line, remove_pod_cgroups, unique,
+    wait_for_log_line, web_server_command,
 };
 
 const BUSYBOX: &str = "mini-kubelet.local/busybox:1.36";
@@ -133,34 +134,12 @@ impl Harness {
         security: api::LinuxContainerSecurityContext,
         envs: &[(&str, &str)],
     ) -> Result<String> {
-        let config = api::ContainerConfig {
-            metadata: Some(api::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(api::ImageSpec {
-                image: BUSYBOX.into(),
-                ..Default::default()
-            }),
-            command: command.iter().map(|s| (*s).to_string()).collect(),
-            envs: envs
-                .iter()
-                .map(|(k, v)| api::KeyValue {
-                    key: (*k).into(),
-                    value: (*v).into(),
-                })
-                .collect(),
-            log_path: format!("{name}/0.log"),
-            labels: HashMap::from([("io.kubernetes.container.name".into(), name.into())]),
-            linux: Some(api::LinuxContainerConfig {
-                security_context: Some(api::LinuxContainerSecurityContext {
-                    namespace_options: Some(kubelet_namespaces()),
-                    ..security
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let config = container_config(name, command, security, envs);
+        self.create_and_start(pod, config).await
+    }
+
+    /// CreateContainer + StartContainer of `config`.
+    async fn create_and_start(&self, pod: &Pod, config: api::ContainerConfig) -> Result<String> {
         let created = self
             .client
             .create_container(api::CreateContainerRequest {
@@ -254,6 +233,43 @@ impl Harness {
         for uid in uids {
             remove_pod_cgroups(&uid);
         }
+    }
+}
+
+/// Busybox running `command`, logging to `<name>/0.log`, in kubelet's namespaces.
+fn container_config(
+    name: &str,
+    command: &[&str],
+    security: api::LinuxContainerSecurityContext,
+    envs: &[(&str, &str)],
+) -> api::ContainerConfig {
+    api::ContainerConfig {
+        metadata: Some(api::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(api::ImageSpec {
+            image: BUSYBOX.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| (*s).to_string()).collect(),
+        envs: envs
+            .iter()
+            .map(|(k, v)| api::KeyValue {
+                key: (*k).into(),
+                value: (*v).into(),
+            })
+            .collect(),
+        log_path: format!("{name}/0.log"),
+        labels: HashMap::from([("io.kubernetes.container.name".into(), name.into())]),
+        linux: Some(api::LinuxContainerConfig {
+            security_context: Some(api::LinuxContainerSecurityContext {
+                namespace_options: Some(kubelet_namespaces()),
+                ..security
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -598,6 +614,24 @@ async fn container_runs_as_image_user_with_env() {
             "{unknown:?}"
         );
         Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn streaming_exec_attach_and_port_forward() {
+    with_harness(|h| async move {
+        let pod = h.run_pod(&unique("stream"), &[]).await?;
+        let web_command = web_server_command(8080);
+        let web_command: Vec<&str> = web_command.iter().map(String::as_str).collect();
+        let web = h
+            .start_container(&pod, "web", &web_command, Default::default(), &[])
+            .await?;
+        let mut shell = container_config("shell", &["sh"], Default::default(), &[]);
+        shell.stdin = true;
+        shell.stdin_once = true;
+        let shell = h.create_and_start(&pod, shell).await?;
+        check_streaming(&h.client, &pod.id, &web, 8080, &shell).await
     })
     .await;
 }

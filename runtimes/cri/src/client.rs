@@ -148,6 +148,16 @@ impl CriClient {
         api::ListContainersRequest => api::ListContainersResponse);
     unary!(container_status, runtime, "container_status",
         api::ContainerStatusRequest => api::ContainerStatusResponse);
+    unary!(
+        /// The streaming URL of an exec session (served by the runtime's streaming server).
+        exec, runtime, "exec", api::ExecRequest => api::ExecResponse);
+    unary!(
+        /// The streaming URL of an attach session.
+        attach, runtime, "attach", api::AttachRequest => api::AttachResponse);
+    unary!(
+        /// The streaming URL of a port-forward session.
+        port_forward, runtime, "port_forward",
+        api::PortForwardRequest => api::PortForwardResponse);
     unary!(list_images, images, "list_images",
         api::ListImagesRequest => api::ListImagesResponse);
     unary!(image_status, images, "image_status",

@@ -24,7 +24,7 @@ use crate::runtime::StreamingRuntime;
 use crate::spdy::Connection;
 
 /// Where and how the server listens; defaults as containerd's CRI plugin and the kubelet.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamingConfig {
     /// Listen address; port 0 picks a free one. Default `127.0.0.1:0`: only the local kubelet
     /// (which proxies API server requests) can reach it.
