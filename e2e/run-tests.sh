@@ -3,7 +3,8 @@
 # tests need, builds the local OCI images (cached in target/e2e-images), starts a private containerd and
 # a private dockerd and a private image registry (basic auth, on loopback) in fresh temporary directories, builds the workspace's binaries and runs
 # `cargo test --workspace` (the agent suites on containerd, the Docker adapter's CRI tests on dockerd),
-# then the agent suites a second time on the built-in Docker adapter. Extra arguments go to the first
+# then the agent suites a second time on the built-in Docker adapter in its CNI mode (the CNI network
+# dockerd-up.sh writes; MK_E2E_DOCKER_NETWORK=bridge runs them on Docker's bridge). Extra arguments go to the first
 # `cargo test` only and skip the Docker rerun (e.g. `e2e/run-tests.sh -p mk-e2e -- --nocapture`).
 # Both daemons are torn down on any exit, failure or ctrl-c included; the script exits with cargo's
 # status.

@@ -26,6 +26,8 @@ struct Cli {
     /// The pause image of Docker sandboxes, with --container-runtime docker.
     #[arg(long, default_value = "mini-kubelet.local/pause:3.10")]
     pod_infra_container_image: String,
+    #[command(flatten)]
+    docker_network: DockerNetworkFlags,
     /// KubeletConfiguration file (kubelet.config.k8s.io/v1beta1).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -73,6 +75,60 @@ struct Cli {
     verbosity: u8,
 }
 
+/// How pods of the Docker adapter get their network (cri-dockerd's flags, kubelet's
+/// `--cni-bin-dir`).
+#[derive(Debug, Clone, clap::Args)]
+struct DockerNetworkFlags {
+    /// Docker pods' network: `cni` (the default network of --cni-conf-dir, attached to each pod
+    /// by the CNI plugins), `bridge` (Docker's bridge network), or `auto`: CNI when
+    /// --cni-conf-dir holds a valid network config at start, Docker's bridge otherwise.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cni", "bridge"])]
+    network_plugin: String,
+    /// Where the CNI network config is read from (the first valid *.conflist, *.conf or *.json).
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// Where CNI plugin binaries are looked for, in order (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "/opt/cni/bin,/usr/lib/cni"
+    )]
+    cni_bin_dir: Vec<PathBuf>,
+    /// Where CNI results are cached (under results/).
+    #[arg(long, default_value = "/var/lib/cni/cache")]
+    cni_cache_dir: PathBuf,
+}
+
+impl DockerNetworkFlags {
+    /// `config` with these flags applied; `auto` is decided here, once, and logged.
+    fn apply(
+        &self,
+        config: mk_dockershim::DockerShimConfig,
+    ) -> anyhow::Result<mk_dockershim::DockerShimConfig> {
+        let mut config = mk_dockershim::DockerShimConfig {
+            cni_conf_dir: self.cni_conf_dir.clone(),
+            cni_bin_dirs: self.cni_bin_dir.clone(),
+            cni_cache_dir: self.cni_cache_dir.clone(),
+            ..config
+        };
+        let reason = if self.network_plugin == "auto" {
+            let (plugin, reason) = config.detect_network_plugin();
+            config.network_plugin = plugin;
+            reason
+        } else {
+            config.network_plugin = self.network_plugin.parse().context("--network-plugin")?;
+            "--network-plugin".to_string()
+        };
+        tracing::info!(
+            network_plugin = %config.network_plugin,
+            reason,
+            cni_conf_dir = %config.cni_conf_dir.display(),
+            "Docker pod network"
+        );
+        Ok(config)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum RuntimeKind {
     Remote,
@@ -92,6 +148,8 @@ enum Command {
         /// The pause image of sandboxes.
         #[arg(long, default_value = "mini-kubelet.local/pause:3.10")]
         pod_infra_container_image: String,
+        #[command(flatten)]
+        network: DockerNetworkFlags,
     },
 }
 
@@ -222,12 +280,13 @@ async fn main() -> anyhow::Result<()> {
         listen,
         docker_endpoint,
         pod_infra_container_image,
+        network,
     }) = &cli.command
     {
-        let config = mk_dockershim::DockerShimConfig {
+        let config = network.apply(mk_dockershim::DockerShimConfig {
             pod_infra_image: pod_infra_container_image.clone(),
             ..mk_dockershim::DockerShimConfig::with_endpoint(docker_endpoint.clone())
-        };
+        })?;
         return run_dockershim(listen, config).await;
     }
     let mut options = resolve(&cli)?;
@@ -239,11 +298,11 @@ async fn main() -> anyhow::Result<()> {
         RuntimeKind::Remote => None,
         RuntimeKind::Docker => {
             let socket = options.root_dir.join("dockershim.sock");
-            let config = mk_dockershim::DockerShimConfig {
+            let config = cli.docker_network.apply(mk_dockershim::DockerShimConfig {
                 pod_infra_image: cli.pod_infra_container_image.clone(),
                 instance: options.node_name.clone(),
                 ..mk_dockershim::DockerShimConfig::with_endpoint(cli.docker_endpoint.clone())
-            };
+            })?;
             let handle = mk_dockershim::serve(&socket, config)
                 .await
                 .with_context(|| {

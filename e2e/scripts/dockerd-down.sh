@@ -5,7 +5,9 @@
 # the daemon (TERM, then KILL after 20 s), its own containerd, shims, runc containers and
 # docker-proxy processes left behind, every mount under STATEDIR (overlay2 rootfs, shm, netns, the
 # data root's own bind mount), the iptables rules naming its bridge or subnet (and Docker's shared
-# chains when no other dockerd runs), its bridge, its subnet claim, and finally STATEDIR itself. Safe
+# chains when no other dockerd runs), the iptables rules and chains the CNI plugins tagged with its CNI
+# network's name (pods of the adapter's CNI mode removed without a CNI DEL), its bridges, its subnet
+# claims, and finally STATEDIR itself. Safe
 # to run when nothing is running or when STATEDIR is already gone.
 # Usage: dockerd-down.sh STATEDIR
 set -euo pipefail
@@ -32,6 +34,8 @@ hash=$(printf '%s' "$statedir" | sha256sum | cut -c1-8)
 bridge=$(sed -n 's/^BRIDGE=//p' "$marker")
 subnet=$(sed -n 's/^SUBNET=//p' "$marker")
 bridge=${bridge:-mkd$hash}
+cni_bridge=$(sed -n 's/^CNI_BRIDGE=//p' "$marker")
+cni_network=$(sed -n 's/^CNI_NETWORK=//p' "$marker")
 
 # Pids of processes whose command line contains all the given words.
 pids_matching() {
@@ -170,14 +174,43 @@ for table in ("nat", "filter"):
 if removed:
     print(f"dockerd-down: removed {removed} iptables rule(s)", file=sys.stderr)
 PY
+  # The rules the bridge (ipMasq) and portmap plugins tagged with the CNI network's name, and the
+  # per-container chains they jump to (as containerd-down.sh does).
+  if [[ -n $cni_network ]]; then
+    python3 - "$cni_network" <<'PY'
+import shlex, subprocess, sys
+tag = f'name: "{sys.argv[1]}" id: '
+for table in ("nat", "filter"):
+    dump = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True).stdout
+    chains = set()
+    for line in dump.splitlines():
+        if not line.startswith("-A "):
+            continue
+        words = shlex.split(line)
+        comment = words[words.index("--comment") + 1] if "--comment" in words else ""
+        if tag not in comment:
+            continue
+        target = words[words.index("-j") + 1] if "-j" in words else ""
+        if target.startswith("CNI-") and not target.startswith("CNI-HOSTPORT-"):
+            chains.add(target)
+        subprocess.run(["iptables", "-w", "-t", table, "-D"] + words[1:], capture_output=True)
+    for chain in sorted(chains):
+        subprocess.run(["iptables", "-w", "-t", table, "-F", chain], capture_output=True)
+        subprocess.run(["iptables", "-w", "-t", table, "-X", chain], capture_output=True)
+    if chains:
+        print(f"dockerd-down: removed iptables {table} chains {' '.join(sorted(chains))}", file=sys.stderr)
+PY
+  fi
 fi
 
 # 5. The bridge, the subnet claim, and the state directory.
-if ip link show "$bridge" >/dev/null 2>&1; then
-  say "deleting bridge $bridge"
-  ip link delete "$bridge" || true
-fi
-rm -f "/run/mini-kubelet-e2e/dockerd-$hash.subnet"
+for b in "$bridge" $cni_bridge; do
+  if ip link show "$b" >/dev/null 2>&1; then
+    say "deleting bridge $b"
+    ip link delete "$b" || true
+  fi
+done
+rm -f "/run/mini-kubelet-e2e/dockerd-$hash.subnet" "/run/mini-kubelet-e2e/dockerd-cni-$hash.subnet"
 if awk -v p="$statedir/" 'index($5, p) == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
   say "mounts remain under $statedir:"
   awk -v p="$statedir/" 'index($5, p) == 1 { print "  " $5 }' /proc/self/mountinfo >&2

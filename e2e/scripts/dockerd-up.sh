@@ -6,7 +6,11 @@
 # Docker's bridge driver on a bridge this script creates first, with a name and /24 subnet derived
 # from STATEDIR (claimed in /run/mini-kubelet-e2e/dockerd-<hash>.subnet, a directory that
 # containerd-up.sh also consults, so concurrent instances pick different subnets); dockerd manages
-# the iptables rules for it (--iptables). Then loads the local pause and busybox images (converted
+# the iptables rules for it (--iptables). For the Docker adapter's CNI mode it also writes a CNI
+# network config into STATEDIR/cni/net.d (bridge plugin on a second bridge of its own, mkc<hash>, with
+# its own /24 claimed in /run/mini-kubelet-e2e/dockerd-cni-<hash>.subnet, host-local IPAM data in
+# STATEDIR/cni/ipam, and portmap), recorded with its subnet in dockerd-up.env (CNI_*); the adapter's
+# CNI cache belongs in STATEDIR/cni/cache. Then loads the local pause and busybox images (converted
 # from the OCI archives of build-images.sh into docker-archive form on the fly) and prints the
 # docker endpoint unix://STATEDIR/docker.sock as the last line on stdout (progress goes to stderr).
 # Installs docker.io with apt when dockerd is missing. Idempotent: an instance already running for
@@ -78,13 +82,12 @@ else
   bridge=mkd${hash}
   claim=/run/mini-kubelet-e2e/dockerd-$hash.subnet
   mkdir -p "$statedir"/{data,exec} /run/mini-kubelet-e2e
-  if [[ -f $marker ]] && grep -q '^SUBNET=' "$marker"; then
-    subnet=$(sed -n 's/^SUBNET=//p' "$marker") # a restart keeps its subnet
-  else
-    # A 10.x.y.0/24 that overlaps no route of this host and no other instance's subnet.
-    subnet=$(python3 - "$hash" <<'PY'
+  # A 10.x.y.0/24 that overlaps no route of this host and no other instance's subnet; the search
+  # starts at an offset ($1) so that the two subnets of one instance differ.
+  free_subnet() {
+    python3 - "$hash" "$1" <<'PY'
 import glob, ipaddress, subprocess, sys
-h = int(sys.argv[1], 16)
+h = int(sys.argv[1], 16) + int(sys.argv[2])
 taken = []
 for line in subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"], capture_output=True,
                            text=True).stdout.splitlines():
@@ -106,7 +109,7 @@ for claim in glob.glob("/run/mini-kubelet-e2e/*.subnet"):  # other instances' su
     except (OSError, ValueError):
         pass
 for i in range(25600):
-    n = (h + 7919 + i) % 25600
+    n = (h + i) % 25600
     cand = ipaddress.ip_network(f"10.{100 + n // 256}.{n % 256}.0/24")
     if not any(cand.overlaps(t) for t in taken):
         print(cand)
@@ -114,14 +117,56 @@ for i in range(25600):
 else:
     sys.exit("no free 10.x.y.0/24 subnet")
 PY
-)
+  }
+  if [[ -f $marker ]] && grep -q '^SUBNET=' "$marker"; then
+    subnet=$(sed -n 's/^SUBNET=//p' "$marker") # a restart keeps its subnet
+  else
+    subnet=$(free_subnet 7919)
   fi
   echo "$subnet" >"$claim"
+  # The CNI network of the Docker adapter's CNI mode: its own bridge and subnet.
+  cni_bridge=mkc${hash}
+  cni_network=mk-dkr-$hash
+  cni_claim=/run/mini-kubelet-e2e/dockerd-cni-$hash.subnet
+  if [[ -f $marker ]] && grep -q '^CNI_SUBNET=' "$marker"; then
+    cni_subnet=$(sed -n 's/^CNI_SUBNET=//p' "$marker")
+  else
+    cni_subnet=$(free_subnet 15511)
+  fi
+  echo "$cni_subnet" >"$cni_claim"
   gateway=${subnet%.0/24}.1/24
   cat >"$marker" <<EOF
 # written by e2e/scripts/dockerd-up.sh: dockerd-down.sh only touches directories holding this file
 BRIDGE=$bridge
 SUBNET=$subnet
+CNI_BRIDGE=$cni_bridge
+CNI_NETWORK=$cni_network
+CNI_SUBNET=$cni_subnet
+CNI_CONF_DIR=$statedir/cni/net.d
+CNI_CACHE_DIR=$statedir/cni/cache
+EOF
+  mkdir -p "$statedir"/cni/{net.d,ipam,cache}
+  cat >"$statedir/cni/net.d/10-$cni_network.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "$cni_network",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$cni_bridge",
+      "isGateway": true,
+      "ipMasq": true,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{ "subnet": "$cni_subnet" }]],
+        "routes": [{ "dst": "0.0.0.0/0" }],
+        "dataDir": "$statedir/cni/ipam"
+      }
+    },
+    { "type": "portmap", "capabilities": { "portMappings": true } }
+  ]
+}
 EOF
   echo '{}' >"$config"
   if ! ip link show "$bridge" >/dev/null 2>&1; then
@@ -135,7 +180,7 @@ EOF
     echo 1 >/proc/sys/net/ipv4/ip_forward
   fi
 
-  say "starting dockerd: state $statedir, log $log (bridge $bridge, subnet $subnet)"
+  say "starting dockerd: state $statedir, log $log (bridge $bridge, subnet $subnet; CNI network $cni_network: bridge $cni_bridge, subnet $cni_subnet)"
   started=$(date +%s%N)
   # setsid: its own session, so a ctrl-c in the caller's terminal reaches the caller's EXIT trap
   # (which runs dockerd-down.sh) rather than killing dockerd halfway.

@@ -127,19 +127,6 @@ pub fn remove_pod_cgroups(uid: &str) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_nano_checker() {
-        assert!(is_rfc3339_nano("2026-11-24T13:17:15.435010113Z"));
-        assert!(is_rfc3339_nano("2026-11-24T13:17:15Z"));
-        assert!(!is_rfc3339_nano("2026-11-24 13:17:15Z"));
-        assert!(!is_rfc3339_nano("2026-11-24T13:17:15.4350101134Z"));
-    }
-}
-
 /// The busybox command of a container serving `pong` at `/ping` on `port` (for port-forward).
 pub fn web_server_command(port: u16) -> Vec<String> {
     vec![
@@ -304,4 +291,17 @@ pub async fn check_streaming(
         "port-forward to a closed port: {data:?}, error stream {error:?}"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_nano_checker() {
+        assert!(is_rfc3339_nano("2026-11-24T13:17:15.435010113Z"));
+        assert!(is_rfc3339_nano("2026-11-24T13:17:15Z"));
+        assert!(!is_rfc3339_nano("2026-11-24 13:17:15Z"));
+        assert!(!is_rfc3339_nano("2026-11-24T13:17:15.4350101134Z"));
+    }
 }

@@ -59,6 +59,86 @@ pub fn docker_endpoint() -> String {
     }
 }
 
+/// The CNI network `e2e/scripts/dockerd-up.sh` wrote for the Docker adapter's CNI mode, read from
+/// the `dockerd-up.env` beside the dockerd socket of `MK_E2E_DOCKER_ENDPOINT`.
+#[derive(Debug, Clone)]
+pub struct DockerCni {
+    pub conf_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    /// The network's name (`mk-dkr-<hash>`).
+    pub network: String,
+    /// Its bridge (`mkc<hash>`).
+    pub bridge: String,
+    /// Its `10.x.y.0/24`.
+    pub subnet: String,
+}
+
+impl DockerCni {
+    /// Panics with instructions when the dockerd was not started by a dockerd-up.sh that writes
+    /// a CNI network.
+    pub fn from_env() -> Self {
+        let endpoint = docker_endpoint();
+        let socket = Path::new(endpoint.strip_prefix("unix://").unwrap_or(&endpoint));
+        let marker = socket.with_file_name("dockerd-up.env");
+        let text = std::fs::read_to_string(&marker).unwrap_or_default();
+        let var = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{key} is not in {}: start dockerd with e2e/scripts/dockerd-up.sh, which \
+                         writes the CNI network of the Docker adapter's CNI mode",
+                        marker.display()
+                    )
+                })
+        };
+        Self {
+            conf_dir: PathBuf::from(var("CNI_CONF_DIR")),
+            cache_dir: PathBuf::from(var("CNI_CACHE_DIR")),
+            network: var("CNI_NETWORK"),
+            bridge: var("CNI_BRIDGE"),
+            subnet: var("CNI_SUBNET"),
+        }
+    }
+
+    /// `config` in CNI mode on this network (plugins from Debian's /usr/lib/cni).
+    pub fn apply(
+        &self,
+        config: mk_dockershim::DockerShimConfig,
+    ) -> mk_dockershim::DockerShimConfig {
+        mk_dockershim::DockerShimConfig {
+            network_plugin: "cni".parse().expect("cni is a network plugin"),
+            cni_conf_dir: self.conf_dir.clone(),
+            cni_bin_dirs: vec![PathBuf::from("/usr/lib/cni")],
+            cni_cache_dir: self.cache_dir.clone(),
+            ..config
+        }
+    }
+}
+
+/// Whether the agent suites on Docker run the adapter in CNI mode (what operators run, the
+/// default) or on Docker's bridge (`MK_E2E_DOCKER_NETWORK=bridge`).
+pub fn docker_cni() -> Option<DockerCni> {
+    if std::env::var("MK_E2E_DOCKER_NETWORK").is_ok_and(|n| n == "bridge") {
+        None
+    } else {
+        Some(DockerCni::from_env())
+    }
+}
+
+/// The Docker adapter's settings for the agent suites' node `instance`.
+pub fn docker_shim_config(instance: &str) -> mk_dockershim::DockerShimConfig {
+    let config = mk_dockershim::DockerShimConfig {
+        instance: instance.to_string(),
+        ..mk_dockershim::DockerShimConfig::with_endpoint(docker_endpoint())
+    };
+    match docker_cni() {
+        Some(cni) => cni.apply(config),
+        None => config,
+    }
+}
+
 pub fn cri() -> CriClient {
     CriClient::new(&endpoint(), Duration::from_secs(60), CriMetrics::default())
         .expect("MK_E2E_CRI_ENDPOINT is not a valid CRI endpoint")
@@ -169,6 +249,18 @@ impl Agent {
                 .arg("docker")
                 .arg("--docker-endpoint")
                 .arg(docker_endpoint());
+            match docker_cni() {
+                Some(cni) => command
+                    .arg("--network-plugin")
+                    .arg("cni")
+                    .arg("--cni-conf-dir")
+                    .arg(&cni.conf_dir)
+                    .arg("--cni-bin-dir")
+                    .arg("/usr/lib/cni")
+                    .arg("--cni-cache-dir")
+                    .arg(&cni.cache_dir),
+                None => command.arg("--network-plugin").arg("bridge"),
+            };
         }
         if let Some(kubeconfig) = &self.kubeconfig {
             command.arg("--kubeconfig").arg(kubeconfig);
@@ -401,10 +493,7 @@ impl Agent {
 pub async fn remove_node_objects(node: &str) -> Result<()> {
     if on_docker() {
         let dir = tempfile::tempdir()?;
-        let config = mk_dockershim::DockerShimConfig {
-            instance: node.to_string(),
-            ..mk_dockershim::DockerShimConfig::with_endpoint(docker_endpoint())
-        };
+        let config = docker_shim_config(node);
         let shim = mk_dockershim::serve(dir.path().join("cleanup.sock"), config).await?;
         let client = CriClient::new(
             &shim.endpoint(),

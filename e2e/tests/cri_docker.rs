@@ -29,6 +29,7 @@ use mk_dockershim::api::image_service_server::ImageService;
 use mk_dockershim::api::runtime_service_server::RuntimeService;
 use mk_dockershim::tonic::Request;
 use mk_dockershim::{DockerShim, DockerShimConfig, ServerHandle};
+use mk_e2e::DockerCni;
 use mk_e2e::cri_checks::{
     kubelet_namespaces, parse_cri_log_line, pod_cgroup_dirs, remove_pod_cgroups, unique,
     wait_for_log_line,
@@ -59,7 +60,8 @@ struct Shim {
 }
 
 impl Shim {
-    async fn start() -> Result<Self> {
+    /// A shim on Docker's bridge, or in CNI mode on `cni`.
+    async fn start(cni: Option<&DockerCni>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("mk-dockershim-")
             .tempdir()
@@ -69,6 +71,10 @@ impl Shim {
         let config = DockerShimConfig {
             instance: unique("e2e"),
             ..DockerShimConfig::with_endpoint(docker_endpoint())
+        };
+        let config = match cni {
+            Some(cni) => cni.apply(config),
+            None => config,
         };
         let server = mk_dockershim::serve(&socket, config.clone())
             .await
@@ -123,8 +129,8 @@ fn strings(items: &[&str]) -> Vec<String> {
 }
 
 impl Harness {
-    async fn new() -> Result<Self> {
-        let shim = Shim::start().await?;
+    async fn new(cni: Option<&DockerCni>) -> Result<Self> {
+        let shim = Shim::start(cni).await?;
         Ok(Self {
             client: shim.client.clone(),
             shim: tokio::sync::Mutex::new(shim),
@@ -420,7 +426,24 @@ where
     F: FnOnce(Arc<Harness>) -> Fut,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
-    let harness = Arc::new(Harness::new().await.expect("starting the docker shim"));
+    run_harness(None, body).await;
+}
+
+/// [`with_harness`] with the shim in CNI mode on `cni` (the network dockerd-up.sh wrote).
+async fn with_cni_harness<F, Fut>(cni: DockerCni, body: F)
+where
+    F: FnOnce(Arc<Harness>) -> Fut,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    run_harness(Some(&cni), body).await;
+}
+
+async fn run_harness<F, Fut>(cni: Option<&DockerCni>, body: F)
+where
+    F: FnOnce(Arc<Harness>) -> Fut,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    let harness = Arc::new(Harness::new(cni).await.expect("starting the docker shim"));
     let outcome = tokio::spawn(body(harness.clone())).await;
     if std::env::var_os("MK_E2E_KEEP").is_some() {
         eprintln!(
@@ -1410,6 +1433,273 @@ async fn http_get(host: &str, port: u16, path: &str) -> Result<String> {
     Ok(response)
 }
 
+/// The CNI cache file of a sandbox, and the host end of the pod's veth from the cached ADD
+/// result.
+fn cni_state(cni: &DockerCni, sandbox: &str) -> Result<(PathBuf, Option<String>)> {
+    // libcni's layout, as mk_cni keeps it.
+    let cache = cni
+        .cache_dir
+        .join("results")
+        .join(format!("{}-{sandbox}-eth0", cni.network));
+    let text = std::fs::read_to_string(&cache)
+        .with_context(|| format!("reading the CNI cache {}", cache.display()))?;
+    let entry: serde_json::Value = serde_json::from_str(&text)?;
+    let veth = entry["result"]["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| {
+            i["sandbox"].as_str().unwrap_or_default().is_empty()
+                && i["name"].as_str() != Some(cni.bridge.as_str())
+        })
+        .and_then(|i| i["name"].as_str())
+        .map(str::to_string);
+    Ok((cache, veth))
+}
+
+fn in_subnet(ip: &str, subnet: &str) -> bool {
+    let prefix = subnet.trim_end_matches("0/24");
+    ip.starts_with(prefix) && ip.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+fn link_exists(name: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["link", "show", name])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The CNI mode (cri-dockerd's `--network-plugin=cni`): the pod's address comes from the CNI
+/// network's subnet, the host reaches a server in the pod at that address and through a host
+/// port (portmap), DNS and `lo` work in Docker's `none` network, the IP survives a restart of the
+/// shim (cache), and StopPodSandbox removes the veth and the IP allocation.
+#[tokio::test]
+async fn cni_pod_network_ip_host_port_and_teardown() {
+    let cni = DockerCni::from_env();
+    with_cni_harness(cni.clone(), |h| async move {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            listener.local_addr()?.port()
+        };
+        let (mut config, uid, logs) = h.pod_config(&unique("cni"), &[]);
+        config.port_mappings = vec![api::PortMapping {
+            protocol: api::Protocol::Tcp as i32,
+            container_port: 8080,
+            host_port: i32::from(port),
+            host_ip: String::new(),
+        }];
+        config.dns_config = Some(api::DnsConfig {
+            servers: strings(&["10.96.0.10"]),
+            searches: strings(&["default.svc.cluster.local"]),
+            options: strings(&["ndots:5"]),
+        });
+        let started = Instant::now();
+        let pod = h.run_pod_with(config, uid, logs).await?;
+        let run_time = started.elapsed();
+        let status = h.sandbox_status(&pod.id).await?;
+        let ip = status.network.clone().map(|n| n.ip).unwrap_or_default();
+        ensure!(
+            in_subnet(&ip, &cni.subnet),
+            "pod IP {ip:?} is not from the CNI subnet {}",
+            cni.subnet
+        );
+        let (cache, veth) = cni_state(&cni, &pod.id)?;
+        let veth = veth.context("no host-side veth in the CNI result")?;
+        ensure!(link_exists(&veth), "veth {veth} missing");
+        let allocation = cni
+            .cache_dir
+            .parent()
+            .context("cache dir")?
+            .join("ipam")
+            .join(&cni.network)
+            .join(&ip);
+        ensure!(
+            allocation.exists(),
+            "no IPAM allocation {}",
+            allocation.display()
+        );
+
+        let web = h
+            .start_container(
+                &pod,
+                "web",
+                &[
+                    "sh",
+                    "-c",
+                    "mkdir -p /www && echo pong > /www/ping && exec httpd -f -p 8080 -h /www",
+                ],
+                &[],
+            )
+            .await?;
+        // The pod's own address, from the host.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match http_get(&ip, 8080, "/ping").await {
+                Ok(body) if body.ends_with("pong\n") => break,
+                other if Instant::now() > deadline => bail!("no answer from {ip}:8080: {other:?}"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        // The host port (portmap), at the host's address on the CNI bridge.
+        let gateway = format!("{}1", cni.subnet.trim_end_matches("0/24"));
+        let answer = http_get(&gateway, port, "/ping").await;
+        ensure!(
+            answer.as_ref().is_ok_and(|b| b.ends_with("pong\n")),
+            "no answer through host port {gateway}:{port}: {answer:?}"
+        );
+        // Docker's none network still gives the pod lo and the pod's DNS config.
+        let lo = h
+            .exec(&web, &["ip", "-o", "addr", "show", "lo"], 10)
+            .await?;
+        ensure!(
+            String::from_utf8_lossy(&lo.stdout).contains("inet 127.0.0.1/8"),
+            "{lo:?}"
+        );
+        let resolv = h.exec(&web, &["cat", "/etc/resolv.conf"], 10).await?;
+        ensure!(
+            String::from_utf8_lossy(&resolv.stdout).contains("nameserver 10.96.0.10"),
+            "{resolv:?}"
+        );
+        let eth0 = h
+            .exec(&web, &["ip", "-o", "-4", "addr", "show", "eth0"], 10)
+            .await?;
+        ensure!(
+            String::from_utf8_lossy(&eth0.stdout).contains(&format!("inet {ip}/24")),
+            "{eth0:?}"
+        );
+
+        // A restarted shim reports the same IP (from the cache).
+        h.shim.lock().await.restart().await?;
+        let again = h.sandbox_status(&pod.id).await?;
+        ensure!(
+            again.network.as_ref().map(|n| n.ip.as_str()) == Some(ip.as_str()),
+            "{again:?}"
+        );
+
+        // StopPodSandbox: CNI DEL.
+        let started = Instant::now();
+        h.client
+            .stop_pod_sandbox(api::StopPodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await?;
+        let stop_time = started.elapsed();
+        ensure!(
+            !link_exists(&veth),
+            "veth {veth} remains after StopPodSandbox"
+        );
+        ensure!(
+            !allocation.exists(),
+            "{ip} is still allocated after StopPodSandbox"
+        );
+        ensure!(
+            !cache.exists(),
+            "the CNI cache entry remains after StopPodSandbox"
+        );
+        let stopped = h.sandbox_status(&pod.id).await?;
+        ensure!(
+            stopped.network.as_ref().is_none_or(|n| n.ip.is_empty()),
+            "{stopped:?}"
+        );
+        println!(
+            "CNI mode: RunPodSandbox {run_time:?} (ADD included), StopPodSandbox {stop_time:?}"
+        );
+        // Stopping again is fine.
+        h.client
+            .stop_pod_sandbox(api::StopPodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// StopPodSandbox of a CNI pod whose pause container died: DEL with no namespace still releases
+/// the IP; RemovePodSandbox drops the cache.
+#[tokio::test]
+async fn cni_teardown_after_the_pause_container_died() {
+    let cni = DockerCni::from_env();
+    with_cni_harness(cni.clone(), |h| async move {
+        let pod = h.run_pod(&unique("cnidead"), &[]).await?;
+        let ip = h
+            .sandbox_status(&pod.id)
+            .await?
+            .network
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        ensure!(in_subnet(&ip, &cni.subnet), "{ip:?}");
+        let (cache, _) = cni_state(&cni, &pod.id)?;
+        let endpoint = docker_endpoint();
+        let killed = std::process::Command::new("/usr/bin/docker")
+            .args(["-H", &endpoint, "kill", &pod.id])
+            .output()?;
+        ensure!(killed.status.success(), "docker kill: {killed:?}");
+        let allocation = cni
+            .cache_dir
+            .parent()
+            .context("cache dir")?
+            .join("ipam")
+            .join(&cni.network)
+            .join(&ip);
+        ensure!(
+            allocation.exists(),
+            "no IPAM allocation {}",
+            allocation.display()
+        );
+        h.client
+            .stop_pod_sandbox(api::StopPodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await?;
+        ensure!(!allocation.exists(), "{ip} is still allocated");
+        ensure!(!cache.exists(), "the CNI cache entry remains");
+        h.client
+            .remove_pod_sandbox(api::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// CNI mode without a network config: RunPodSandbox fails as kubelet's did, creating nothing.
+#[tokio::test]
+async fn cni_without_a_config_refuses_sandboxes() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let cni = DockerCni {
+        conf_dir: empty.path().join("net.d"),
+        cache_dir: empty.path().join("cache"),
+        ..DockerCni::from_env()
+    };
+    with_cni_harness(cni, |h| async move {
+        let (config, uid, logs) = h.pod_config(&unique("nocni"), &[]);
+        let err = h
+            .run_pod_with(config, uid.clone(), logs)
+            .await
+            .err()
+            .context("RunPodSandbox succeeded without a CNI config")?;
+        ensure!(
+            format!("{err:#}").contains("network plugin is not ready: cni config uninitialized"),
+            "{err:#}"
+        );
+        let listed = h
+            .client
+            .list_pod_sandbox(api::ListPodSandboxRequest {
+                filter: Some(api::PodSandboxFilter {
+                    label_selector: HashMap::from([("io.kubernetes.pod.uid".into(), uid)]),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .items;
+        ensure!(listed.is_empty(), "{listed:?}");
+        Ok(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn stats_of_containers_and_sandboxes() {
     with_harness(|h| async move {
@@ -1632,6 +1922,189 @@ async fn latencies() {
             println!(
                 "{op:28} median {median:>10.1?}  min {:>10.1?}  max {max:>10.1?}",
                 times[0]
+            );
+        }
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn streaming_exec_attach_and_port_forward() {
+    with_harness(|h| async move {
+        let pod = h.run_pod(&unique("stream"), &[]).await?;
+        let web_command = mk_e2e::cri_checks::web_server_command(8080);
+        let web_command: Vec<&str> = web_command.iter().map(String::as_str).collect();
+        let web = h.start_container(&pod, "web", &web_command, &[]).await?;
+        let mut shell = h.container_config("shell", &["sh"], &[]);
+        shell.stdin = true;
+        shell.stdin_once = true;
+        let shell = h.create(&pod, shell).await?;
+        h.start(&shell).await?;
+        mk_e2e::cri_checks::check_streaming(&h.client, &pod.id, &web, 8080, &shell).await
+    })
+    .await;
+}
+
+/// Privileged containers and `ALL` capabilities start even where root lacks a capability (this
+/// project's machines lack CAP_SYS_RESOURCE; Docker's own privileged mode cannot start there).
+#[tokio::test]
+async fn privileged_and_all_capabilities_start() {
+    with_harness(|h| async move {
+        let (mut config, uid, logs) = h.pod_config(&unique("privileged"), &[]);
+        config
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .privileged = true;
+        let pod = h.run_pod_with(config, uid, logs).await?;
+
+        let mut privileged = h.container_config("privileged", &["sleep", "3600"], &[]);
+        let security = privileged
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default);
+        security.privileged = true;
+        let privileged = h.create(&pod, privileged).await?;
+        h.start(&privileged).await?;
+        // Network management (NET_ADMIN), no masked /proc paths, and the host's devices.
+        let brctl = h
+            .exec(&privileged, &["brctl", "addbr", "mkpriv0"], 10)
+            .await?;
+        ensure!(
+            brctl.exit_code == 0,
+            "brctl in a privileged container: {brctl:?}"
+        );
+        let kcore = h
+            .exec(
+                &privileged,
+                &["sh", "-c", "test -c /dev/kmsg && echo kmsg"],
+                10,
+            )
+            .await?;
+        ensure!(
+            kcore.stdout == b"kmsg\n",
+            "host devices in a privileged container: {kcore:?}"
+        );
+
+        let mut plain = h.container_config("plain", &["sleep", "3600"], &[]);
+        plain
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .capabilities = Some(api::Capability {
+            add_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        });
+        let all = h.create(&pod, plain).await?;
+        h.start(&all).await?;
+        let status = h
+            .exec(&all, &["grep", "CapBnd", "/proc/self/status"], 10)
+            .await?;
+        let status = String::from_utf8_lossy(&status.stdout).into_owned();
+        ensure!(
+            !status.contains("0000000000000000"),
+            "ALL capabilities: {status}"
+        );
+
+        let unprivileged = h
+            .start_container(&pod, "unprivileged", &["sleep", "3600"], &[])
+            .await?;
+        let denied = h
+            .exec(&unprivileged, &["brctl", "addbr", "mkpriv1"], 10)
+            .await?;
+        ensure!(
+            denied.exit_code != 0,
+            "brctl without privileges: {denied:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// What a full node (kubelet's default maxPods, 110) costs in stats calls: ListContainerStats and
+/// ListPodSandboxStats, cold (Docker asked for every container) and from the cache.
+/// Run: `cargo test -p mk-e2e --test cri_docker stats_of_a_full_node -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check: run it explicitly"]
+async fn stats_of_a_full_node() {
+    with_harness(|h| async move {
+        const PODS: usize = 110;
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        let gate = Arc::new(tokio::sync::Semaphore::new(8));
+        for i in 0..PODS {
+            let h = h.clone();
+            let gate = gate.clone();
+            handles.push(tokio::spawn(async move {
+                let _permit = gate.acquire().await?;
+                let pod = h.run_pod(&unique(&format!("full{i}")), &[]).await?;
+                h.start_container(&pod, "app", &["sleep", "3600"], &[])
+                    .await?;
+                anyhow::Ok(())
+            }));
+        }
+        for handle in handles {
+            handle.await??;
+        }
+        println!(
+            "{PODS} pods with one container each started in {:.1?}",
+            started.elapsed()
+        );
+        let shim = h.shim().await?;
+        let ttl = shim.config().stats_cache_ttl;
+        let report = |what: &str, elapsed: Duration, n: usize| {
+            println!("{what:40} {elapsed:>10.1?}  ({n} entries)");
+        };
+        for round in 0..3 {
+            // Past the cache's lifetime: every container is asked again.
+            tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+            let t = Instant::now();
+            let cold = RuntimeService::list_container_stats(
+                &shim,
+                Request::new(api::ListContainerStatsRequest { filter: None }),
+            )
+            .await?
+            .into_inner();
+            report(
+                &format!("ListContainerStats cold #{round}"),
+                t.elapsed(),
+                cold.stats.len(),
+            );
+            ensure!(cold.stats.len() >= PODS, "{} stats", cold.stats.len());
+            let t = Instant::now();
+            let warm = RuntimeService::list_container_stats(
+                &shim,
+                Request::new(api::ListContainerStatsRequest { filter: None }),
+            )
+            .await?
+            .into_inner();
+            report(
+                &format!("ListContainerStats cached #{round}"),
+                t.elapsed(),
+                warm.stats.len(),
+            );
+            let t = Instant::now();
+            let pods = RuntimeService::list_pod_sandbox_stats(
+                &shim,
+                Request::new(api::ListPodSandboxStatsRequest { filter: None }),
+            )
+            .await?
+            .into_inner();
+            report(
+                &format!("ListPodSandboxStats #{round}"),
+                t.elapsed(),
+                pods.stats.len(),
+            );
+            let t = Instant::now();
+            let listed = h.list_containers(api::ContainerFilter::default()).await?;
+            report(
+                &format!("ListContainers #{round}"),
+                t.elapsed(),
+                listed.len(),
             );
         }
         Ok(())

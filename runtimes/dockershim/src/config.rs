@@ -1,6 +1,7 @@
 //! The shim's settings.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use crate::DockerShimError;
@@ -10,6 +11,61 @@ use crate::DockerShimError;
 pub const DEFAULT_POD_INFRA_IMAGE: &str = "mini-kubelet.local/pause:3.10";
 /// Debian's (and everyone's) dockerd socket.
 pub const DEFAULT_DOCKER_ENDPOINT: &str = "unix:///var/run/docker.sock";
+
+/// Where kubelet and cri-dockerd look for CNI network configs.
+pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+/// Where CNI plugins are looked for, in order: the upstream location, then Debian's
+/// (containernetworking-plugins).
+pub const DEFAULT_CNI_BIN_DIRS: &[&str] = &["/opt/cni/bin", "/usr/lib/cni"];
+/// cri-dockerd's CNI cache directory (results are kept under `results/` in it, as libcni does).
+pub const DEFAULT_CNI_CACHE_DIR: &str = "/var/lib/cni/cache";
+
+/// How pods get their network (cri-dockerd's `--network-plugin`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NetworkPlugin {
+    /// Docker's own bridge network (`docker0` or dockerd's `--bridge`); host ports are Docker
+    /// port bindings. cri-dockerd's default (an empty `--network-plugin`).
+    #[default]
+    Bridge,
+    /// The pause container gets Docker's `none` network and the default CNI network of
+    /// [`DockerShimConfig::cni_conf_dir`] is attached to its namespace; host ports go to the
+    /// `portmap` capability.
+    Cni,
+}
+
+impl NetworkPlugin {
+    /// The flag value: `bridge` or `cni`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bridge => "bridge",
+            Self::Cni => "cni",
+        }
+    }
+}
+
+impl std::fmt::Display for NetworkPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `--network-plugin` value that is neither `cni` nor `bridge`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown network plugin {0:?} (expected \"cni\" or \"bridge\")")]
+pub struct UnknownNetworkPlugin(pub String);
+
+impl FromStr for NetworkPlugin {
+    type Err = UnknownNetworkPlugin;
+
+    /// `cni`, or `bridge` (also the empty string, as cri-dockerd's default).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "cni" => Ok(Self::Cni),
+            "bridge" | "" => Ok(Self::Bridge),
+            other => Err(UnknownNetworkPlugin(other.to_string())),
+        }
+    }
+}
 
 /// How the shim reaches dockerd and shapes what it creates there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +93,22 @@ pub struct DockerShimConfig {
     /// share one dockerd without seeing each other's pods. Empty (the default): the shim manages
     /// every CRI container of the dockerd.
     pub instance: String,
+    /// How new pods get their network: Docker's bridge (the default) or CNI. Sandboxes
+    /// remember theirs, so a shim restarted with another choice still reports and tears down
+    /// the older ones correctly. [`DockerShimConfig::detect_network_plugin`] picks one the way
+    /// the agent's default `--network-plugin` does.
+    pub network_plugin: NetworkPlugin,
+    /// Where the CNI network config is looked for (the first valid `*.conflist`, `*.conf` or
+    /// `*.json` by name).
+    pub cni_conf_dir: PathBuf,
+    /// Where CNI plugin binaries are looked for, in order.
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// Where CNI ADD results are cached (under `results/`): DEL gets them as `prevResult`, and
+    /// PodSandboxStatus reads the pod IPs from them.
+    pub cni_cache_dir: PathBuf,
+    /// The streaming server behind Exec / Attach / PortForward (cri-dockerd's
+    /// `--streaming-bind-addr`; default: loopback, a free port, the kubelet's timeouts).
+    pub streaming: mk_streaming::StreamingConfig,
 }
 
 impl Default for DockerShimConfig {
@@ -49,6 +121,11 @@ impl Default for DockerShimConfig {
             allow_negative_oom_score_adj: false,
             docker_log_max_size: "10m".to_string(),
             instance: String::new(),
+            network_plugin: NetworkPlugin::default(),
+            cni_conf_dir: PathBuf::from(DEFAULT_CNI_CONF_DIR),
+            cni_bin_dirs: DEFAULT_CNI_BIN_DIRS.iter().map(PathBuf::from).collect(),
+            cni_cache_dir: PathBuf::from(DEFAULT_CNI_CACHE_DIR),
+            streaming: mk_streaming::StreamingConfig::default(),
         }
     }
 }
@@ -105,5 +182,22 @@ mod tests {
         ] {
             assert!(socket_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn network_plugin_names() {
+        for (name, want) in [
+            ("cni", Some(NetworkPlugin::Cni)),
+            ("bridge", Some(NetworkPlugin::Bridge)),
+            ("", Some(NetworkPlugin::Bridge)),
+            ("kubenet", None),
+        ] {
+            assert_eq!(name.parse::<NetworkPlugin>().ok(), want, "{name}");
+        }
+        assert_eq!(NetworkPlugin::Cni.to_string(), "cni");
+        assert_eq!(
+            DockerShimConfig::default().network_plugin,
+            NetworkPlugin::Bridge
+        );
     }
 }

@@ -9,6 +9,7 @@ use bollard::models::{
 };
 use k8s_cri::v1 as api;
 
+use crate::capabilities::{self, HostCapabilities};
 use crate::error::{OpError, is_not_found};
 use crate::labels::{ContainerLabels, TYPE_CONTAINER};
 use crate::sandbox::{is_node, is_running};
@@ -181,6 +182,9 @@ impl DockerShim {
                     .and_then(|h| h.cgroup_parent.clone())
             })
             .filter(|p| !p.is_empty());
+        if let Some(reason) = config.mounts.iter().find_map(convert::unsupported_mount) {
+            return Err(OpError::InvalidArgument(reason));
+        }
         let mut binds: Vec<String> = config.mounts.iter().map(convert::docker_bind).collect();
         // Containers joining the sandbox's network share its resolv.conf (the pod's DNS config);
         // with the host's network they do not join it, so it is mounted for them.
@@ -227,36 +231,57 @@ impl DockerShim {
         }
         let caps = security.capabilities.clone().unwrap_or_default();
         let privileged = security.privileged;
+        let privileges = capabilities::privileges(
+            privileged,
+            &caps.add_capabilities,
+            &caps.drop_capabilities,
+            HostCapabilities::current(),
+            capabilities::newest_known_capability(&self.api_version()),
+        );
+        let mut devices: Vec<DeviceMapping> = config
+            .devices
+            .iter()
+            .map(|d| DeviceMapping {
+                path_on_host: Some(d.host_path.clone()),
+                path_in_container: Some(d.container_path.clone()),
+                cgroup_permissions: Some(if d.permissions.is_empty() {
+                    "rwm".to_string()
+                } else {
+                    d.permissions.clone()
+                }),
+            })
+            .collect();
+        if privileges.emulated {
+            devices.extend(capabilities::host_devices());
+        }
+        // Privileged: no masked or read-only paths (Docker's privileged mode drops them itself).
+        let masked_paths = if privileged {
+            privileges.emulated.then(Vec::new)
+        } else {
+            (!security.masked_paths.is_empty()).then(|| security.masked_paths.clone())
+        };
+        let readonly_paths = if privileged {
+            privileges.emulated.then(Vec::new)
+        } else {
+            (!security.readonly_paths.is_empty()).then(|| security.readonly_paths.clone())
+        };
         let host_config = HostConfig {
             network_mode: Some(network_mode),
             ipc_mode: Some(ipc_mode),
             pid_mode,
             cgroup_parent,
             binds: (!binds.is_empty()).then_some(binds),
-            devices: (!config.devices.is_empty()).then(|| {
-                config
-                    .devices
-                    .iter()
-                    .map(|d| DeviceMapping {
-                        path_on_host: Some(d.host_path.clone()),
-                        path_in_container: Some(d.container_path.clone()),
-                        cgroup_permissions: Some(if d.permissions.is_empty() {
-                            "rwm".to_string()
-                        } else {
-                            d.permissions.clone()
-                        }),
-                    })
-                    .collect()
-            }),
-            privileged: Some(privileged),
-            cap_add: convert::capabilities(&caps.add_capabilities),
-            cap_drop: convert::capabilities(&caps.drop_capabilities),
+            devices: (!devices.is_empty()).then_some(devices),
+            device_cgroup_rules: privileges
+                .emulated
+                .then(|| vec![capabilities::ALL_DEVICES_RULE.to_string()]),
+            privileged: Some(privileges.docker_privileged),
+            cap_add: privileges.cap_add,
+            cap_drop: privileges.cap_drop,
             readonly_rootfs: Some(security.readonly_rootfs),
             security_opt: (!security_opt.is_empty()).then_some(security_opt),
-            masked_paths: (!privileged && !security.masked_paths.is_empty())
-                .then(|| security.masked_paths.clone()),
-            readonly_paths: (!privileged && !security.readonly_paths.is_empty())
-                .then(|| security.readonly_paths.clone()),
+            masked_paths,
+            readonly_paths,
             group_add: (!security.supplemental_groups.is_empty()).then(|| {
                 security
                     .supplemental_groups

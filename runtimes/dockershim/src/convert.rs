@@ -221,6 +221,25 @@ pub(crate) fn docker_user(
     })
 }
 
+/// Why a CRI mount cannot be served through Docker binds, if it cannot: image volumes and
+/// recursive read-only mounts (the Status call reports the handler without that feature, so
+/// kubelet refuses such pods before they get here).
+pub(crate) fn unsupported_mount(mount: &api::Mount) -> Option<String> {
+    if mount.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+        return Some(format!(
+            "mount {}: image volumes are not supported by the docker runtime",
+            mount.container_path
+        ));
+    }
+    if mount.recursive_read_only {
+        return Some(format!(
+            "mount {}: recursive read-only mounts are not supported by the docker runtime",
+            mount.container_path
+        ));
+    }
+    None
+}
+
 /// A CRI mount as a Docker bind (`host:container[:ro][,propagation]`).
 pub(crate) fn docker_bind(mount: &api::Mount) -> String {
     let mut options = Vec::new();
@@ -298,11 +317,6 @@ pub(crate) fn port_bindings(
             .push(binding);
     }
     out
-}
-
-/// Capabilities as Docker wants them (it accepts `NET_ADMIN`, `CAP_NET_ADMIN` and `ALL`).
-pub(crate) fn capabilities(caps: &[String]) -> Option<Vec<String>> {
-    (!caps.is_empty()).then(|| caps.iter().map(|c| c.to_uppercase()).collect())
 }
 
 /// The `seccomp=` security option of a CRI profile (None: Docker's default profile).
@@ -571,6 +585,30 @@ mod tests {
             Some("app:3")
         );
         assert_eq!(docker_user(None, "", Some(&v(3))), None);
+    }
+
+    #[test]
+    fn image_volumes_and_recursive_read_only_mounts_are_refused() {
+        let plain = api::Mount {
+            container_path: "/data".into(),
+            host_path: "/srv".into(),
+            readonly: true,
+            ..Default::default()
+        };
+        assert_eq!(unsupported_mount(&plain), None);
+        let rro = api::Mount {
+            recursive_read_only: true,
+            ..plain.clone()
+        };
+        assert!(unsupported_mount(&rro).is_some_and(|m| m.contains("recursive read-only")));
+        let image = api::Mount {
+            image: Some(api::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            ..plain
+        };
+        assert!(unsupported_mount(&image).is_some_and(|m| m.contains("image volumes")));
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub enum DockerShimError {
     /// Binding, serving or stopping the CRI server failed.
     #[error(transparent)]
     Server(#[from] mk_cri::server::ServeError),
+    /// The streaming server (Exec / Attach / PortForward) could not start.
+    #[error(transparent)]
+    Streaming(#[from] mk_streaming::StreamingError),
     /// [`crate::DockerShim::serve_unix`] was called outside a tokio runtime.
     #[error("the CRI server must be started from within a tokio runtime")]
     NoRuntime,
@@ -60,6 +63,13 @@ pub(crate) enum OpError {
         #[source]
         source: std::io::Error,
     },
+    /// A CNI plugin chain failed (ADD / DEL of a pod's network).
+    #[error("{context}: {source}")]
+    Cni {
+        context: String,
+        #[source]
+        source: mk_cni::CniError,
+    },
 }
 
 impl OpError {
@@ -84,7 +94,7 @@ impl OpError {
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Self::Io { .. } => Code::Internal,
+            Self::Io { .. } | Self::Cni { .. } => Code::Internal,
             Self::Docker { source, .. } => match docker_status_code(source) {
                 Some(400) => Code::InvalidArgument,
                 Some(404) => Code::NotFound,

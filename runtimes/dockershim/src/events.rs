@@ -13,9 +13,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::DockerShim;
+use crate::container;
 use crate::error::OpError;
 use crate::labels::{self, TYPE_CONTAINER, TYPE_SANDBOX};
-use crate::{container, sandbox};
 
 /// Events buffered per subscriber before the stream waits for the subscriber.
 const EVENT_BUFFER: usize = 1024;
@@ -104,7 +104,7 @@ impl DockerShim {
             _ => return Ok(None),
         };
         let sandbox_status = match self.inspect_sandbox(&sandbox_id).await {
-            Ok(Some((inspect, labels))) => Some(sandbox::sandbox_status(&inspect, labels)),
+            Ok(Some((inspect, labels))) => Some(self.sandbox_status_of(&inspect, labels).await),
             Ok(None) | Err(OpError::InvalidArgument(_)) => None,
             Err(e) => return Err(e),
         };

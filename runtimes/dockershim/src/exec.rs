@@ -101,7 +101,17 @@ impl DockerShim {
                 }
             }
         }
-        // The output ends when the process does; dockerd records the exit code a moment later.
+        let exit_code = self.exec_exit_code(exec_id).await?;
+        Ok(api::ExecSyncResponse {
+            stdout,
+            stderr,
+            exit_code,
+        })
+    }
+
+    /// The exit code of an exec whose output ended: the output ends when the process does, and
+    /// dockerd records the exit code a moment later.
+    pub(crate) async fn exec_exit_code(&self, exec_id: &str) -> Result<i32, OpError> {
         let mut delay = Duration::from_millis(2);
         loop {
             let state = self
@@ -110,15 +120,10 @@ impl DockerShim {
                 .await
                 .map_err(|e| OpError::docker(format!("inspecting exec {exec_id}"), e))?;
             if !state.running.unwrap_or(false) {
-                let exit_code = state
+                return Ok(state
                     .exit_code
                     .and_then(|c| i32::try_from(c).ok())
-                    .unwrap_or(-1);
-                return Ok(api::ExecSyncResponse {
-                    stdout,
-                    stderr,
-                    exit_code,
-                });
+                    .unwrap_or(-1));
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));

@@ -17,13 +17,17 @@
 //!
 //! * **Sandbox** = a pause container ([`DockerShimConfig::pod_infra_image`]) named
 //!   `k8s_POD_<pod>_<namespace>_<uid>_<attempt>`. It owns the pod's network namespace (Docker's
-//!   bridge network, or the host's for hostNetwork), IPC namespace (`shareable`) and, with
+//!   bridge network, a CNI network, or the host's for hostNetwork), IPC namespace (`shareable`) and, with
 //!   `shareProcessNamespace`, PID namespace; it carries the hostname, the host port bindings,
 //!   the sysctls and the cgroup parent. With a CRI DNS config its `resolv.conf` (the file Docker
 //!   keeps for it and mounts into every container joining its network; containers of host-network
 //!   pods get it bind-mounted) is rewritten from the config; without one it is Docker's copy of
-//!   the host's. The sandbox's IP is the pause container's address on Docker's bridge network.
-//!   *No CNI*: that mode is a follow-up.
+//!   the host's. Networking ([`DockerShimConfig::network_plugin`], cri-dockerd's
+//!   `--network-plugin`): on Docker's bridge the sandbox's IP is the pause container's address
+//!   there and host ports are Docker port bindings; with CNI the pause container gets Docker's
+//!   `none` network, the conf dir's network is ADDed to its namespace (host ports through the
+//!   `portmap` capability, bandwidth annotations through `bandwidth`), the pod IPs come from the
+//!   cached ADD result, and StopPodSandbox DELs it — see `sandbox/network.rs`.
 //! * **Containers** are named `k8s_<container>_<pod>_<namespace>_<uid>_<attempt>` and join the
 //!   sandbox's namespaces (`container:<sandbox id>` network / IPC / PID modes, or `host`), inherit
 //!   its cgroup parent, and get command → entrypoint, args → cmd, env, working dir, mounts (Docker
@@ -53,10 +57,17 @@
 //!   UpdateRuntimeConfig is accepted and ignored (Docker's bridge has its own subnet).
 //! * **IDs** are Docker's 64-hex IDs; a unique prefix is accepted, names are not.
 //! * **Several shims on one dockerd** stay apart with [`DockerShimConfig::instance`].
-//! * **Not implemented** (`Unimplemented`): the streaming calls Exec, Attach and PortForward,
-//!   CheckpointContainer, ListMetricDescriptors, ListPodSandboxMetrics. Not done either: CNI
-//!   networking (pods use Docker's bridge), AppArmor / SELinux options, user namespaces, image
-//!   volumes (`Mount.image`), the writable layer's usage in stats, hugepage limits, ImageFsInfo's
+//! * **Exec / Attach / PortForward** return URLs of the shim's streaming server
+//!   ([`mk_streaming`]: SPDY/3.1, `channel.k8s.io` v1–v4 and `portforward.k8s.io`, single-use
+//!   tokens valid one minute, loopback and a free port unless [`DockerShimConfig::streaming`] says
+//!   otherwise). Exec is a Docker exec with the client's pipes (TTY resizes included), attach a
+//!   Docker attach, and port-forward connects to localhost inside the sandbox's network namespace
+//!   from a short-lived thread that entered it (no `nsenter`/`socat` needed).
+//! * **Not implemented** (`Unimplemented`): CheckpointContainer, ListMetricDescriptors,
+//!   ListPodSandboxMetrics. Refused with InvalidArgument: image volumes (`Mount.image`) and
+//!   recursive read-only mounts (Status reports the default handler without them, so kubelet
+//!   refuses such pods first). Not done either: AppArmor / SELinux options, user namespaces,
+//!   WebSocket streaming, the writable layer's usage in stats, hugepage limits, ImageFsInfo's
 //!   inode count.
 //!
 //! # Host limits seen on the project's machines
@@ -66,6 +77,7 @@
 //! containers cannot start (Docker grants them every capability it knows, runc cannot apply
 //! CAP_SYS_RESOURCE).
 
+mod capabilities;
 mod config;
 mod container;
 mod convert;
@@ -79,12 +91,16 @@ mod sandbox;
 mod server;
 mod service;
 mod stats;
+mod streaming;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bollard::{API_DEFAULT_VERSION, Docker};
 
-pub use config::{DEFAULT_DOCKER_ENDPOINT, DEFAULT_POD_INFRA_IMAGE, DockerShimConfig, socket_path};
+pub use config::{
+    DEFAULT_CNI_BIN_DIRS, DEFAULT_CNI_CACHE_DIR, DEFAULT_CNI_CONF_DIR, DEFAULT_DOCKER_ENDPOINT,
+    DEFAULT_POD_INFRA_IMAGE, DockerShimConfig, NetworkPlugin, UnknownNetworkPlugin, socket_path,
+};
 pub use error::DockerShimError;
 pub use image::normalize_reference;
 pub use server::{ServerHandle, serve};
@@ -110,6 +126,8 @@ struct Inner {
     config: DockerShimConfig,
     logs: logs::LogFollowers,
     stats: stats::StatsCache,
+    /// The server behind Exec / Attach / PortForward, started by [`DockerShim::connect`].
+    streaming: OnceLock<mk_streaming::StreamingServer>,
 }
 
 impl std::fmt::Debug for DockerShim {
@@ -148,14 +166,15 @@ impl DockerShim {
             api_version = %docker.client_version(),
             "connected to dockerd"
         );
-        Ok(Self {
-            inner: Arc::new(Inner {
-                docker,
-                stats: stats::StatsCache::default(),
-                logs: logs::LogFollowers::default(),
-                config,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            docker,
+            stats: stats::StatsCache::default(),
+            logs: logs::LogFollowers::default(),
+            config,
+            streaming: OnceLock::new(),
+        });
+        streaming::start(&inner).await?;
+        Ok(Self { inner })
     }
 
     /// The settings this shim runs with.
@@ -166,6 +185,11 @@ impl DockerShim {
     /// The Docker API version in use after negotiation (`1.41` for Debian's 20.10 engine).
     pub fn api_version(&self) -> String {
         self.inner.docker.client_version().to_string()
+    }
+
+    /// Where the streaming server (Exec / Attach / PortForward URLs) listens.
+    pub fn streaming_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.streaming.get().map(|s| s.local_addr())
     }
 
     /// How many containers' output is being copied into CRI log files right now.

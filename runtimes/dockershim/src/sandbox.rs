@@ -1,4 +1,6 @@
-//! Pod sandboxes: pause containers.
+//! Pod sandboxes: pause containers (their networking: [`network`]).
+
+pub(crate) mod network;
 
 use std::collections::HashMap;
 
@@ -274,6 +276,12 @@ impl DockerShim {
         let host_ipc = is_node(mode(Some(&namespaces), |n| n.ipc));
         let host_pid = is_node(mode(Some(&namespaces), |n| n.pid));
 
+        // With CNI, fail before creating anything when there is no usable network config.
+        let cni_network = if host_network {
+            None
+        } else {
+            self.network_for_new_sandbox().await?
+        };
         self.ensure_pause_image().await?;
 
         let sandbox_labels = SandboxLabels {
@@ -289,7 +297,11 @@ impl DockerShim {
             .encode()
             .map_err(|e| OpError::InvalidArgument(e.to_string()))?;
         self.label_instance(&mut docker_labels);
-        let bindings = if host_network {
+        if let Some(cni) = &cni_network {
+            docker_labels.insert(network::CNI_NETWORK_LABEL.into(), cni.name.clone());
+        }
+        // Host ports: Docker port bindings on Docker's bridge, the portmap capability with CNI.
+        let bindings = if host_network || cni_network.is_some() {
             HashMap::new()
         } else {
             convert::port_bindings(&config.port_mappings)
@@ -308,13 +320,24 @@ impl DockerShim {
             security_opt.push(seccomp);
         }
         let host_config = HostConfig {
-            network_mode: Some(if host_network { "host" } else { "bridge" }.into()),
+            network_mode: Some(
+                match (host_network, &cni_network) {
+                    (true, _) => "host",
+                    (false, Some(_)) => "none", // CNI attaches the namespace once it exists
+                    (false, None) => "bridge",
+                }
+                .into(),
+            ),
             ipc_mode: Some(if host_ipc { "host" } else { "shareable" }.into()),
             pid_mode: host_pid.then(|| "host".into()),
             port_bindings: (!bindings.is_empty()).then(|| bindings.clone()),
             cgroup_parent: (!linux.cgroup_parent.is_empty()).then(|| linux.cgroup_parent.clone()),
             sysctls: (!linux.sysctls.is_empty()).then(|| linux.sysctls.clone()),
-            privileged: Some(security.privileged),
+            // The pause container needs no privileges; where Docker's privileged mode cannot
+            // start (see `capabilities`), it runs without it and the containers are emulated.
+            privileged: Some(
+                security.privileged && crate::capabilities::HostCapabilities::current().complete(),
+            ),
             readonly_rootfs: Some(security.readonly_rootfs),
             security_opt: (!security_opt.is_empty()).then_some(security_opt),
             group_add: (!security.supplemental_groups.is_empty()).then(|| {
@@ -349,7 +372,13 @@ impl DockerShim {
         };
         let name = convert::sandbox_name(&metadata);
         let id = self.create_named(&name, body).await?;
-        if let Err(e) = self.start_sandbox(&id, config.dns_config.as_ref()).await {
+        let mut started = self.start_sandbox(&id, config.dns_config.as_ref()).await;
+        if started.is_ok()
+            && let Some(cni) = &cni_network
+        {
+            started = self.setup_pod_network(&id, cni, &config).await.map(|_| ());
+        }
+        if let Err(e) = started {
             if let Err(cleanup) = self.remove_docker_container(&id).await {
                 tracing::warn!(sandbox = %id, error = %cleanup, "removing a sandbox that failed to start");
             }
@@ -386,7 +415,10 @@ impl DockerShim {
             .map_err(|e| OpError::io(format!("writing {path}"), e))
     }
 
-    /// Kills the sandbox's containers, then stops its pause container. Unknown IDs are fine.
+    /// Kills the sandbox's containers, DELs its CNI network (if it has one), then stops its
+    /// pause container; a failed DEL is reported after the pause container is stopped anyway
+    /// (as dockershim did: kubelet retries, and DEL tolerates the namespace being gone).
+    /// Unknown IDs are fine.
     pub(crate) async fn stop_pod_sandbox(&self, id: &str) -> Result<(), OpError> {
         let Some((inspect, _)) = self.inspect_sandbox(id).await? else {
             return Ok(());
@@ -406,6 +438,7 @@ impl DockerShim {
                 }
             });
         futures::future::try_join_all(stops).await?;
+        let network = self.teardown_pod_network(&inspect).await;
         if is_running(&inspect) {
             match self
                 .stop_docker_container(id, i64::from(PAUSE_STOP_TIMEOUT))
@@ -416,15 +449,17 @@ impl DockerShim {
                 Err(e) => return Err(OpError::docker(format!("stopping sandbox {id}"), e)),
             }
         }
-        Ok(())
+        network
     }
 
-    /// Removes the sandbox's containers and its pause container. Unknown IDs are fine.
+    /// Removes the sandbox's containers and its pause container, releasing (and forgetting) a
+    /// CNI network still attached. Unknown IDs are fine.
     pub(crate) async fn remove_pod_sandbox(&self, id: &str) -> Result<(), OpError> {
         let Some((inspect, _)) = self.inspect_sandbox(id).await? else {
             return Ok(());
         };
         let id = inspect.id.as_deref().unwrap_or(id);
+        self.release_pod_network(&inspect).await;
         let containers = self
             .list_docker(TYPE_CONTAINER, &HashMap::new(), id, false)
             .await?;
@@ -448,7 +483,7 @@ impl DockerShim {
             .await?
             .ok_or_else(|| OpError::NotFound(format!("pod sandbox {id} not found")))?;
         Ok(api::PodSandboxStatusResponse {
-            status: Some(sandbox_status(&inspect, labels)),
+            status: Some(self.sandbox_status_of(&inspect, labels).await),
             info: HashMap::new(),
             containers_statuses: Vec::new(),
             timestamp: convert::now_ns(),
@@ -471,14 +506,39 @@ impl DockerShim {
     }
 }
 
-/// The CRI status of an inspected pause container.
+impl DockerShim {
+    /// The CRI status of an inspected pause container, with its CNI pod IPs when it has a CNI
+    /// network.
+    pub(crate) async fn sandbox_status_of(
+        &self,
+        inspect: &ContainerInspectResponse,
+        labels: SandboxLabels,
+    ) -> api::PodSandboxStatus {
+        let cni_ips = if is_running(inspect) && !is_node(labels.namespaces.network) {
+            self.cni_pod_ips(inspect).await
+        } else {
+            None
+        };
+        sandbox_status(inspect, labels, cni_ips)
+    }
+}
+
+/// The CRI status of an inspected pause container. `cni_ips`: the pod IPs of a CNI sandbox
+/// (None: its addresses on Docker's network).
 pub(crate) fn sandbox_status(
     inspect: &ContainerInspectResponse,
     labels: SandboxLabels,
+    cni_ips: Option<Vec<String>>,
 ) -> api::PodSandboxStatus {
     let running = is_running(inspect);
     let (ip, additional) = if running && !is_node(labels.namespaces.network) {
-        sandbox_ips(inspect)
+        match cni_ips {
+            Some(ips) => {
+                let mut ips = ips.into_iter();
+                (ips.next().unwrap_or_default(), ips.collect())
+            }
+            None => sandbox_ips(inspect),
+        }
     } else {
         (String::new(), Vec::new())
     };
@@ -553,11 +613,25 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(sandbox_ips(&inspect), ("10.154.174.2".to_string(), vec![]));
-        let status = sandbox_status(&inspect, SandboxLabels::default());
+        let status = sandbox_status(&inspect, SandboxLabels::default(), None);
         assert_eq!(status.state, api::PodSandboxState::SandboxReady as i32);
         assert_eq!(
             status.network.map(|n| n.ip).unwrap_or_default(),
             "10.154.174.2"
+        );
+        // A CNI sandbox: the IPs of the CNI result.
+        let cni = sandbox_status(
+            &inspect,
+            SandboxLabels::default(),
+            Some(vec!["10.22.0.5".into(), "fd00::5".into()]),
+        );
+        let network = cni.network.unwrap_or_default();
+        assert_eq!(network.ip, "10.22.0.5");
+        assert_eq!(
+            network.additional_ips,
+            vec![api::PodIp {
+                ip: "fd00::5".into()
+            }]
         );
         // Host network: no IP of its own.
         let host = SandboxLabels {
@@ -567,7 +641,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let status = sandbox_status(&inspect, host);
+        let status = sandbox_status(&inspect, host, None);
         assert_eq!(status.network.map(|n| n.ip).unwrap_or_default(), "");
     }
 }

@@ -86,11 +86,22 @@ impl DockerShim {
         }
         api::StatusResponse {
             status: Some(api::RuntimeStatus {
-                // Docker's bridge network is ready whenever dockerd is (no CNI in this mode).
-                conditions: vec![condition("RuntimeReady"), condition("NetworkReady")],
+                // Docker's bridge is ready whenever dockerd is; CNI when its config is there.
+                conditions: vec![
+                    condition("RuntimeReady"),
+                    self.network_ready_condition(condition("NetworkReady"))
+                        .await,
+                ],
             }),
             info,
-            runtime_handlers: Vec::new(),
+            // The default handler; Docker 20.10's binds have neither feature.
+            runtime_handlers: vec![api::RuntimeHandler {
+                name: String::new(),
+                features: Some(api::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            }],
             features: None,
         }
     }
@@ -313,19 +324,43 @@ impl RuntimeService for DockerShim {
         answer("exec_sync", &id, started, result)
     }
 
-    async fn exec(&self, _request: Request<api::ExecRequest>) -> Answer<api::ExecResponse> {
-        unimplemented("Exec (streaming)")
+    async fn exec(&self, request: Request<api::ExecRequest>) -> Answer<api::ExecResponse> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let target = request.container_id.clone();
+        answer(
+            "exec",
+            &target,
+            started,
+            DockerShim::exec(self, request).await,
+        )
     }
 
-    async fn attach(&self, _request: Request<api::AttachRequest>) -> Answer<api::AttachResponse> {
-        unimplemented("Attach (streaming)")
+    async fn attach(&self, request: Request<api::AttachRequest>) -> Answer<api::AttachResponse> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let target = request.container_id.clone();
+        answer(
+            "attach",
+            &target,
+            started,
+            DockerShim::attach(self, request).await,
+        )
     }
 
     async fn port_forward(
         &self,
-        _request: Request<api::PortForwardRequest>,
+        request: Request<api::PortForwardRequest>,
     ) -> Answer<api::PortForwardResponse> {
-        unimplemented("PortForward (streaming)")
+        let started = Instant::now();
+        let request = request.into_inner();
+        let target = request.pod_sandbox_id.clone();
+        answer(
+            "port_forward",
+            &target,
+            started,
+            DockerShim::port_forward(self, request).await,
+        )
     }
 
     async fn container_stats(
