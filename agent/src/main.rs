@@ -27,7 +27,7 @@ struct Cli {
     #[arg(long, default_value = "mini-kubelet.local/pause:3.10")]
     pod_infra_container_image: String,
     #[command(flatten)]
-    docker_network: DockerNetworkFlags,
+    docker_adapter: DockerAdapterFlags,
     /// KubeletConfiguration file (kubelet.config.k8s.io/v1beta1).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -75,10 +75,10 @@ struct Cli {
     verbosity: u8,
 }
 
-/// How pods of the Docker adapter get their network (cri-dockerd's flags, kubelet's
-/// `--cni-bin-dir`).
+/// The Docker adapter's pod network (cri-dockerd's flags, kubelet's `--cni-bin-dir`) and its
+/// streaming server (cri-dockerd's `--streaming-bind-addr`, kubelet's idle timeout).
 #[derive(Debug, Clone, clap::Args)]
-struct DockerNetworkFlags {
+struct DockerAdapterFlags {
     /// Docker pods' network: `cni` (the default network of --cni-conf-dir, attached to each pod
     /// by the CNI plugins), `bridge` (Docker's bridge network), or `auto`: CNI when
     /// --cni-conf-dir holds a valid network config at start, Docker's bridge otherwise.
@@ -97,9 +97,16 @@ struct DockerNetworkFlags {
     /// Where CNI results are cached (under results/).
     #[arg(long, default_value = "/var/lib/cni/cache")]
     cni_cache_dir: PathBuf,
+    /// Where the adapter's streaming server (exec, attach, port-forward URLs) listens; port 0
+    /// picks a free one. Keep it on loopback unless the URLs must be reachable from elsewhere.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    streaming_bind_addr: std::net::SocketAddr,
+    /// A streaming connection on which the client sends nothing this long is closed.
+    #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
+    streaming_connection_idle_timeout: std::time::Duration,
 }
 
-impl DockerNetworkFlags {
+impl DockerAdapterFlags {
     /// `config` with these flags applied; `auto` is decided here, once, and logged.
     fn apply(
         &self,
@@ -109,6 +116,11 @@ impl DockerNetworkFlags {
             cni_conf_dir: self.cni_conf_dir.clone(),
             cni_bin_dirs: self.cni_bin_dir.clone(),
             cni_cache_dir: self.cni_cache_dir.clone(),
+            streaming: mk_dockershim::StreamingConfig {
+                addr: self.streaming_bind_addr,
+                stream_idle_timeout: self.streaming_connection_idle_timeout,
+                ..mk_dockershim::StreamingConfig::default()
+            },
             ..config
         };
         let reason = if self.network_plugin == "auto" {
@@ -149,7 +161,7 @@ enum Command {
         #[arg(long, default_value = "mini-kubelet.local/pause:3.10")]
         pod_infra_container_image: String,
         #[command(flatten)]
-        network: DockerNetworkFlags,
+        adapter: DockerAdapterFlags,
     },
 }
 
@@ -280,10 +292,10 @@ async fn main() -> anyhow::Result<()> {
         listen,
         docker_endpoint,
         pod_infra_container_image,
-        network,
+        adapter,
     }) = &cli.command
     {
-        let config = network.apply(mk_dockershim::DockerShimConfig {
+        let config = adapter.apply(mk_dockershim::DockerShimConfig {
             pod_infra_image: pod_infra_container_image.clone(),
             ..mk_dockershim::DockerShimConfig::with_endpoint(docker_endpoint.clone())
         })?;
@@ -298,7 +310,7 @@ async fn main() -> anyhow::Result<()> {
         RuntimeKind::Remote => None,
         RuntimeKind::Docker => {
             let socket = options.root_dir.join("dockershim.sock");
-            let config = cli.docker_network.apply(mk_dockershim::DockerShimConfig {
+            let config = cli.docker_adapter.apply(mk_dockershim::DockerShimConfig {
                 pod_infra_image: cli.pod_infra_container_image.clone(),
                 instance: options.node_name.clone(),
                 ..mk_dockershim::DockerShimConfig::with_endpoint(cli.docker_endpoint.clone())

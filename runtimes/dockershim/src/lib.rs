@@ -103,6 +103,7 @@ pub use config::{
 };
 pub use error::DockerShimError;
 pub use image::normalize_reference;
+pub use mk_streaming::StreamingConfig;
 pub use server::{ServerHandle, serve};
 
 /// The CRI v1 messages and service traits, re-exported.
