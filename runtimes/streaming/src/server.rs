@@ -124,17 +124,18 @@ impl StreamingServer {
 
     /// The URL for an exec session (the CRI Exec answer).
     pub fn get_exec(&self, req: &api::ExecRequest) -> Result<api::ExecResponse, StreamingError> {
-        if req.container_id.is_empty() {
-            return Err(StreamingError::InvalidRequest(
-                "missing required container_id".into(),
-            ));
-        }
         if req.cmd.is_empty() {
             return Err(StreamingError::InvalidRequest(
                 "cmd must not be empty".into(),
             ));
         }
-        validate_pipes(req.stdin, req.stdout, req.stderr, req.tty)?;
+        validate_session(
+            &req.container_id,
+            req.stdin,
+            req.stdout,
+            req.stderr,
+            req.tty,
+        )?;
         let url = self.url("exec", Pending::Exec(req.clone()))?;
         Ok(api::ExecResponse { url })
     }
@@ -144,12 +145,13 @@ impl StreamingServer {
         &self,
         req: &api::AttachRequest,
     ) -> Result<api::AttachResponse, StreamingError> {
-        if req.container_id.is_empty() {
-            return Err(StreamingError::InvalidRequest(
-                "missing required container_id".into(),
-            ));
-        }
-        validate_pipes(req.stdin, req.stdout, req.stderr, req.tty)?;
+        validate_session(
+            &req.container_id,
+            req.stdin,
+            req.stdout,
+            req.stderr,
+            req.tty,
+        )?;
         let url = self.url("attach", Pending::Attach(req.clone()))?;
         Ok(api::AttachResponse { url })
     }
@@ -189,12 +191,18 @@ impl Drop for StreamingServer {
 }
 
 /// The kubelet's checks of exec/attach requests.
-fn validate_pipes(
+fn validate_session(
+    container_id: &str,
     stdin: bool,
     stdout: bool,
     stderr: bool,
     tty: bool,
 ) -> Result<(), StreamingError> {
+    if container_id.is_empty() {
+        return Err(StreamingError::InvalidRequest(
+            "missing required container_id".into(),
+        ));
+    }
     if tty && stderr {
         return Err(StreamingError::InvalidRequest(
             "tty and stderr cannot both be true".into(),
@@ -426,13 +434,17 @@ mod tests {
 
     #[test]
     fn requests_are_validated_like_the_kubelets() {
-        assert!(validate_pipes(false, true, true, false).is_ok());
-        assert!(validate_pipes(true, true, false, true).is_ok());
+        assert!(validate_session("c", false, true, true, false).is_ok());
+        assert!(validate_session("c", true, true, false, true).is_ok());
         assert!(matches!(
-            validate_pipes(false, true, true, true),
+            validate_session("c", false, true, true, true),
             Err(StreamingError::InvalidRequest(m)) if m.contains("tty and stderr")
         ));
-        assert!(validate_pipes(false, false, false, false).is_err());
+        assert!(validate_session("c", false, false, false, false).is_err());
+        assert!(matches!(
+            validate_session("", true, false, false, false),
+            Err(StreamingError::InvalidRequest(m)) if m.contains("container_id")
+        ));
     }
 
     #[test]
