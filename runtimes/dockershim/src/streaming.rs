@@ -244,11 +244,16 @@ where
         mut stdout,
         mut stderr,
         resize: sizes,
-        ..
+        tty,
     } = streams;
     let stdin_task = stdin.map(|mut stdin| {
         tokio::spawn(async move {
             let _ = tokio::io::copy(&mut stdin, &mut input).await;
+            if tty {
+                // On a terminal, end of input is ^D in the stream, and Docker would cut the
+                // output off at a half-close: keep the input open until the session ends.
+                std::future::pending::<()>().await;
+            }
             // Docker closes the process's stdin when the attach/exec input half-closes.
             let _ = input.shutdown().await;
         })
