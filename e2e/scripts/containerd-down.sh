@@ -12,6 +12,9 @@ if (($# != 1)); then
   echo "usage: $0 STATEDIR" >&2
   exit 2
 fi
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib/cni-net.sh
+source "$here/lib/cni-net.sh"
 say() { echo "containerd-down: $*" >&2; }
 if ! [[ -d $1 ]]; then
   say "$1 does not exist: nothing to do"
@@ -114,33 +117,8 @@ unmount_all
 unmount_all # a second pass for mounts that were stacked
 
 # 4. iptables: the rules the bridge (ipMasq) and portmap plugins tagged with our network's name, and the
-#    per-container chains they jump to.
-if command -v iptables-save >/dev/null; then
-  python3 - "$netname" <<'PY'
-import shlex, subprocess, sys
-net = sys.argv[1]
-tag = f'name: "{net}" id: '
-for table in ("nat", "filter"):
-    dump = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True).stdout
-    chains = set()
-    for line in dump.splitlines():
-        if not line.startswith("-A "):
-            continue
-        words = shlex.split(line)
-        comment = words[words.index("--comment") + 1] if "--comment" in words else ""
-        if tag not in comment:
-            continue
-        if "-j" in words and words[words.index("-j") + 1].startswith("CNI-") \
-                and not words[words.index("-j") + 1].startswith("CNI-HOSTPORT-"):
-            chains.add(words[words.index("-j") + 1])
-        subprocess.run(["iptables", "-w", "-t", table, "-D"] + words[1:], capture_output=True)
-    for chain in sorted(chains):
-        subprocess.run(["iptables", "-w", "-t", table, "-F", chain], capture_output=True)
-        subprocess.run(["iptables", "-w", "-t", table, "-X", chain], capture_output=True)
-    if chains:
-        print(f"containerd-down: removed iptables {table} chains {' '.join(sorted(chains))}", file=sys.stderr)
-PY
-fi
+#    per-container chains they jump to (remove_cni_iptables, lib/cni-net.sh).
+remove_cni_iptables "$netname" containerd-down
 
 # 5. The bridge, the subnet claim, and the state directory.
 if ip link show "$bridge" >/dev/null 2>&1; then

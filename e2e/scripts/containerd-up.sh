@@ -18,6 +18,8 @@ if (($# < 1 || $# > 2)); then
 fi
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib/cni-net.sh
+source "$here/lib/cni-net.sh"
 mkdir -p "$1"
 statedir=$(cd "$1" && pwd -P)
 imagedir=${2:-${MK_E2E_IMAGE_DIR:-$repo/target/e2e-images}}
@@ -57,36 +59,7 @@ else
   bridge=mk${hash}
   netname=mk-e2e-$hash
   # A 10.x.y.0/24 that overlaps no route of this host and no other instance's subnet.
-  subnet=$(python3 - "$hash" <<'PY'
-import glob, ipaddress, subprocess, sys
-h = int(sys.argv[1], 16)
-taken = []
-for line in subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"], capture_output=True,
-                           text=True).stdout.splitlines():
-    dst = line.split()[0] if line.split() else ""
-    if dst in ("default", "broadcast", "local", "unreachable", "prohibit", "blackhole"):
-        dst = line.split()[1]
-    try:
-        net = ipaddress.ip_network(dst, strict=False)
-    except ValueError:
-        continue
-    if net.prefixlen > 0:
-        taken.append(net)
-for claim in glob.glob("/run/mini-kubelet-e2e/*.subnet"):  # other instances' subnets
-    try:
-        taken.append(ipaddress.ip_network(open(claim).read().strip()))
-    except (OSError, ValueError):
-        pass
-for i in range(25600):
-    n = (h + i) % 25600
-    cand = ipaddress.ip_network(f"10.{100 + n // 256}.{n % 256}.0/24")
-    if not any(cand.overlaps(t) for t in taken):
-        print(cand)
-        break
-else:
-    sys.exit("no free 10.x.y.0/24 subnet")
-PY
-)
+  subnet=$(free_subnet "$hash" 0)
   mkdir -p "$statedir"/{root,state,opt,runc,cni,cni-ipam,tmp} /run/mini-kubelet-e2e
   echo "$subnet" >"/run/mini-kubelet-e2e/$hash.subnet"
   cat >"$statedir/network.env" <<EOF
@@ -94,28 +67,7 @@ BRIDGE=$bridge
 NETWORK=$netname
 SUBNET=$subnet
 EOF
-  cat >"$statedir/cni/10-$netname.conflist" <<EOF
-{
-  "cniVersion": "1.0.0",
-  "name": "$netname",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "$bridge",
-      "isGateway": true,
-      "ipMasq": true,
-      "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "ranges": [[{ "subnet": "$subnet" }]],
-        "routes": [{ "dst": "0.0.0.0/0" }],
-        "dataDir": "$statedir/cni-ipam"
-      }
-    },
-    { "type": "portmap", "capabilities": { "portMappings": true } }
-  ]
-}
-EOF
+  write_bridge_conflist "$statedir/cni/10-$netname.conflist" "$netname" "$bridge" "$subnet" "$statedir/cni-ipam"
   cat >"$config" <<EOF
 # Private containerd for mini-kubelet's end-to-end tests (written by e2e/scripts/containerd-up.sh).
 version = 2

@@ -16,6 +16,9 @@ if (($# != 1)); then
   echo "usage: $0 STATEDIR" >&2
   exit 2
 fi
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib/cni-net.sh
+source "$here/lib/cni-net.sh"
 say() { echo "dockerd-down: $*" >&2; }
 if ! [[ -d $1 ]]; then
   say "$1 does not exist: nothing to do"
@@ -174,33 +177,11 @@ for table in ("nat", "filter"):
 if removed:
     print(f"dockerd-down: removed {removed} iptables rule(s)", file=sys.stderr)
 PY
-  # The rules the bridge (ipMasq) and portmap plugins tagged with the CNI network's name, and the
-  # per-container chains they jump to (as containerd-down.sh does).
-  if [[ -n $cni_network ]]; then
-    python3 - "$cni_network" <<'PY'
-import shlex, subprocess, sys
-tag = f'name: "{sys.argv[1]}" id: '
-for table in ("nat", "filter"):
-    dump = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True).stdout
-    chains = set()
-    for line in dump.splitlines():
-        if not line.startswith("-A "):
-            continue
-        words = shlex.split(line)
-        comment = words[words.index("--comment") + 1] if "--comment" in words else ""
-        if tag not in comment:
-            continue
-        target = words[words.index("-j") + 1] if "-j" in words else ""
-        if target.startswith("CNI-") and not target.startswith("CNI-HOSTPORT-"):
-            chains.add(target)
-        subprocess.run(["iptables", "-w", "-t", table, "-D"] + words[1:], capture_output=True)
-    for chain in sorted(chains):
-        subprocess.run(["iptables", "-w", "-t", table, "-F", chain], capture_output=True)
-        subprocess.run(["iptables", "-w", "-t", table, "-X", chain], capture_output=True)
-    if chains:
-        print(f"dockerd-down: removed iptables {table} chains {' '.join(sorted(chains))}", file=sys.stderr)
-PY
-  fi
+fi
+# The rules the bridge (ipMasq) and portmap plugins tagged with the CNI network's name, and the
+# per-container chains they jump to (remove_cni_iptables of lib/cni-net.sh, as containerd-down.sh does).
+if [[ -n $cni_network ]]; then
+  remove_cni_iptables "$cni_network" dockerd-down
 fi
 
 # 5. The bridge, the subnet claim, and the state directory.

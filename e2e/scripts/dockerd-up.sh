@@ -26,6 +26,8 @@ if (($# < 1 || $# > 2)); then
 fi
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib/cni-net.sh
+source "$here/lib/cni-net.sh"
 mkdir -p "$1"
 statedir=$(cd "$1" && pwd -P)
 imagedir=${2:-${MK_E2E_IMAGE_DIR:-$repo/target/e2e-images}}
@@ -82,46 +84,12 @@ else
   bridge=mkd${hash}
   claim=/run/mini-kubelet-e2e/dockerd-$hash.subnet
   mkdir -p "$statedir"/{data,exec} /run/mini-kubelet-e2e
-  # A 10.x.y.0/24 that overlaps no route of this host and no other instance's subnet; the search
-  # starts at an offset ($1) so that the two subnets of one instance differ.
-  free_subnet() {
-    python3 - "$hash" "$1" <<'PY'
-import glob, ipaddress, subprocess, sys
-h = int(sys.argv[1], 16) + int(sys.argv[2])
-taken = []
-for line in subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"], capture_output=True,
-                           text=True).stdout.splitlines():
-    words = line.split()
-    if not words:
-        continue
-    dst = words[0]
-    if dst in ("default", "broadcast", "local", "unreachable", "prohibit", "blackhole") and len(words) > 1:
-        dst = words[1]
-    try:
-        net = ipaddress.ip_network(dst, strict=False)
-    except ValueError:
-        continue
-    if net.prefixlen > 0:
-        taken.append(net)
-for claim in glob.glob("/run/mini-kubelet-e2e/*.subnet"):  # other instances' subnets
-    try:
-        taken.append(ipaddress.ip_network(open(claim).read().strip()))
-    except (OSError, ValueError):
-        pass
-for i in range(25600):
-    n = (h + i) % 25600
-    cand = ipaddress.ip_network(f"10.{100 + n // 256}.{n % 256}.0/24")
-    if not any(cand.overlaps(t) for t in taken):
-        print(cand)
-        break
-else:
-    sys.exit("no free 10.x.y.0/24 subnet")
-PY
-  }
+  # A 10.x.y.0/24 that overlaps no route of this host and no other instance's subnet (free_subnet of
+  # lib/cni-net.sh); the searches start at different offsets so that the two subnets of one instance differ.
   if [[ -f $marker ]] && grep -q '^SUBNET=' "$marker"; then
     subnet=$(sed -n 's/^SUBNET=//p' "$marker") # a restart keeps its subnet
   else
-    subnet=$(free_subnet 7919)
+    subnet=$(free_subnet "$hash" 7919)
   fi
   echo "$subnet" >"$claim"
   # The CNI network of the Docker adapter's CNI mode: its own bridge and subnet.
@@ -131,7 +99,7 @@ PY
   if [[ -f $marker ]] && grep -q '^CNI_SUBNET=' "$marker"; then
     cni_subnet=$(sed -n 's/^CNI_SUBNET=//p' "$marker")
   else
-    cni_subnet=$(free_subnet 15511)
+    cni_subnet=$(free_subnet "$hash" 15511)
   fi
   echo "$cni_subnet" >"$cni_claim"
   gateway=${subnet%.0/24}.1/24
@@ -146,28 +114,8 @@ CNI_CONF_DIR=$statedir/cni/net.d
 CNI_CACHE_DIR=$statedir/cni/cache
 EOF
   mkdir -p "$statedir"/cni/{net.d,ipam,cache}
-  cat >"$statedir/cni/net.d/10-$cni_network.conflist" <<EOF
-{
-  "cniVersion": "1.0.0",
-  "name": "$cni_network",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "$cni_bridge",
-      "isGateway": true,
-      "ipMasq": true,
-      "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "ranges": [[{ "subnet": "$cni_subnet" }]],
-        "routes": [{ "dst": "0.0.0.0/0" }],
-        "dataDir": "$statedir/cni/ipam"
-      }
-    },
-    { "type": "portmap", "capabilities": { "portMappings": true } }
-  ]
-}
-EOF
+  write_bridge_conflist "$statedir/cni/net.d/10-$cni_network.conflist" "$cni_network" "$cni_bridge" \
+    "$cni_subnet" "$statedir/cni/ipam"
   echo '{}' >"$config"
   if ! ip link show "$bridge" >/dev/null 2>&1; then
     ip link add "$bridge" type bridge
