@@ -2111,3 +2111,233 @@ async fn stats_of_a_full_node() {
     })
     .await;
 }
+
+/// The `(utime + stime)` of a process in nanoseconds, from its `/proc/<pid>/stat` line (in clock
+/// ticks of 1/100 s, Linux's USER_HZ on every architecture Docker runs on).
+fn proc_stat_cpu_ns(stat: &str) -> Result<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let (_, rest) = stat
+        .rsplit_once(')')
+        .with_context(|| format!("not a stat line: {stat:?}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime and stime are fields 14 and 15.
+    let tick = |i: usize| -> Result<u64> {
+        fields
+            .get(i - 3)
+            .with_context(|| format!("no field {i} in {stat:?}"))?
+            .parse::<u64>()
+            .with_context(|| format!("field {i} of {stat:?}"))
+    };
+    Ok((tick(14)? + tick(15)?) * 10_000_000)
+}
+
+/// A `/proc/<pid>/status` field in bytes (`RssAnon:   20480 kB`).
+fn proc_status_bytes(status: &str, field: &str) -> Result<u64> {
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .with_context(|| format!("no {field} in {status:?}"))?;
+    let kb: u64 = line
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .with_context(|| format!("{field}: {line:?}"))?;
+    Ok(kb * 1024)
+}
+
+#[tokio::test]
+async fn stats_follow_memory_and_cpu_use() {
+    const MIB: u64 = 1024 * 1024;
+    with_harness(|h| async move {
+        let pod = h.run_pod(&unique("usage"), &[]).await?;
+        // The shell keeps a 20 MiB string in a variable, then waits.
+        let hog = h
+            .start_container(
+                &pod,
+                "hog",
+                &[
+                    "sh",
+                    "-c",
+                    "x=$(dd if=/dev/zero bs=1M count=20 2>/dev/null | tr '\\0' a); \
+                     touch /tmp/ready; exec sleep 3600 & wait",
+                ],
+                &[],
+            )
+            .await?;
+        let busy = h
+            .start_container(&pod, "busy", &["sh", "-c", "while :; do :; done"], &[])
+            .await?;
+        let idle = h
+            .start_container(&pod, "idle", &["sleep", "3600"], &[])
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while h
+            .exec(&hog, &["test", "-f", "/tmp/ready"], 10)
+            .await?
+            .exit_code
+            != 0
+        {
+            ensure!(Instant::now() < deadline, "the memory hog never got ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let shim = h.shim().await?;
+        let ttl = shim.config().stats_cache_ttl;
+        let stats_of = |id: String| {
+            let shim = shim.clone();
+            async move {
+                RuntimeService::container_stats(
+                    &shim,
+                    Request::new(api::ContainerStatsRequest { container_id: id }),
+                )
+                .await?
+                .into_inner()
+                .stats
+                .context("no stats")
+            }
+        };
+        let read_proc = |id: String, file: &'static str| {
+            let h = h.clone();
+            async move {
+                let out = h.exec(&id, &["cat", file], 10).await?;
+                ensure!(out.exit_code == 0, "cat {file}: {out:?}");
+                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            }
+        };
+        let working_set = |s: &api::ContainerStats| {
+            s.memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .map(|v| v.value)
+        };
+        let cpu_ns = |s: &api::ContainerStats| {
+            s.cpu
+                .as_ref()
+                .and_then(|c| c.usage_core_nano_seconds.as_ref())
+                .map(|v| v.value)
+        };
+
+        // Memory: the hog's working set covers the anonymous memory its shell holds (as its
+        // /proc/<pid>/status says, read inside the container), plus little else.
+        let hog_stats = stats_of(hog.clone()).await?;
+        let status = read_proc(hog.clone(), "/proc/1/status").await?;
+        let rss_anon = proc_status_bytes(&status, "RssAnon")?;
+        ensure!(
+            rss_anon >= 20 * MIB,
+            "the shell holds {rss_anon} bytes only"
+        );
+        let hog_ws = working_set(&hog_stats).context("no working set for the hog")?;
+        ensure!(
+            hog_ws + MIB >= rss_anon && hog_ws <= rss_anon + 16 * MIB,
+            "hog working set {hog_ws} bytes, its shell's RssAnon {rss_anon}: {hog_stats:?}"
+        );
+        let idle_stats = stats_of(idle.clone()).await?;
+        let idle_ws = working_set(&idle_stats).context("no working set for sleep")?;
+        ensure!(
+            idle_ws > 0 && idle_ws < 8 * MIB,
+            "idle working set {idle_ws}: {idle_stats:?}"
+        );
+
+        // CPU: the busy loop's usage grows by what the kernel's per-process accounting says.
+        let first = stats_of(busy.clone()).await?;
+        let proc_first = proc_stat_cpu_ns(&read_proc(busy.clone(), "/proc/1/stat").await?)?;
+        tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+        let second = stats_of(busy.clone()).await?;
+        let proc_second = proc_stat_cpu_ns(&read_proc(busy.clone(), "/proc/1/stat").await?)?;
+        let cri = cpu_ns(&second)
+            .zip(cpu_ns(&first))
+            .map(|(b, a)| b.saturating_sub(a))
+            .context("no CPU usage")?;
+        let kernel = proc_second.saturating_sub(proc_first);
+        ensure!(
+            cri >= 200_000_000,
+            "the busy loop used {cri} ns of CPU in {:?}: {first:?} then {second:?}",
+            ttl + Duration::from_millis(500)
+        );
+        ensure!(
+            cri.abs_diff(kernel) <= kernel / 4 + 300_000_000,
+            "CRI says {cri} ns of CPU, /proc/1/stat {kernel} ns"
+        );
+        ensure!(
+            second
+                .cpu
+                .as_ref()
+                .and_then(|c| c.usage_nano_cores.as_ref())
+                .is_some_and(|n| n.value >= 100_000_000),
+            "no CPU rate for the busy loop: {second:?}"
+        );
+
+        // The pod adds its containers up (pause included): at least the hog's memory, and a
+        // process count of pause + hog (sh, sleep) + busy + idle.
+        let pod_stats = RuntimeService::pod_sandbox_stats(
+            &shim,
+            Request::new(api::PodSandboxStatsRequest {
+                pod_sandbox_id: pod.id.clone(),
+            }),
+        )
+        .await?
+        .into_inner()
+        .stats
+        .context("no pod stats")?;
+        let linux = pod_stats.linux.as_ref().context("no linux pod stats")?;
+        ensure!(linux.containers.len() == 3, "{pod_stats:?}");
+        let pod_ws = linux
+            .memory
+            .as_ref()
+            .and_then(|m| m.working_set_bytes.as_ref())
+            .map_or(0, |v| v.value);
+        ensure!(
+            pod_ws >= rss_anon,
+            "pod working set {pod_ws}: {pod_stats:?}"
+        );
+        let processes = linux
+            .process
+            .as_ref()
+            .and_then(|p| p.process_count.as_ref())
+            .map_or(0, |v| v.value);
+        ensure!(processes >= 5, "{processes} processes: {pod_stats:?}");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cni_pod_stats_have_the_pod_network() {
+    let cni = DockerCni::from_env();
+    with_cni_harness(cni, |h| async move {
+        let pod = h.run_pod(&unique("cnistats"), &[]).await?;
+        h.start_container(&pod, "app", &["sleep", "3600"], &[])
+            .await?;
+        let shim = h.shim().await?;
+        let stats = RuntimeService::pod_sandbox_stats(
+            &shim,
+            Request::new(api::PodSandboxStatsRequest {
+                pod_sandbox_id: pod.id.clone(),
+            }),
+        )
+        .await?
+        .into_inner()
+        .stats
+        .context("no pod stats")?;
+        // Docker's stats API knows no network of a pause container on Docker's `none` network;
+        // the pod's namespace has the CNI plugin's eth0.
+        let network = stats
+            .linux
+            .as_ref()
+            .and_then(|l| l.network.as_ref())
+            .with_context(|| format!("no network stats: {stats:?}"))?;
+        ensure!(
+            network
+                .default_interface
+                .as_ref()
+                .is_some_and(|i| i.name == "eth0"),
+            "{network:?}"
+        );
+        ensure!(
+            network.interfaces.iter().all(|i| i.name != "lo"),
+            "{network:?}"
+        );
+        Ok(())
+    })
+    .await;
+}

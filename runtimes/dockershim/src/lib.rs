@@ -46,8 +46,11 @@
 //!   container; RemovePodSandbox removes them all.
 //! * **ExecSync** runs a Docker exec and collects its output (16 MiB per stream at most); a
 //!   timeout answers DeadlineExceeded and kills the exec'd process.
-//! * **Stats**: ContainerStats / ListContainerStats / PodSandboxStats / ListPodSandboxStats from
-//!   Docker's one-shot stats (cached per container for [`DockerShimConfig::stats_cache_ttl`]).
+//! * **Stats**: ContainerStats / ListContainerStats / PodSandboxStats / ListPodSandboxStats read
+//!   the containers' cgroup files and the pause process's `/proc/<pid>/net/dev` directly, as
+//!   containerd and cAdvisor do (110 pods: tens of milliseconds), cached per container for
+//!   [`DockerShimConfig::stats_cache_ttl`]; Docker's one-shot stats API (about 1 s a container on
+//!   Docker 20.10) only where the cgroup files cannot be read.
 //! * **Events**: GetContainerEvents from Docker's event stream.
 //! * **Images** through Docker: references are normalised as Docker does
 //!   ([`normalize_reference`]), CRI auth becomes Docker registry credentials, ImageStatus of an
@@ -78,6 +81,7 @@
 //! CAP_SYS_RESOURCE).
 
 mod capabilities;
+mod cgroups;
 mod config;
 mod container;
 mod convert;

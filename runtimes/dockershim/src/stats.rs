@@ -1,26 +1,41 @@
-//! Container and pod sandbox stats from Docker's one-shot stats (`stream=false`, `one-shot=true`:
-//! one cgroup read, no second sample), cached per container for
-//! [`DockerShimConfig::stats_cache_ttl`](crate::DockerShimConfig) so that a node full of pods
-//! answers ListContainerStats / ListPodSandboxStats quickly. CPU usage in nano-cores is derived
-//! from the previous sample of the same container. The writable layer's usage is not reported
-//! (Docker only computes it with a costly `size=true` inspection).
+//! Container and pod sandbox stats, read from the kernel as containerd and cAdvisor do (see
+//! [`crate::cgroups`]): a container's CPU, memory and process figures come from its cgroup files
+//! (found through `/proc/<pid>/cgroup` of its init process, whose PID Docker's inspect gives once
+//! and is then cached and re-checked on every read), a pod's network figures from
+//! `/proc/<pid>/net/dev` of its pause process (none for a pod in the host's network namespace;
+//! also in CNI mode, where Docker's stats API knows of no network). Only when those files cannot
+//! be read (the shim does not see the host's `/sys/fs/cgroup` or `/proc`) are Docker's one-shot
+//! stats asked instead (`stream=false`, `one-shot=true`: about a second per container on Docker
+//! 20.10), which is logged once.
+//!
+//! Samples are cached per container for
+//! [`DockerShimConfig::stats_cache_ttl`](crate::DockerShimConfig); CPU usage in nano-cores is
+//! derived from the previous sample of the same container. ListPodSandboxStats lists the running
+//! containers once for all sandboxes and computes the sandboxes concurrently. The writable
+//! layer's usage is not reported (Docker only computes it with a costly `size=true` inspection).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use bollard::models::ContainerStatsResponse;
+use bollard::models::{ContainerInspectResponse, ContainerStatsResponse};
 use bollard::query_parameters::StatsOptions;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
+use futures::future::try_join_all;
 use k8s_cri::v1 as api;
+use tokio::sync::Semaphore;
 
 use crate::DockerShim;
+use crate::cgroups::{CgroupError, CgroupReader, InterfaceUsage};
 use crate::error::{OpError, is_not_found};
 use crate::labels::{ContainerLabels, SandboxLabels, TYPE_CONTAINER, TYPE_SANDBOX};
 use crate::{convert, sandbox};
 
-/// How many containers' stats are fetched from dockerd at once.
+/// How many containers' stats are fetched from dockerd's stats API at once (the fallback).
 const STATS_CONCURRENCY: usize = 8;
+/// How many containers are inspected at once for their PID.
+const INSPECT_CONCURRENCY: usize = 16;
 
 /// One container's resource usage at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -37,12 +52,39 @@ pub(crate) struct Usage {
     pub interfaces: Vec<api::NetworkInterfaceUsage>,
 }
 
-#[derive(Debug, Default)]
+/// The last sample and the init PID of each container, and what bounds the calls to dockerd.
+#[derive(Debug)]
 pub(crate) struct StatsCache {
     samples: Mutex<HashMap<String, (Instant, Usage)>>,
+    /// Container ID → host PID of its init process (checked against `/proc/<pid>/cgroup` on
+    /// every read).
+    pids: Mutex<HashMap<String, u32>>,
+    reader: CgroupReader,
+    inspections: Semaphore,
+    docker_stats: Semaphore,
+    /// Whether the fallback to Docker's stats API has been logged.
+    fallback_logged: AtomicBool,
+}
+
+impl Default for StatsCache {
+    /// A cache reading the host's `/sys/fs/cgroup` and `/proc`.
+    fn default() -> Self {
+        Self::with_reader(CgroupReader::default())
+    }
 }
 
 impl StatsCache {
+    pub(crate) fn with_reader(reader: CgroupReader) -> Self {
+        Self {
+            samples: Mutex::default(),
+            pids: Mutex::default(),
+            reader,
+            inspections: Semaphore::new(INSPECT_CONCURRENCY),
+            docker_stats: Semaphore::new(STATS_CONCURRENCY),
+            fallback_logged: AtomicBool::new(false),
+        }
+    }
+
     fn fresh(&self, id: &str, ttl: std::time::Duration) -> Option<Usage> {
         let samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
         samples
@@ -61,10 +103,57 @@ impl StatsCache {
         usage
     }
 
-    fn forget_except(&self, keep: &std::collections::HashSet<String>) {
+    fn pid(&self, id: &str) -> Option<u32> {
+        let pids = self.pids.lock().unwrap_or_else(PoisonError::into_inner);
+        pids.get(id).copied()
+    }
+
+    fn set_pid(&self, id: &str, pid: Option<u32>) {
+        let mut pids = self.pids.lock().unwrap_or_else(PoisonError::into_inner);
+        match pid {
+            Some(pid) => pids.insert(id.to_string(), pid),
+            None => pids.remove(id),
+        };
+    }
+
+    fn forget_except(&self, keep: &HashSet<String>) {
         let mut samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
         samples.retain(|id, _| keep.contains(id));
+        let mut pids = self.pids.lock().unwrap_or_else(PoisonError::into_inner);
+        pids.retain(|id, _| keep.contains(id));
     }
+
+    /// Says (once) that a running container's cgroups could not be read.
+    fn log_fallback(&self, id: &str, err: &CgroupError) {
+        if !self.fallback_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                container = id,
+                error = %err,
+                "cannot read container usage from the kernel's cgroup files: asking dockerd's \
+                 (much slower) stats API instead; this is logged once"
+            );
+        } else {
+            tracing::debug!(container = id, error = %err, "stats from dockerd's stats API");
+        }
+    }
+}
+
+/// Where a container's usage came from, or why it did not.
+enum KernelUsage {
+    Read(Usage),
+    /// Docker says it does not run (or it is gone).
+    NotRunning,
+    /// Its cgroup files cannot be read: Docker's stats API has to tell.
+    Unreadable(CgroupError),
+}
+
+/// The host PID of a running container's init process, from its inspection.
+fn running_pid(inspect: &ContainerInspectResponse) -> Option<u32> {
+    let state = inspect.state.as_ref()?;
+    if state.running != Some(true) {
+        return None;
+    }
+    u32::try_from(state.pid?).ok().filter(|pid| *pid > 0)
 }
 
 /// CPU use between two samples, in billionths of a core.
@@ -120,6 +209,37 @@ pub(crate) fn usage_of(stats: &ContainerStatsResponse) -> Usage {
         page_faults: stat(&["total_pgfault", "pgfault"]),
         major_page_faults: stat(&["total_pgmajfault", "pgmajfault"]),
         processes: stats.pids_stats.as_ref().and_then(|p| p.current),
+        interfaces,
+    }
+}
+
+/// A usage read from the kernel at `timestamp`; `interfaces` are the pod's network.
+fn usage_of_cgroup(
+    timestamp: i64,
+    cgroup: &crate::cgroups::CgroupUsage,
+    interfaces: Vec<InterfaceUsage>,
+) -> Usage {
+    let mut interfaces: Vec<api::NetworkInterfaceUsage> = interfaces
+        .into_iter()
+        .map(|i| api::NetworkInterfaceUsage {
+            name: i.name,
+            rx_bytes: value(Some(i.rx_bytes)),
+            rx_errors: value(Some(i.rx_errors)),
+            tx_bytes: value(Some(i.tx_bytes)),
+            tx_errors: value(Some(i.tx_errors)),
+        })
+        .collect();
+    interfaces.sort_by(|a, b| a.name.cmp(&b.name));
+    Usage {
+        timestamp,
+        cpu_total_ns: Some(cgroup.cpu_total_ns),
+        nano_cores: None,
+        memory_usage: Some(cgroup.memory_usage),
+        working_set: Some(cgroup.working_set),
+        rss: cgroup.rss,
+        page_faults: cgroup.page_faults,
+        major_page_faults: cgroup.major_page_faults,
+        processes: cgroup.processes,
         interfaces,
     }
 }
@@ -203,11 +323,95 @@ fn container_stats(
 
 impl DockerShim {
     /// The usage of a running container (None when it does not run), from the cache if fresh.
-    async fn usage(&self, id: &str) -> Result<Option<Usage>, OpError> {
+    /// `network`: also read the interfaces of its network namespace (for a pause container).
+    async fn usage(&self, id: &str, network: bool) -> Result<Option<Usage>, OpError> {
         let cache = &self.inner.stats;
         if let Some(usage) = cache.fresh(id, self.config().stats_cache_ttl) {
             return Ok(Some(usage));
         }
+        match self.kernel_usage(id, network).await? {
+            KernelUsage::Read(usage) => Ok(Some(cache.store(id, usage))),
+            KernelUsage::NotRunning => Ok(None),
+            KernelUsage::Unreadable(err) => {
+                let usage = self.docker_usage(id).await?;
+                if usage.is_some() {
+                    cache.log_fallback(id, &err);
+                }
+                Ok(usage.map(|usage| cache.store(id, usage)))
+            }
+        }
+    }
+
+    /// The usage of a container from its cgroup files, through its cached PID (re-inspected
+    /// when that PID no longer designates the container).
+    async fn kernel_usage(&self, id: &str, network: bool) -> Result<KernelUsage, OpError> {
+        let cache = &self.inner.stats;
+        let mut cached = cache.pid(id);
+        loop {
+            let from_cache = cached.is_some();
+            let pid = match cached.take() {
+                Some(pid) => pid,
+                None => match self.container_pid(id).await? {
+                    Some(pid) => pid,
+                    None => {
+                        cache.set_pid(id, None);
+                        return Ok(KernelUsage::NotRunning);
+                    }
+                },
+            };
+            let timestamp = convert::now_ns();
+            match cache.reader.usage(pid, id) {
+                Ok(cgroup) => {
+                    cache.set_pid(id, Some(pid));
+                    let interfaces = if network {
+                        self.interfaces(id, pid)
+                    } else {
+                        Vec::new()
+                    };
+                    return Ok(KernelUsage::Read(usage_of_cgroup(
+                        timestamp, &cgroup, interfaces,
+                    )));
+                }
+                // A cached PID gone stale: the container restarted or exited; ask Docker again.
+                Err(err) if err.is_stale_pid() && from_cache => {
+                    cache.set_pid(id, None);
+                }
+                // A PID Docker just gave that does not check out: either the container exited
+                // meanwhile or this process does not see the host's PIDs; Docker's stats tell.
+                Err(err) => {
+                    cache.set_pid(id, None);
+                    return Ok(KernelUsage::Unreadable(err));
+                }
+            }
+        }
+    }
+
+    /// The interfaces of the network namespace of a pause container's process `pid` (none in the
+    /// host's namespace, or when they cannot be read).
+    fn interfaces(&self, id: &str, pid: u32) -> Vec<InterfaceUsage> {
+        match self.inner.stats.reader.network(pid) {
+            Ok(interfaces) => interfaces.unwrap_or_default(),
+            Err(err) => {
+                tracing::debug!(sandbox = id, error = %err, "no network stats");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The host PID of a running container's init process (None when it does not run).
+    async fn container_pid(&self, id: &str) -> Result<Option<u32>, OpError> {
+        // Never closed: an error cannot happen, and would only mean no bound.
+        let _permit = self.inner.stats.inspections.acquire().await;
+        match self.docker().inspect_container(id, None).await {
+            Ok(inspect) => Ok(running_pid(&inspect)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(OpError::docker(format!("inspecting container {id}"), e)),
+        }
+    }
+
+    /// The usage of a container according to Docker's stats API.
+    async fn docker_usage(&self, id: &str) -> Result<Option<Usage>, OpError> {
+        let _permit = self.inner.stats.docker_stats.acquire().await;
         let options = StatsOptions {
             stream: false,
             one_shot: true,
@@ -219,11 +423,22 @@ impl DockerShim {
                 if usage.cpu_total_ns.is_none() && usage.memory_usage.is_none() {
                     return Ok(None); // not running
                 }
-                Ok(Some(cache.store(id, usage)))
+                Ok(Some(usage))
             }
             Ok(None) => Ok(None),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(OpError::docker(format!("stats of container {id}"), e)),
+        }
+    }
+
+    /// Remembers the PID of an inspected container unless one is known already (it is checked
+    /// when read anyway).
+    fn note_pid(&self, id: &str, inspect: &ContainerInspectResponse) {
+        let cache = &self.inner.stats;
+        if cache.pid(id).is_none()
+            && let Some(pid) = running_pid(inspect)
+        {
+            cache.set_pid(id, Some(pid));
         }
     }
 
@@ -232,9 +447,10 @@ impl DockerShim {
             .inspect_cri_container(id)
             .await?
             .ok_or_else(|| OpError::NotFound(format!("container {id} not found")))?;
-        let full = inspect.id.unwrap_or_else(|| id.to_string());
+        let full = inspect.id.clone().unwrap_or_else(|| id.to_string());
         let usage = if sandbox::is_running_state(inspect.state.as_ref()) {
-            self.usage(&full).await?
+            self.note_pid(&full, &inspect);
+            self.usage(&full, false).await?
         } else {
             None
         };
@@ -254,45 +470,69 @@ impl DockerShim {
                 label_selector: filter.label_selector,
             }))
             .await?;
-        let stats: Vec<api::ContainerStats> = futures::stream::iter(containers)
-            .map(|c| async move {
-                let running = c.state == api::ContainerState::ContainerRunning as i32;
-                let usage = if running {
-                    self.usage(&c.id).await?
-                } else {
-                    None
-                };
-                let attributes = api::ContainerAttributes {
-                    id: c.id.clone(),
-                    metadata: c.metadata.clone(),
-                    labels: c.labels.clone(),
-                    annotations: c.annotations.clone(),
-                };
-                Ok::<_, OpError>(api::ContainerStats {
-                    attributes: Some(attributes),
-                    cpu: usage.as_ref().map(cpu),
-                    memory: usage.as_ref().map(memory),
-                    writable_layer: None,
-                    swap: None,
-                })
+        // Inspections and Docker's stats API are bounded by the cache's semaphores.
+        try_join_all(containers.into_iter().map(|c| async move {
+            let running = c.state == api::ContainerState::ContainerRunning as i32;
+            let usage = if running {
+                self.usage(&c.id, false).await?
+            } else {
+                None
+            };
+            let attributes = api::ContainerAttributes {
+                id: c.id,
+                metadata: c.metadata,
+                labels: c.labels,
+                annotations: c.annotations,
+            };
+            Ok::<_, OpError>(api::ContainerStats {
+                attributes: Some(attributes),
+                cpu: usage.as_ref().map(cpu),
+                memory: usage.as_ref().map(memory),
+                writable_layer: None,
+                swap: None,
             })
-            .buffered(STATS_CONCURRENCY)
-            .try_collect()
-            .await?;
-        Ok(stats)
+        }))
+        .await
     }
 
+    /// The running containers of the sandboxes, by sandbox ID: one Docker list call
+    /// (`sandbox_id` non-empty: that sandbox's only).
+    async fn running_containers(
+        &self,
+        sandbox_id: &str,
+    ) -> Result<HashMap<String, Vec<(String, ContainerLabels)>>, OpError> {
+        let summaries = self
+            .list_docker(TYPE_CONTAINER, &HashMap::new(), sandbox_id, true)
+            .await?;
+        let mut by_sandbox: HashMap<String, Vec<(String, ContainerLabels)>> = HashMap::new();
+        for summary in summaries {
+            let (Some(id), Some(labels)) = (
+                summary.id,
+                summary.labels.as_ref().and_then(ContainerLabels::decode),
+            ) else {
+                continue;
+            };
+            by_sandbox
+                .entry(labels.sandbox_id.clone())
+                .or_default()
+                .push((id, labels));
+        }
+        Ok(by_sandbox)
+    }
+
+    /// The stats of a sandbox whose running containers are `containers`.
     async fn sandbox_stats(
         &self,
         id: &str,
         labels: SandboxLabels,
         running: bool,
+        containers: Vec<(String, ContainerLabels)>,
     ) -> Result<api::PodSandboxStats, OpError> {
         let attributes = api::PodSandboxAttributes {
             id: id.to_string(),
-            metadata: Some(labels.metadata.clone()),
-            labels: labels.labels.clone(),
-            annotations: labels.annotations.clone(),
+            metadata: Some(labels.metadata),
+            labels: labels.labels,
+            annotations: labels.annotations,
         };
         let mut stats = api::PodSandboxStats {
             attributes: Some(attributes),
@@ -302,23 +542,11 @@ impl DockerShim {
         if !running {
             return Ok(stats);
         }
-        let containers = self
-            .list_docker(TYPE_CONTAINER, &HashMap::new(), id, true)
-            .await?;
-        let ids: Vec<(String, ContainerLabels)> = containers
-            .iter()
-            .filter_map(|c| {
-                let labels = ContainerLabels::decode(c.labels.as_ref()?)?;
-                Some((c.id.clone()?, labels))
-            })
-            .collect();
-        let container_ids: Vec<String> = ids.iter().map(|(cid, _)| cid.clone()).collect();
-        let usages: Vec<Option<Usage>> = futures::stream::iter(container_ids)
-            .map(|cid| async move { self.usage(&cid).await })
-            .buffered(STATS_CONCURRENCY)
-            .try_collect()
-            .await?;
-        let pause = self.usage(id).await?.unwrap_or_default();
+        let (usages, pause) = futures::try_join!(
+            try_join_all(containers.iter().map(|(cid, _)| self.usage(cid, false))),
+            self.usage(id, true),
+        )?;
+        let pause = pause.unwrap_or_default();
         let present: Vec<&Usage> = usages.iter().flatten().collect();
         let pod = pod_usage(&pause, &present);
         let network = (!pod.interfaces.is_empty()).then(|| api::NetworkUsage {
@@ -339,7 +567,7 @@ impl DockerShim {
                 timestamp: pod.timestamp,
                 process_count: value(pod.processes),
             }),
-            containers: ids
+            containers: containers
                 .iter()
                 .zip(usages.iter())
                 .map(|((cid, labels), usage)| container_stats(cid, labels, usage.as_ref()))
@@ -357,8 +585,17 @@ impl DockerShim {
             .await?
             .ok_or_else(|| OpError::NotFound(format!("pod sandbox {id} not found")))?;
         let full = inspect.id.clone().unwrap_or_else(|| id.to_string());
-        self.sandbox_stats(&full, labels, sandbox::is_running(&inspect))
-            .await
+        let running = sandbox::is_running(&inspect);
+        let containers = if running {
+            self.note_pid(&full, &inspect);
+            self.running_containers(&full)
+                .await?
+                .remove(&full)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        self.sandbox_stats(&full, labels, running, containers).await
     }
 
     pub(crate) async fn list_pod_sandbox_stats(
@@ -383,17 +620,20 @@ impl DockerShim {
                     && convert::selector_matches(&filter.label_selector, &labels.labels)
             })
             .collect();
-        let all =
-            futures::stream::iter(sandboxes)
-                .map(|(id, labels, running)| async move {
-                    self.sandbox_stats(&id, labels, running).await
-                })
-                .buffered(2)
-                .try_collect::<Vec<_>>()
-                .await?;
+        // One list call for the containers of all the sandboxes.
+        let mut containers = if sandboxes.iter().any(|(_, _, running)| *running) {
+            self.running_containers("").await?
+        } else {
+            HashMap::new()
+        };
+        let all = try_join_all(sandboxes.into_iter().map(|(id, labels, running)| {
+            let own = containers.remove(&id).unwrap_or_default();
+            async move { self.sandbox_stats(&id, labels, running, own).await }
+        }))
+        .await?;
         // Samples of containers that are gone are of no further use.
         if filter.id.is_empty() && filter.label_selector.is_empty() {
-            let mut keep = std::collections::HashSet::new();
+            let mut keep = HashSet::new();
             for s in &all {
                 if let Some(a) = &s.attributes {
                     keep.insert(a.id.clone());
@@ -471,6 +711,60 @@ mod tests {
             usage.interfaces[0].rx_bytes,
             Some(api::UInt64Value { value: 100 })
         );
+    }
+
+    #[test]
+    fn cgroup_usage_mapping() {
+        let cgroup = crate::cgroups::CgroupUsage {
+            cpu_total_ns: 5_000_000,
+            memory_usage: 10_000,
+            working_set: 6_000,
+            rss: Some(3_000),
+            page_faults: Some(7),
+            major_page_faults: None,
+            processes: Some(2),
+        };
+        let interface = |name: &str| InterfaceUsage {
+            name: name.into(),
+            rx_bytes: 100,
+            rx_errors: 1,
+            tx_bytes: 200,
+            tx_errors: 2,
+        };
+        let usage = usage_of_cgroup(42, &cgroup, vec![interface("net1"), interface("eth0")]);
+        assert_eq!(usage.timestamp, 42);
+        assert_eq!(usage.cpu_total_ns, Some(5_000_000));
+        assert_eq!(usage.nano_cores, None);
+        assert_eq!(usage.memory_usage, Some(10_000));
+        assert_eq!(usage.working_set, Some(6_000));
+        assert_eq!(usage.rss, Some(3_000));
+        assert_eq!(usage.page_faults, Some(7));
+        assert_eq!(usage.major_page_faults, None);
+        assert_eq!(usage.processes, Some(2));
+        let names: Vec<&str> = usage.interfaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["eth0", "net1"]);
+        assert_eq!(
+            usage.interfaces[0].tx_errors,
+            Some(api::UInt64Value { value: 2 })
+        );
+    }
+
+    #[test]
+    fn pid_of_running_containers_only() {
+        use bollard::models::ContainerState;
+        let inspect = |running: bool, pid: i64| ContainerInspectResponse {
+            state: Some(ContainerState {
+                running: Some(running),
+                pid: Some(pid),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(running_pid(&inspect(true, 1234)), Some(1234));
+        assert_eq!(running_pid(&inspect(false, 1234)), None);
+        assert_eq!(running_pid(&inspect(true, 0)), None);
+        assert_eq!(running_pid(&inspect(true, -1)), None);
+        assert_eq!(running_pid(&ContainerInspectResponse::default()), None);
     }
 
     #[test]
