@@ -61,7 +61,7 @@
 //! * **IDs** are Docker's 64-hex IDs; a unique prefix is accepted, names are not.
 //! * **Several shims on one dockerd** stay apart with [`DockerShimConfig::instance`].
 //! * **Exec / Attach / PortForward** return URLs of the shim's streaming server
-//!   ([`mk_streaming`]: SPDY/3.1, `channel.k8s.io` v1–v4 and `portforward.k8s.io`, single-use
+//!   ([`mk_streaming`]: SPDY/3.1 and WebSocket, `channel.k8s.io` and `portforward.k8s.io`, single-use
 //!   tokens valid one minute, loopback and a free port unless [`DockerShimConfig::streaming`] says
 //!   otherwise). Exec is a Docker exec with the client's pipes (TTY resizes included), attach a
 //!   Docker attach, and port-forward connects to localhost inside the sandbox's network namespace
@@ -70,7 +70,7 @@
 //!   ListPodSandboxMetrics. Refused with InvalidArgument: image volumes (`Mount.image`) and
 //!   recursive read-only mounts (Status reports the default handler without them, so kubelet
 //!   refuses such pods first). Not done either: AppArmor / SELinux options, user namespaces,
-//!   WebSocket streaming, the writable layer's usage in stats, hugepage limits, ImageFsInfo's
+//!   the writable layer's usage in stats, hugepage limits, ImageFsInfo's
 //!   inode count.
 //!
 //! # Host limits seen on the project's machines

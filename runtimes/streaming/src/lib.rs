@@ -26,9 +26,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Not served: WebSocket upgrades (the API server since Kubernetes 1.30 translates `kubectl`'s
-//! WebSockets to SPDY before it reaches a node), TLS (the server listens on loopback by default;
-//! the kubelet proxies to it).
+//! Both transports the kubelet's streaming server offers are served: SPDY/3.1 upgrades, and
+//! WebSocket upgrades — exec/attach over `channel.k8s.io` v1–v5 (binary, and base64 for v1–v4)
+//! and port-forward as SPDY tunnelled through the WebSocket (`SPDY/3.1+portforward.k8s.io`, what
+//! client-go's WebSocket dialer and the API server speak). Not served: TLS (the server listens on
+//! loopback by default; the kubelet proxies to it) and the legacy channel-per-port WebSocket
+//! port-forward.
 
 mod cache;
 pub mod client;
@@ -37,6 +40,7 @@ mod remotecommand;
 mod runtime;
 mod server;
 pub mod spdy;
+mod ws;
 
 #[cfg(test)]
 mod session_tests;

@@ -106,24 +106,7 @@ pub(crate) async fn serve<F, Fut>(
         return;
     };
 
-    let mut pumps = Vec::new();
-    let (stdin_pipe, stdin_pump) = match stdin {
-        Some(stream) => {
-            let (ours, theirs) = pipe();
-            (Some(theirs), Some(tokio::spawn(pump_in(stream, ours))))
-        }
-        None => (None, None),
-    };
-    let stdout_pipe = stdout.map(|stream| {
-        let (ours, theirs) = pipe();
-        pumps.push(tokio::spawn(pump_out(ours, stream.writer())));
-        theirs
-    });
-    let stderr_pipe = stderr.map(|stream| {
-        let (ours, theirs) = pipe();
-        pumps.push(tokio::spawn(pump_out(ours, stream.writer())));
-        theirs
-    });
+    let stdin = stdin.map(|stream| stream.split().0);
     let (resize_rx, resize_task) = match resize {
         Some(stream) => {
             let (tx, rx) = mpsc::channel(8);
@@ -131,25 +114,15 @@ pub(crate) async fn serve<F, Fut>(
         }
         None => (None, None),
     };
-
-    let outcome = run(Streams {
-        stdin: stdin_pipe,
-        stdout: stdout_pipe,
-        stderr: stderr_pipe,
-        tty: opts.tty,
-        resize: resize_rx,
-    })
+    let outcome = run_session(
+        opts.tty,
+        stdin,
+        stdout.map(|s| s.writer()),
+        stderr.map(|s| s.writer()),
+        resize_rx,
+        run,
+    )
     .await;
-
-    // The runtime dropped its pipe ends: the pumps send what is left and FIN.
-    for pump in pumps {
-        if tokio::time::timeout(OUTPUT_FLUSH, pump).await.is_err() {
-            tracing::warn!(
-                "exec/attach output still open {OUTPUT_FLUSH:?} after the session ended"
-            );
-        }
-    }
-    abort(stdin_pump);
     abort(resize_task);
 
     let writer = error.writer();
@@ -164,6 +137,79 @@ fn abort<T>(task: Option<JoinHandle<T>>) {
     if let Some(task) = task {
         task.abort();
     }
+}
+
+/// Where a session's output goes: a SPDY stream, or a WebSocket channel.
+pub(crate) trait OutputSink: Send + Sync + 'static {
+    /// Sends `data`; false once the client is gone.
+    fn send(&self, data: &[u8]) -> impl Future<Output = bool> + Send;
+    /// Ends this output (where the transport can say so).
+    fn finish(&self) -> impl Future<Output = ()> + Send;
+}
+
+impl OutputSink for StreamWriter {
+    async fn send(&self, data: &[u8]) -> bool {
+        self.write(data).await.is_ok()
+    }
+
+    async fn finish(&self) {
+        let _ = self.close().await;
+    }
+}
+
+/// The transport-independent part of exec/attach: pipes between the client's streams and the
+/// runtime, the runtime's run, and the output drained before the outcome is returned.
+pub(crate) async fn run_session<I, O, F, Fut>(
+    tty: bool,
+    stdin: Option<I>,
+    stdout: Option<O>,
+    stderr: Option<O>,
+    resize: Option<mpsc::Receiver<TerminalSize>>,
+    run: F,
+) -> Outcome
+where
+    I: AsyncRead + Unpin + Send + 'static,
+    O: OutputSink,
+    F: FnOnce(Streams) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let mut pumps = Vec::new();
+    let (stdin_pipe, stdin_pump) = match stdin {
+        Some(source) => {
+            let (ours, theirs) = pipe();
+            (Some(theirs), Some(tokio::spawn(pump_in(source, ours))))
+        }
+        None => (None, None),
+    };
+    let mut output = |sink: Option<O>| {
+        sink.map(|sink| {
+            let (ours, theirs) = pipe();
+            pumps.push(tokio::spawn(pump_out(ours, sink)));
+            theirs
+        })
+    };
+    let stdout_pipe = output(stdout);
+    let stderr_pipe = output(stderr);
+
+    let outcome = run(Streams {
+        stdin: stdin_pipe,
+        stdout: stdout_pipe,
+        stderr: stderr_pipe,
+        tty,
+        resize,
+    })
+    .await;
+
+    // The runtime dropped its pipe ends: the pumps send what is left and end their outputs.
+    for pump in pumps {
+        if tokio::time::timeout(OUTPUT_FLUSH, pump).await.is_err() {
+            tracing::warn!(
+                "exec/attach output still open {OUTPUT_FLUSH:?} after the session ended"
+            );
+        }
+    }
+    abort(stdin_pump);
+    outcome
 }
 
 /// How long the client gets to read the last frames and leave.
@@ -211,27 +257,26 @@ async fn collect(
     Some(streams)
 }
 
-/// Client → runtime: copies the stream into the pipe, then closes the pipe (stdin EOF).
-async fn pump_in(stream: Stream, mut pipe: tokio::io::DuplexStream) {
-    let (mut reader, _writer) = stream.split();
-    let _ = tokio::io::copy(&mut reader, &mut pipe).await;
+/// Client → runtime: copies the client's stdin into the pipe, then closes the pipe (EOF).
+async fn pump_in<I: AsyncRead + Unpin>(mut source: I, mut pipe: tokio::io::DuplexStream) {
+    let _ = tokio::io::copy(&mut source, &mut pipe).await;
     let _ = pipe.shutdown().await;
 }
 
-/// Runtime → client: copies the pipe into the stream until EOF, then FIN.
-pub(crate) async fn pump_out<R: AsyncRead + Unpin>(mut pipe: R, writer: StreamWriter) {
+/// Runtime → client: copies the pipe into the sink until EOF, then ends it.
+pub(crate) async fn pump_out<R: AsyncRead + Unpin, O: OutputSink>(mut pipe: R, sink: O) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if writer.write(&buf[..n]).await.is_err() {
+                if !sink.send(&buf[..n]).await {
                     return;
                 }
             }
         }
     }
-    let _ = writer.close().await;
+    sink.finish().await;
 }
 
 /// Parses the concatenated JSON sizes of the `resize` stream.
@@ -254,7 +299,7 @@ async fn read_resizes(mut stream: Stream, tx: mpsc::Sender<TerminalSize>) {
 }
 
 /// The complete sizes at the start of `buf`, and how many bytes they took.
-fn parse_sizes(buf: &[u8]) -> (Vec<TerminalSize>, usize) {
+pub(crate) fn parse_sizes(buf: &[u8]) -> (Vec<TerminalSize>, usize) {
     let mut sizes = Vec::new();
     let mut iter = serde_json::Deserializer::from_slice(buf).into_iter::<TerminalSize>();
     let mut used = 0;
@@ -267,7 +312,7 @@ fn parse_sizes(buf: &[u8]) -> (Vec<TerminalSize>, usize) {
 }
 
 /// What goes on the error stream: nothing for v1–v3 successes, a `metav1.Status` for v4.
-fn error_report(version: Version, outcome: &Outcome) -> Option<String> {
+pub(crate) fn error_report(version: Version, outcome: &Outcome) -> Option<String> {
     if version < Version::V4 {
         return match outcome {
             Outcome::Success | Outcome::ExitCode(0) => None,

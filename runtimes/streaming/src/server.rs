@@ -7,12 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as api;
+use tokio::io::DuplexStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -20,8 +24,9 @@ use crate::StreamingError;
 use crate::cache::{Pending, RequestCache};
 use crate::portforward;
 use crate::remotecommand::{self, Options, Outcome, Version};
-use crate::runtime::StreamingRuntime;
+use crate::runtime::{StreamingRuntime, Streams};
 use crate::spdy::Connection;
+use crate::ws;
 
 /// Where and how the server listens; defaults as containerd's CRI plugin and the kubelet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +224,7 @@ fn validate_session(
 async fn handle<R: StreamingRuntime>(
     State(shared): State<Arc<Shared<R>>>,
     Path((kind, token)): Path<(String, String)>,
+    websocket: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     mut req: Request,
 ) -> Response {
     let Some(pending) = shared.cache.consume(&token) else {
@@ -233,10 +239,13 @@ async fn handle<R: StreamingRuntime>(
     if !matches_kind {
         return (StatusCode::NOT_FOUND, "token not found or expired\n").into_response();
     }
+    if let Ok(websocket) = websocket {
+        return upgrade_websocket(websocket, pending, shared);
+    }
     if !is_spdy_upgrade(req.headers()) {
         return (
             StatusCode::BAD_REQUEST,
-            "unable to upgrade: missing upgrade headers in request (only SPDY/3.1 is served)\n",
+            "unable to upgrade: missing upgrade headers in request (SPDY/3.1 or websocket)\n",
         )
             .into_response();
     }
@@ -288,6 +297,72 @@ async fn handle<R: StreamingRuntime>(
 
 const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 
+/// The runtime's part of an exec or attach session.
+type Runner = Box<dyn FnOnce(Streams) -> BoxFuture<'static, Outcome> + Send>;
+
+/// The pipes and the runner of an exec or attach request; `None` for port-forward.
+fn remotecommand_runner<R: StreamingRuntime>(
+    runtime: Arc<R>,
+    pending: &Pending,
+) -> Option<(Options, Runner)> {
+    match pending.clone() {
+        Pending::Exec(req) => {
+            let opts = Options {
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                tty: req.tty,
+            };
+            let runner: Runner = Box::new(move |streams| {
+                Box::pin(async move {
+                    match runtime.exec(&req.container_id, &req.cmd, streams).await {
+                        Ok(0) => Outcome::Success,
+                        Ok(code) => Outcome::ExitCode(code),
+                        Err(e) => Outcome::Error(e.to_string()),
+                    }
+                })
+            });
+            Some((opts, runner))
+        }
+        Pending::Attach(req) => {
+            let opts = Options {
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                tty: req.tty,
+            };
+            let runner: Runner = Box::new(move |streams| {
+                Box::pin(async move {
+                    match runtime.attach(&req.container_id, streams).await {
+                        Ok(()) => Outcome::Success,
+                        Err(e) => Outcome::Error(e.to_string()),
+                    }
+                })
+            });
+            Some((opts, runner))
+        }
+        Pending::PortForward(_) => None,
+    }
+}
+
+/// The runtime's part of one forwarded connection of `sandbox`.
+fn forwarder<R: StreamingRuntime>(
+    runtime: Arc<R>,
+    sandbox: String,
+) -> impl Fn(u16, DuplexStream) -> BoxFuture<'static, Result<(), String>> {
+    let sandbox = Arc::new(sandbox);
+    move |port, pipe| {
+        let runtime = runtime.clone();
+        let sandbox = sandbox.clone();
+        Box::pin(async move {
+            runtime
+                .port_forward(&sandbox, port, pipe)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 async fn run_session<R: StreamingRuntime>(
     conn: Connection,
     pending: Pending,
@@ -296,67 +371,52 @@ async fn run_session<R: StreamingRuntime>(
 ) {
     let creation_timeout = shared.config.stream_creation_timeout;
     let runtime = shared.runtime.clone();
-    match pending {
-        Pending::Exec(req) => {
-            let version = Version::from_name(protocol).unwrap_or(Version::V1);
-            let opts = Options {
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                tty: req.tty,
-            };
-            remotecommand::serve(
-                conn,
-                version,
-                opts,
-                creation_timeout,
-                |streams| async move {
-                    match runtime.exec(&req.container_id, &req.cmd, streams).await {
-                        Ok(0) => Outcome::Success,
-                        Ok(code) => Outcome::ExitCode(code),
-                        Err(e) => Outcome::Error(e.to_string()),
-                    }
-                },
-            )
-            .await;
-        }
-        Pending::Attach(req) => {
-            let version = Version::from_name(protocol).unwrap_or(Version::V1);
-            let opts = Options {
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                tty: req.tty,
-            };
-            remotecommand::serve(
-                conn,
-                version,
-                opts,
-                creation_timeout,
-                |streams| async move {
-                    match runtime.attach(&req.container_id, streams).await {
-                        Ok(()) => Outcome::Success,
-                        Err(e) => Outcome::Error(e.to_string()),
-                    }
-                },
-            )
-            .await;
-        }
-        Pending::PortForward(req) => {
-            let sandbox = Arc::new(req.pod_sandbox_id);
-            portforward::serve(conn, creation_timeout, move |port, pipe| {
-                let runtime = runtime.clone();
-                let sandbox = sandbox.clone();
-                async move {
-                    runtime
-                        .port_forward(&sandbox, port, pipe)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-            })
-            .await;
-        }
+    if let Some((opts, runner)) = remotecommand_runner(runtime.clone(), &pending) {
+        let version = Version::from_name(protocol).unwrap_or(Version::V1);
+        remotecommand::serve(conn, version, opts, creation_timeout, runner).await;
+    } else if let Pending::PortForward(req) = pending {
+        let forward = forwarder(runtime, req.pod_sandbox_id);
+        portforward::serve(conn, creation_timeout, forward).await;
     }
+}
+
+/// A WebSocket session: `channel.k8s.io` for exec/attach, SPDY tunnelled for port-forward.
+fn upgrade_websocket<R: StreamingRuntime>(
+    websocket: WebSocketUpgrade,
+    pending: Pending,
+    shared: Arc<Shared<R>>,
+) -> Response {
+    let served: &[&'static str] = match pending {
+        Pending::PortForward(_) => &[ws::TUNNELING_PROTOCOL],
+        _ => &ws::CHANNEL_PROTOCOLS,
+    };
+    let websocket = websocket.protocols(served.iter().copied());
+    let Some(protocol) = websocket
+        .selected_protocol()
+        .and_then(|p| p.to_str().ok())
+        .map(str::to_owned)
+    else {
+        let message = format!(
+            "unable to upgrade: unable to negotiate protocol: server supports {served:?}\n"
+        );
+        return (StatusCode::FORBIDDEN, message).into_response();
+    };
+    websocket.on_upgrade(move |socket| async move {
+        let config = &shared.config;
+        let runtime = shared.runtime.clone();
+        if let Some((opts, runner)) = remotecommand_runner(runtime.clone(), &pending) {
+            ws::serve_channels(socket, &protocol, opts, runner).await;
+        } else if let Pending::PortForward(req) = pending {
+            let forward = forwarder(runtime, req.pod_sandbox_id);
+            ws::serve_tunnel(
+                socket,
+                config.stream_idle_timeout,
+                config.stream_creation_timeout,
+                forward,
+            )
+            .await;
+        }
+    })
 }
 
 fn is_spdy_upgrade(headers: &HeaderMap) -> bool {

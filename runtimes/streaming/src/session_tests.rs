@@ -282,3 +282,175 @@ async fn plain_http_and_bad_requests_are_refused() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("missing upgrade headers"), "{answer}");
 }
+
+mod websocket {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+    use super::*;
+    use crate::spdy::{Connection, Headers, Role};
+
+    type Socket = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    async fn connect(url: &str, protocol: &str) -> Socket {
+        let mut request = url
+            .replacen("http://", "ws://", 1)
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            protocol.parse().expect("header value"),
+        );
+        let (socket, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket upgrade");
+        assert_eq!(
+            response
+                .headers()
+                .get("Sec-WebSocket-Protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some(protocol)
+        );
+        socket
+    }
+
+    /// Everything received per channel until the server closes.
+    async fn drain(socket: &mut Socket, base64: bool) -> Vec<(u8, Vec<u8>)> {
+        let mut got = Vec::new();
+        while let Some(Ok(message)) = socket.next().await {
+            match message {
+                Message::Binary(data) if !base64 => {
+                    got.push((data[0], data[1..].to_vec()));
+                }
+                Message::Text(text) if base64 => {
+                    use base64::Engine;
+                    let text = text.as_str();
+                    let payload = base64::engine::general_purpose::STANDARD
+                        .decode(&text[1..])
+                        .expect("base64");
+                    got.push((text.as_bytes()[0] - b'0', payload));
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        got
+    }
+
+    fn joined(got: &[(u8, Vec<u8>)], channel: u8) -> Vec<u8> {
+        got.iter()
+            .filter(|(c, _)| *c == channel)
+            .flat_map(|(_, d)| d.clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn exec_over_v5_channels_with_the_close_signal() {
+        let server = server().await;
+        let url = server
+            .get_exec(&exec(&["echo-stdin", "4"], true, true, true, false))
+            .expect("url")
+            .url;
+        let mut socket = connect(&url, "v5.channel.k8s.io").await;
+        // The server says it is ready with an empty stdout message.
+        let first = socket.next().await.expect("message").expect("ok");
+        assert_eq!(first, Message::Binary(Bytes::from_static(&[1])));
+        socket
+            .send(Message::Binary(Bytes::from_static(b"\0typed")))
+            .await
+            .expect("stdin");
+        socket
+            .send(Message::Binary(Bytes::from_static(&[255, 0])))
+            .await
+            .expect("close stdin");
+        let got = drain(&mut socket, false).await;
+        assert_eq!(joined(&got, 1), b"typed");
+        assert_eq!(joined(&got, 2), b"to stderr of c1");
+        let status = status(&String::from_utf8_lossy(&joined(&got, 3)));
+        assert_eq!(status["reason"], "NonZeroExitCode");
+        assert_eq!(status["details"]["causes"][0]["message"], "4");
+    }
+
+    #[tokio::test]
+    async fn attach_over_base64_channels() {
+        let server = server().await;
+        let url = server
+            .get_attach(&api::AttachRequest {
+                container_id: "c1".into(),
+                stdout: true,
+                ..Default::default()
+            })
+            .expect("url")
+            .url;
+        let mut socket = connect(&url, "v4.base64.channel.k8s.io").await;
+        let got = drain(&mut socket, true).await;
+        assert_eq!(joined(&got, 1), b"attached\n");
+        assert_eq!(
+            status(&String::from_utf8_lossy(&joined(&got, 3)))["status"],
+            "Success"
+        );
+    }
+
+    #[tokio::test]
+    async fn port_forward_tunnels_spdy_through_the_websocket() {
+        let server = server().await;
+        let url = server
+            .get_port_forward(&api::PortForwardRequest {
+                pod_sandbox_id: "pod9".into(),
+                port: vec![80],
+            })
+            .expect("url")
+            .url;
+        let socket = connect(&url, "SPDY/3.1+portforward.k8s.io").await;
+        // SPDY client over the socket's binary messages.
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (mut from_spdy, mut to_spdy) = tokio::io::split(ours);
+        let (mut ws_tx, mut ws_rx) = socket.split();
+        tokio::spawn(async move {
+            while let Some(Ok(Message::Binary(data))) = ws_rx.next().await {
+                if to_spdy.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16384];
+            while let Ok(n) = from_spdy.read(&mut buf).await {
+                if n == 0
+                    || ws_tx
+                        .send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let conn = Connection::with_role(theirs, Role::Client, std::time::Duration::from_secs(30))
+            .expect("spdy");
+        let headers = |kind: &str| {
+            let mut h = Headers::new();
+            h.push("streamType", kind);
+            h.push("port", "80");
+            h.push("requestID", "0");
+            h
+        };
+        let timeout = std::time::Duration::from_secs(10);
+        let mut error = conn
+            .open(headers("error"), timeout)
+            .await
+            .expect("error stream");
+        error.writer().close().await.expect("close error");
+        let mut data = conn
+            .open(headers("data"), timeout)
+            .await
+            .expect("data stream");
+        data.writer().write(b"ping").await.expect("write");
+        data.writer().close().await.expect("close data");
+        assert_eq!(data.read_to_end(1 << 20).await, b"pod9 port 80 got ping");
+        assert!(error.read_to_end(1 << 20).await.is_empty());
+    }
+}
