@@ -102,6 +102,9 @@ pub(crate) fn namespace_modes(
     (network, ipc, pid)
 }
 
+/// How long ContainerStatus of an exited container waits for its last output to be copied.
+const LOG_DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl DockerShim {
     /// A workload container by ID: its inspection and labels; None when absent or not one of the
     /// shim's containers.
@@ -182,8 +185,8 @@ impl DockerShim {
                     .and_then(|h| h.cgroup_parent.clone())
             })
             .filter(|p| !p.is_empty());
-        if let Some(reason) = config.mounts.iter().find_map(convert::unsupported_mount) {
-            return Err(OpError::InvalidArgument(reason));
+        if let Some(refused) = config.mounts.iter().find_map(convert::unsupported_mount) {
+            return Err(refused);
         }
         let mut binds: Vec<String> = config.mounts.iter().map(convert::docker_bind).collect();
         // Containers joining the sandbox's network share its resolv.conf (the pod's DNS config);
@@ -378,9 +381,8 @@ impl DockerShim {
         Ok(())
     }
 
-    /// Stops a container with `timeout` seconds of grace; a stopped container is fine, an unknown
-    /// one is NotFound.
-    /// Stops a container; an unknown ID is fine (CRI requires StopContainer to be idempotent).
+    /// Stops a container with `timeout` seconds of grace; a stopped container or an unknown ID is
+    /// fine (CRI requires StopContainer to be idempotent).
     pub(crate) async fn stop_container(&self, id: &str, timeout: i64) -> Result<(), OpError> {
         let Some((inspect, _)) = self.inspect_cri_container(id).await? else {
             return Ok(());
@@ -414,6 +416,16 @@ impl DockerShim {
             Some(image_id) if !image_id.is_empty() => self.inspect_image(image_id).await?,
             _ => None,
         };
+        // As containerd does, an exited container is reported once its output is in the CRI
+        // log: whoever reads the log after seeing the exit finds all of it.
+        if !is_running(&inspect)
+            && let Some(docker_id) = inspect.id.as_deref()
+        {
+            self.inner
+                .logs
+                .wait_drained(docker_id, LOG_DRAIN_WAIT)
+                .await;
+        }
         Ok(api::ContainerStatusResponse {
             status: Some(container_status(&inspect, labels, image.as_ref())),
             info: HashMap::new(),

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use bollard::models::{ContainerState, ContainerStateStatusEnum};
 use k8s_cri::v1 as api;
 
+use crate::error::OpError;
+
 /// Nanoseconds since the epoch of one of Docker's RFC 3339 timestamps; 0 for Docker's zero time
 /// (`0001-01-01T00:00:00Z`), for times before the epoch and for anything unparsable.
 pub(crate) fn docker_time_ns(value: &str) -> i64 {
@@ -221,21 +223,22 @@ pub(crate) fn docker_user(
     })
 }
 
-/// Why a CRI mount cannot be served through Docker binds, if it cannot: image volumes and
-/// recursive read-only mounts (the Status call reports the handler without that feature, so
-/// kubelet refuses such pods before they get here).
-pub(crate) fn unsupported_mount(mount: &api::Mount) -> Option<String> {
+/// Why a CRI mount cannot be served through Docker binds, if it cannot: image volumes are not
+/// implemented (Unimplemented, so that callers can tell a missing feature from a bad request)
+/// and recursive read-only mounts are refused (the Status call reports the handler without that
+/// feature, so kubelet refuses such pods before they get here).
+pub(crate) fn unsupported_mount(mount: &api::Mount) -> Option<OpError> {
     if mount.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
-        return Some(format!(
+        return Some(OpError::Unimplemented(format!(
             "mount {}: image volumes are not supported by the docker runtime",
             mount.container_path
-        ));
+        )));
     }
     if mount.recursive_read_only {
-        return Some(format!(
+        return Some(OpError::InvalidArgument(format!(
             "mount {}: recursive read-only mounts are not supported by the docker runtime",
             mount.container_path
-        ));
+        )));
     }
     None
 }
@@ -595,12 +598,15 @@ mod tests {
             readonly: true,
             ..Default::default()
         };
-        assert_eq!(unsupported_mount(&plain), None);
+        assert!(unsupported_mount(&plain).is_none());
         let rro = api::Mount {
             recursive_read_only: true,
             ..plain.clone()
         };
-        assert!(unsupported_mount(&rro).is_some_and(|m| m.contains("recursive read-only")));
+        assert!(matches!(
+            unsupported_mount(&rro),
+            Some(OpError::InvalidArgument(m)) if m.contains("recursive read-only")
+        ));
         let image = api::Mount {
             image: Some(api::ImageSpec {
                 image: "busybox".into(),
@@ -608,7 +614,10 @@ mod tests {
             }),
             ..plain
         };
-        assert!(unsupported_mount(&image).is_some_and(|m| m.contains("image volumes")));
+        assert!(matches!(
+            unsupported_mount(&image),
+            Some(OpError::Unimplemented(m)) if m.contains("image volumes")
+        ));
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub(crate) enum OpError {
     FailedPrecondition(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    #[error("{0}")]
+    Unimplemented(String),
     #[error("{context}: {source}")]
     Docker {
         context: String,
@@ -94,6 +96,7 @@ impl OpError {
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::Unimplemented(_) => Code::Unimplemented,
             Self::Io { .. } | Self::Cni { .. } => Code::Internal,
             Self::Docker { source, .. } => match docker_status_code(source) {
                 Some(400) => Code::InvalidArgument,

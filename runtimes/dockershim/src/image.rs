@@ -284,6 +284,15 @@ impl DockerShim {
     /// when it has none. An absent image is not an error; an image used by a container is
     /// (FailedPrecondition), as Docker refuses to remove it.
     pub(crate) async fn remove_image(&self, spec: Option<api::ImageSpec>) -> Result<(), OpError> {
+        // Two removals racing: Docker answers the loser 500 "unrecognized image ID" (not 404)
+        // when the winner deleted the image between its lookup and its delete.
+        fn lost_removal_race(e: &bollard::errors::Error) -> bool {
+            matches!(
+                e,
+                bollard::errors::Error::DockerResponseServerError { status_code: 500, message }
+                    if message.contains("unrecognized image ID")
+            )
+        }
         fn id_or(image: &bollard::models::ImageInspect, reference: &str) -> String {
             image.id.clone().unwrap_or_else(|| reference.to_string())
         }
@@ -301,7 +310,7 @@ impl DockerShim {
                 .await
             {
                 Ok(_) => {}
-                Err(e) if is_not_found(&e) => {}
+                Err(e) if is_not_found(&e) || lost_removal_race(&e) => {}
                 Err(e) if is_conflict(&e) => {
                     return Err(OpError::FailedPrecondition(format!(
                         "removing image {target}: {e}"

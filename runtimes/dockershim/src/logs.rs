@@ -158,6 +158,22 @@ impl LogFollowers {
         }
     }
 
+    /// Waits (at most `limit`) until the follower of `container_id`, if one runs, has copied
+    /// everything: its task ends when Docker's log stream of the stopped container does.
+    pub(crate) async fn wait_drained(&self, container_id: &str, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let running = self
+                .lock()
+                .get(container_id)
+                .is_some_and(|(_, task)| !task.is_finished());
+            if !running || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     pub(crate) fn count(&self) -> usize {
         self.lock()
             .values()
