@@ -20,6 +20,23 @@ pub(crate) enum Pending {
     PortForward(api::PortForwardRequest),
 }
 
+impl Pending {
+    /// The container and pipes of an exec or attach request; `None` for port-forward.
+    pub(crate) fn session(&self) -> Option<(&str, crate::remotecommand::Options)> {
+        let options = |stdin, stdout, stderr, tty| crate::remotecommand::Options {
+            stdin,
+            stdout,
+            stderr,
+            tty,
+        };
+        match self {
+            Self::Exec(r) => Some((&r.container_id, options(r.stdin, r.stdout, r.stderr, r.tty))),
+            Self::Attach(r) => Some((&r.container_id, options(r.stdin, r.stdout, r.stderr, r.tty))),
+            Self::PortForward(_) => None,
+        }
+    }
+}
+
 pub(crate) struct RequestCache {
     entries: Mutex<HashMap<String, (Instant, Pending)>>,
     ttl: Duration,

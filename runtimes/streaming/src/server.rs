@@ -134,14 +134,7 @@ impl StreamingServer {
                 "cmd must not be empty".into(),
             ));
         }
-        validate_session(
-            &req.container_id,
-            req.stdin,
-            req.stdout,
-            req.stderr,
-            req.tty,
-        )?;
-        let url = self.url("exec", Pending::Exec(req.clone()))?;
+        let url = self.session_url("exec", Pending::Exec(req.clone()))?;
         Ok(api::ExecResponse { url })
     }
 
@@ -150,15 +143,16 @@ impl StreamingServer {
         &self,
         req: &api::AttachRequest,
     ) -> Result<api::AttachResponse, StreamingError> {
-        validate_session(
-            &req.container_id,
-            req.stdin,
-            req.stdout,
-            req.stderr,
-            req.tty,
-        )?;
-        let url = self.url("attach", Pending::Attach(req.clone()))?;
+        let url = self.session_url("attach", Pending::Attach(req.clone()))?;
         Ok(api::AttachResponse { url })
+    }
+
+    /// Validates an exec or attach request, then stores it.
+    fn session_url(&self, kind: &str, request: Pending) -> Result<String, StreamingError> {
+        if let Some((container_id, opts)) = request.session() {
+            validate_session(container_id, opts)?;
+        }
+        self.url(kind, request)
     }
 
     /// The URL for a port-forward session (the CRI PortForward answer).
@@ -196,24 +190,18 @@ impl Drop for StreamingServer {
 }
 
 /// The kubelet's checks of exec/attach requests.
-fn validate_session(
-    container_id: &str,
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    tty: bool,
-) -> Result<(), StreamingError> {
+fn validate_session(container_id: &str, opts: Options) -> Result<(), StreamingError> {
     if container_id.is_empty() {
         return Err(StreamingError::InvalidRequest(
             "missing required container_id".into(),
         ));
     }
-    if tty && stderr {
+    if opts.tty && opts.stderr {
         return Err(StreamingError::InvalidRequest(
             "tty and stderr cannot both be true".into(),
         ));
     }
-    if !stdin && !stdout && !stderr {
+    if !opts.stdin && !opts.stdout && !opts.stderr {
         return Err(StreamingError::InvalidRequest(
             "one of stdin, stdout, or stderr must be set".into(),
         ));
@@ -305,44 +293,28 @@ fn remotecommand_runner<R: StreamingRuntime>(
     runtime: Arc<R>,
     pending: &Pending,
 ) -> Option<(Options, Runner)> {
-    match pending.clone() {
-        Pending::Exec(req) => {
-            let opts = Options {
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                tty: req.tty,
-            };
-            let runner: Runner = Box::new(move |streams| {
-                Box::pin(async move {
-                    match runtime.exec(&req.container_id, &req.cmd, streams).await {
-                        Ok(0) => Outcome::Success,
-                        Ok(code) => Outcome::ExitCode(code),
-                        Err(e) => Outcome::Error(e.to_string()),
-                    }
-                })
-            });
-            Some((opts, runner))
-        }
-        Pending::Attach(req) => {
-            let opts = Options {
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                tty: req.tty,
-            };
-            let runner: Runner = Box::new(move |streams| {
-                Box::pin(async move {
-                    match runtime.attach(&req.container_id, streams).await {
-                        Ok(()) => Outcome::Success,
-                        Err(e) => Outcome::Error(e.to_string()),
-                    }
-                })
-            });
-            Some((opts, runner))
-        }
-        Pending::PortForward(_) => None,
-    }
+    let (_, opts) = pending.session()?;
+    let runner: Runner = match pending.clone() {
+        Pending::Exec(req) => Box::new(move |streams| {
+            Box::pin(async move {
+                match runtime.exec(&req.container_id, &req.cmd, streams).await {
+                    Ok(0) => Outcome::Success,
+                    Ok(code) => Outcome::ExitCode(code),
+                    Err(e) => Outcome::Error(e.to_string()),
+                }
+            })
+        }),
+        Pending::Attach(req) => Box::new(move |streams| {
+            Box::pin(async move {
+                match runtime.attach(&req.container_id, streams).await {
+                    Ok(()) => Outcome::Success,
+                    Err(e) => Outcome::Error(e.to_string()),
+                }
+            })
+        }),
+        Pending::PortForward(_) => return None,
+    };
+    Some((opts, runner))
 }
 
 /// The runtime's part of one forwarded connection of `sandbox`.
@@ -494,15 +466,21 @@ mod tests {
 
     #[test]
     fn requests_are_validated_like_the_kubelets() {
-        assert!(validate_session("c", false, true, true, false).is_ok());
-        assert!(validate_session("c", true, true, false, true).is_ok());
+        let opts = |stdin, stdout, stderr, tty| Options {
+            stdin,
+            stdout,
+            stderr,
+            tty,
+        };
+        assert!(validate_session("c", opts(false, true, true, false)).is_ok());
+        assert!(validate_session("c", opts(true, true, false, true)).is_ok());
         assert!(matches!(
-            validate_session("c", false, true, true, true),
+            validate_session("c", opts(false, true, true, true)),
             Err(StreamingError::InvalidRequest(m)) if m.contains("tty and stderr")
         ));
-        assert!(validate_session("c", false, false, false, false).is_err());
+        assert!(validate_session("c", opts(false, false, false, false)).is_err());
         assert!(matches!(
-            validate_session("", true, false, false, false),
+            validate_session("", opts(true, false, false, false)),
             Err(StreamingError::InvalidRequest(m)) if m.contains("container_id")
         ));
     }
