@@ -333,7 +333,12 @@ mod websocket {
                         .expect("base64");
                     got.push((text.as_bytes()[0] - b'0', payload));
                 }
-                Message::Close(_) => break,
+                Message::Close(frame) => {
+                    // A normal closure, which client-go reads as the end of every channel.
+                    let code = frame.map(|f| u16::from(f.code));
+                    assert_eq!(code, Some(1000), "close frame");
+                    break;
+                }
                 _ => {}
             }
         }

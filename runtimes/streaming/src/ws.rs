@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -105,6 +105,13 @@ fn decode(message: &Message, base64: bool) -> Option<(u8, Vec<u8>)> {
     }
 }
 
+fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: close_code::NORMAL,
+        reason: "".into(),
+    }))
+}
+
 /// Output on one channel of the socket.
 struct ChannelSink {
     channel: u8,
@@ -139,6 +146,9 @@ where
                 return;
             }
         }
+        // A normal closure: client-go reads it as the end of every channel (a close without a
+        // status is an error to it).
+        let _ = socket_tx.send(normal_close()).await;
         let _ = socket_tx.close().await;
     });
     let ready = if opts.stdout {
@@ -254,6 +264,7 @@ pub(crate) async fn serve_tunnel<F, Fut>(
                 }
             }
         }
+        let _ = socket_tx.send(normal_close()).await;
         let _ = socket_tx.close().await;
     });
     match Connection::new(theirs, idle_timeout) {
