@@ -42,12 +42,16 @@ pub enum AgentError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("kubelet port TLS: {0}")]
+    Tls(#[from] crate::server::tls::TlsError),
 }
 
 /// Everything the agent needs to run, resolved from the config file and flags.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     pub config: KubeletConfiguration,
+    /// Where the kubelet port's self-signed certificate is kept (`--cert-dir`).
+    pub cert_dir: PathBuf,
     pub node_name: String,
     pub root_dir: PathBuf,
     pub cgroup_mount: PathBuf,
@@ -109,12 +113,12 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         registry: Arc::new(metrics.registry()),
         pleg: pleg_health.clone(),
     };
-    start_servers(config, server_state, &cancel).await?;
-
     let client = match &options.kubeconfig {
         Some(path) => Some(apiserver::client_from_kubeconfig(path).await?),
         None => None,
     };
+    start_servers(config, server_state.clone(), &cancel).await?;
+    start_kubelet_port(&options, server_state, cri.clone(), client.clone(), &cancel).await?;
     let Some(version) = wait_for_runtime(&cri, &config.container_runtime_endpoint, &cancel).await
     else {
         return Ok(());
@@ -261,6 +265,68 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
     };
     sync.run(desired_rx, events_rx, probe_wake_rx, relist_rx, cancel)
         .await;
+    Ok(())
+}
+
+/// The kubelet port (TLS, authenticated): logs, exec, attach, port-forward. Authorization mode
+/// Webhook needs an API server; standalone, the port stays closed unless AlwaysAllow is chosen.
+async fn start_kubelet_port(
+    options: &AgentOptions,
+    base: ServerState,
+    cri: CriClient,
+    client: Option<kube::Client>,
+    cancel: &CancellationToken,
+) -> Result<(), AgentError> {
+    let config = &options.config;
+    if config.port == 0 {
+        return Ok(());
+    }
+    let mode = match config.authorization.mode.as_str() {
+        "AlwaysAllow" => server::auth::AuthorizationMode::AlwaysAllow,
+        _ => server::auth::AuthorizationMode::Webhook,
+    };
+    if mode == server::auth::AuthorizationMode::Webhook && client.is_none() {
+        tracing::warn!(
+            port = config.port,
+            "kubelet port not served: authorization mode Webhook needs an API server \
+             (--kubeconfig); set authorization.mode AlwaysAllow (with a client CA) to serve it \
+             standalone"
+        );
+        return Ok(());
+    }
+    let ip: IpAddr = config
+        .address
+        .parse()
+        .map_err(|_| AgentError::Address(config.address.clone()))?;
+    let mut hostnames = vec![options.node_name.clone(), "localhost".into()];
+    hostnames.extend(
+        options
+            .node_ip
+            .iter()
+            .map(ToString::to_string)
+            .chain(["127.0.0.1".to_owned()]),
+    );
+    let tls = server::tls::server_config(&server::tls::TlsSettings {
+        cert_file: config.tls_cert_file.clone(),
+        key_file: config.tls_private_key_file.clone(),
+        cert_dir: options.cert_dir.clone(),
+        hostnames,
+        client_ca_file: config.authentication.x509.client_ca_file.clone(),
+    })?;
+    let auth = server::auth::Auth::new(
+        config.authentication.anonymous.enabled,
+        mode,
+        config.authentication.webhook.enabled,
+        client,
+        options.node_name.clone(),
+    );
+    let router = server::api::api_router(server::api::ApiState { base, cri }, auth);
+    let addr = SocketAddr::new(ip, config.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::Server { addr, source })?;
+    tracing::info!(address = %addr, authorization = %config.authorization.mode, "serving the kubelet port (HTTPS)");
+    tokio::spawn(server::https::serve(listener, tls, router, cancel.clone()));
     Ok(())
 }
 

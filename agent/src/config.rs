@@ -92,6 +92,62 @@ pub struct KubeletConfiguration {
     pub cluster_domain: String,
     /// The resolv.conf pods with dnsPolicy Default (or no clusterDNS) use.
     pub resolv_conf: PathBuf,
+    /// The kubelet port (TLS; logs, exec, attach, port-forward); 0 turns it off.
+    pub port: u16,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
+    pub authentication: Authentication,
+    pub authorization: Authorization,
+}
+
+/// `authentication` (the kubelet port's), with KubeletConfiguration v1beta1's defaults.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Authentication {
+    pub x509: X509Authentication,
+    pub webhook: WebhookAuthentication,
+    pub anonymous: AnonymousAuthentication,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct X509Authentication {
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WebhookAuthentication {
+    /// Bearer tokens are checked with TokenReviews.
+    pub enabled: bool,
+}
+
+impl Default for WebhookAuthentication {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AnonymousAuthentication {
+    pub enabled: bool,
+}
+
+/// `authorization`: `Webhook` (SubjectAccessReviews, the default) or `AlwaysAllow`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Authorization {
+    pub mode: String,
+}
+
+impl Default for Authorization {
+    fn default() -> Self {
+        Self {
+            mode: "Webhook".into(),
+        }
+    }
 }
 
 mod go_duration {
@@ -142,6 +198,11 @@ impl Default for KubeletConfiguration {
             cluster_dns: Vec::new(),
             cluster_domain: String::new(),
             resolv_conf: "/etc/resolv.conf".into(),
+            port: 10250,
+            tls_cert_file: None,
+            tls_private_key_file: None,
+            authentication: Authentication::default(),
+            authorization: Authorization::default(),
         }
     }
 }
@@ -270,6 +331,21 @@ impl KubeletConfiguration {
             return Err(field(
                 "healthzBindAddress",
                 format!("{:?} is not an IP address", self.healthz_bind_address),
+            ));
+        }
+        if !matches!(self.authorization.mode.as_str(), "Webhook" | "AlwaysAllow") {
+            return Err(field(
+                "authorization.mode",
+                format!(
+                    "{:?} is not supported (Webhook or AlwaysAllow)",
+                    self.authorization.mode
+                ),
+            ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_private_key_file.is_some() {
+            return Err(field(
+                "tlsCertFile",
+                "tlsCertFile and tlsPrivateKeyFile go together".into(),
             ));
         }
         if self.address.parse::<std::net::IpAddr>().is_err() {

@@ -55,6 +55,31 @@ struct Cli {
     /// Address the read-only port binds (address).
     #[arg(long)]
     address: Option<String>,
+    /// The kubelet port: TLS, for logs, exec, attach, port-forward (0 = off) (port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// The kubelet port's serving certificate (tlsCertFile); without it a self-signed one is made
+    /// in --cert-dir.
+    #[arg(long)]
+    tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file (tlsPrivateKeyFile).
+    #[arg(long)]
+    tls_private_key_file: Option<PathBuf>,
+    /// Where a self-signed serving certificate is kept (default: <root-dir>/pki).
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// Client certificates signed by this CA authenticate (authentication.x509.clientCAFile).
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
+    /// Requests without credentials are system:anonymous (authentication.anonymous.enabled).
+    #[arg(long)]
+    anonymous_auth: Option<bool>,
+    /// Bearer tokens are checked with TokenReviews (authentication.webhook.enabled).
+    #[arg(long)]
+    authentication_token_webhook: Option<bool>,
+    /// Webhook (SubjectAccessReviews) or AlwaysAllow (authorization.mode).
+    #[arg(long, value_parser = ["Webhook", "AlwaysAllow"])]
+    authorization_mode: Option<String>,
     /// Maximum number of pods (maxPods).
     #[arg(long)]
     max_pods: Option<u32>,
@@ -250,6 +275,29 @@ fn resolve(cli: &Cli) -> anyhow::Result<AgentOptions> {
     if let Some(a) = cli.address.clone() {
         config.address = a;
     }
+    if let Some(p) = cli.port {
+        config.port = p;
+    }
+    if cli.tls_cert_file.is_some() || cli.tls_private_key_file.is_some() {
+        anyhow::ensure!(
+            cli.tls_cert_file.is_some() && cli.tls_private_key_file.is_some(),
+            "--tls-cert-file and --tls-private-key-file go together"
+        );
+        config.tls_cert_file = cli.tls_cert_file.clone();
+        config.tls_private_key_file = cli.tls_private_key_file.clone();
+    }
+    if let Some(ca) = cli.client_ca_file.clone() {
+        config.authentication.x509.client_ca_file = Some(ca);
+    }
+    if let Some(on) = cli.anonymous_auth {
+        config.authentication.anonymous.enabled = on;
+    }
+    if let Some(on) = cli.authentication_token_webhook {
+        config.authentication.webhook.enabled = on;
+    }
+    if let Some(mode) = cli.authorization_mode.clone() {
+        config.authorization.mode = mode;
+    }
     if let Some(m) = cli.max_pods {
         anyhow::ensure!(m > 0, "--max-pods must be greater than 0");
         config.max_pods = m;
@@ -278,6 +326,10 @@ fn resolve(cli: &Cli) -> anyhow::Result<AgentOptions> {
         node_ip: cli.node_ip,
         node_labels,
         node_name,
+        cert_dir: cli
+            .cert_dir
+            .clone()
+            .unwrap_or_else(|| cli.root_dir.join("pki")),
         root_dir: cli.root_dir.clone(),
         cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
         pleg_period: Duration::from_secs(1),

@@ -177,6 +177,8 @@ pub struct Agent {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub healthz_port: u16,
+    /// The kubelet port (TLS): served when the config's authorization allows it.
+    pub kubelet_port: u16,
     pub kubeconfig: Option<PathBuf>,
     child: Option<Child>,
     http: reqwest::Client,
@@ -197,6 +199,7 @@ impl Agent {
             dir,
             port: free_port(),
             healthz_port: free_port(),
+            kubelet_port: free_port(),
             kubeconfig: None,
             child: None,
             http: reqwest::Client::builder()
@@ -206,11 +209,13 @@ impl Agent {
         let config = format!(
             "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
              staticPodPath: {}\ncontainerRuntimeEndpoint: {}\nreadOnlyPort: {}\nhealthzPort: {}\n\
-             address: 127.0.0.1\npodLogsDir: {}\nfileCheckFrequency: 5s\nsyncFrequency: 10s\n{extra_config}",
+             port: {}\naddress: 127.0.0.1\npodLogsDir: {}\nfileCheckFrequency: 5s\nsyncFrequency: 10s\n\
+             {extra_config}",
             agent.manifests().display(),
             endpoint(),
             agent.port,
             agent.healthz_port,
+            agent.kubelet_port,
             agent.pod_logs_dir().display(),
         );
         std::fs::write(agent.dir.path().join("kubelet.yaml"), config)?;

@@ -525,6 +525,7 @@ pub fn spawn(options: NodeAgentOptions) -> Option<IpAddr> {
         .node_ip
         .or_else(|| host::detect_node_ip(&node_options.host_paths));
     node_options.node_ip = options.node_ip;
+    node_options.kubelet_port = i32::from(options.config.port);
     let version = api::VersionResponse {
         runtime_name: options.runtime_name,
         runtime_version: options.runtime_version,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::StreamingError;
@@ -40,24 +40,42 @@ pub async fn connect(
         .strip_prefix("http://")
         .ok_or_else(|| client_error(format!("only http:// URLs are served: {url}")))?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut tcp = TcpStream::connect(authority)
+    let tcp = TcpStream::connect(authority)
         .await
         .map_err(|e| client_error(format!("connect {authority}: {e}")))?;
+    upgrade(tcp, authority, path, &[], protocols).await
+}
+
+/// Upgrades an established connection `io` (plain or TLS) to SPDY/3.1 with a POST of `path`,
+/// extra request `headers` (e.g. `Authorization`) and the offered `protocols`.
+pub async fn upgrade<T>(
+    mut io: T,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    protocols: &[&str],
+) -> Result<(Connection, Option<String>), StreamingError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n"
     );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
     for protocol in protocols {
         request.push_str(&format!("X-Stream-Protocol-Version: {protocol}\r\n"));
     }
     request.push_str("\r\n");
-    tcp.write_all(request.as_bytes())
+    io.write_all(request.as_bytes())
         .await
         .map_err(|e| client_error(format!("send upgrade request: {e}")))?;
 
     // The response head, byte by byte: SPDY frames may follow it directly.
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
-        let byte = tcp
+        let byte = io
             .read_u8()
             .await
             .map_err(|e| client_error(format!("read upgrade response: {e}")))?;
@@ -77,7 +95,7 @@ pub async fn connect(
             .eq_ignore_ascii_case("x-stream-protocol-version")
             .then(|| value.trim().to_owned())
     });
-    let conn = Connection::with_role(tcp, Role::Client, Duration::from_secs(3600))
+    let conn = Connection::with_role(io, Role::Client, Duration::from_secs(3600))
         .map_err(|e| client_error(e.to_string()))?;
     Ok((conn, protocol))
 }
@@ -97,9 +115,22 @@ async fn open(
         .map_err(|e| client_error(format!("open {kind} stream: {e}")))
 }
 
+/// The exec/attach protocol this client speaks.
+pub const EXEC_PROTOCOL: &str = "v4.channel.k8s.io";
+/// The port-forward protocol.
+pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
+
 /// Runs one exec or attach session at `url` with protocol v4 (as `kubectl exec` does).
 pub async fn run_session(url: &str, input: SessionInput) -> Result<SessionOutput, StreamingError> {
-    let (conn, _) = connect(url, &["v4.channel.k8s.io"]).await?;
+    let (conn, _) = connect(url, &[EXEC_PROTOCOL]).await?;
+    session(conn, input).await
+}
+
+/// Runs one exec or attach session on an upgraded connection (see [`upgrade`]).
+pub async fn session(
+    conn: Connection,
+    input: SessionInput,
+) -> Result<SessionOutput, StreamingError> {
     let mut error = open(&conn, "error", &[]).await?;
     let stdin = match &input.stdin {
         Some(_) => Some(open(&conn, "stdin", &[]).await?),
@@ -164,7 +195,16 @@ pub async fn forward_once(
     port: u16,
     request: &[u8],
 ) -> Result<(Vec<u8>, String), StreamingError> {
-    let (conn, _) = connect(url, &["portforward.k8s.io"]).await?;
+    let (conn, _) = connect(url, &[PORT_FORWARD_PROTOCOL]).await?;
+    forward(conn, port, request).await
+}
+
+/// Forwards one connection to `port` over an upgraded port-forward connection (see [`upgrade`]).
+pub async fn forward(
+    conn: Connection,
+    port: u16,
+    request: &[u8],
+) -> Result<(Vec<u8>, String), StreamingError> {
     let ids = [("port", port.to_string()), ("requestID", "0".to_owned())];
     let mut error = open(&conn, "error", &ids).await?;
     error

@@ -1,5 +1,12 @@
-//! kubelet's HTTP endpoints: `/healthz` on the healthz port, and on the read-only port `/healthz`,
-//! `/pods` (a v1 PodList with live status) and `/metrics`.
+//! kubelet's HTTP endpoints: `/healthz` on the healthz port; on the read-only port `/healthz`,
+//! `/pods` (a v1 PodList with live status) and `/metrics`; and the kubelet port ([`api`]: TLS,
+//! authenticated, with logs, exec, attach and port-forward as well).
+
+pub mod api;
+pub mod auth;
+pub mod https;
+pub mod logs;
+pub mod tls;
 
 use std::sync::Arc;
 

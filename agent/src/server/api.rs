@@ -1,0 +1,662 @@
+//! The kubelet port (10250, TLS, authenticated and authorized): what the API server calls for
+//! `kubectl logs`, `exec`, `attach`, `port-forward`, plus `/pods`, `/healthz` and `/metrics`.
+//!
+//! * `/containerLogs/{namespace}/{pod}/{container}` streams the container's CRI log file
+//!   ([`super::logs`]) with kubelet's query options (`follow`, `previous`, `tailLines`, …).
+//! * `/exec`, `/attach` (`/{namespace}/{pod}[/{uid}]/{container}`) and `/portForward`
+//!   (`/{namespace}/{pod}[/{uid}]`) ask the runtime for a streaming URL through CRI and proxy the
+//!   client's upgraded connection (SPDY or WebSocket) to it, as the kubelet does since it stopped
+//!   redirecting; `/run/...` (POST) runs a command and answers its output.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Pod;
+use mk_cri::{CriClient, api};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::auth::{Auth, AuthError, PeerCertificate};
+use super::logs::{LogOptions, stream_log};
+use super::{ServerState, read_only_router};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub base: ServerState,
+    pub cri: CriClient,
+}
+
+/// The kubelet port's router; `auth` guards every path.
+pub fn api_router(state: ApiState, auth: Auth) -> Router {
+    let api = Router::new()
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs),
+        )
+        .route("/exec/{namespace}/{pod}/{container}", any(exec))
+        .route("/exec/{namespace}/{pod}/{uid}/{container}", any(exec_uid))
+        .route("/attach/{namespace}/{pod}/{container}", any(attach))
+        .route(
+            "/attach/{namespace}/{pod}/{uid}/{container}",
+            any(attach_uid),
+        )
+        .route("/portForward/{namespace}/{pod}", any(port_forward))
+        .route(
+            "/portForward/{namespace}/{pod}/{uid}",
+            any(port_forward_uid),
+        )
+        .route("/run/{namespace}/{pod}/{container}", post(run))
+        .route("/run/{namespace}/{pod}/{uid}/{container}", post(run_uid))
+        .with_state(state.clone());
+    api.merge(read_only_router(state.base))
+        .layer(middleware::from_fn_with_state(auth, authenticate))
+}
+
+async fn authenticate(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+    let certificate = req
+        .extensions()
+        .get::<PeerCertificate>()
+        .cloned()
+        .unwrap_or_default();
+    let header = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let user = match auth.authenticate(&certificate, header).await {
+        Ok(user) => user,
+        Err(e) => return refuse(&e),
+    };
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    if let Err(e) = auth.authorize(&user, &method, &path).await {
+        tracing::debug!(user = %user.name, method, path, error = %e, "kubelet API request refused");
+        return refuse(&e);
+    }
+    next.run(req).await
+}
+
+fn refuse(error: &AuthError) -> Response {
+    let code = match error {
+        AuthError::Unauthorized => StatusCode::UNAUTHORIZED,
+        AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
+        AuthError::Webhook(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, format!("{error}\n")).into_response()
+}
+
+/// An error answer with kubelet's codes.
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
+fn find_pod(
+    state: &ApiState,
+    namespace: &str,
+    name: &str,
+    uid: Option<&str>,
+) -> Result<Pod, Failure> {
+    state
+        .base
+        .status
+        .pods()
+        .into_iter()
+        .find(|p| {
+            p.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                && p.metadata.name.as_deref() == Some(name)
+                && uid.is_none_or(|u| p.metadata.uid.as_deref() == Some(u))
+        })
+        .ok_or_else(|| {
+            Failure(
+                StatusCode::NOT_FOUND,
+                format!("pod does not exist: {namespace}/{name}"),
+            )
+        })
+}
+
+/// The runtime ID of `container` in `pod` (its previous instance with `previous`).
+fn container_id(pod: &Pod, container: &str, previous: bool) -> Result<String, Failure> {
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+    let status = pod.status.as_ref();
+    let statuses = status
+        .into_iter()
+        .flat_map(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .chain(s.init_container_statuses.iter().flatten())
+                .chain(s.ephemeral_container_statuses.iter().flatten())
+        })
+        .find(|s| s.name == container)
+        .ok_or_else(|| {
+            Failure(
+                StatusCode::BAD_REQUEST,
+                format!("container {container} is not valid for pod {pod_name}"),
+            )
+        })?;
+    let id = if previous {
+        statuses
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.container_id.clone())
+            .ok_or_else(|| {
+                Failure(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "previous terminated container {container:?} in pod {pod_name:?} not found"
+                    ),
+                )
+            })?
+    } else {
+        statuses.container_id.clone().ok_or_else(|| {
+            Failure(
+                StatusCode::BAD_REQUEST,
+                format!("container {container:?} in pod {pod_name:?} is waiting to start"),
+            )
+        })?
+    };
+    // `containerd://<id>`, `docker://<id>`: the runtime's own ID follows the scheme.
+    Ok(id
+        .split_once("://")
+        .map_or(id.clone(), |(_, id)| id.to_owned()))
+}
+
+async fn container_logs(
+    State(state): State<ApiState>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Failure> {
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let opts = LogOptions::from_query(&pairs)
+        .map_err(|e| Failure(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let pod = find_pod(&state, &namespace, &pod, None)?;
+    let id = container_id(&pod, &container, opts.previous)?;
+    let status = state
+        .cri
+        .container_status(api::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .status
+        .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("container {id} not found")))?;
+    let path = std::path::PathBuf::from(status.log_path);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let cri = state.cri.clone();
+    tokio::spawn(async move {
+        let running = || {
+            let cri = cri.clone();
+            let id = id.clone();
+            async move {
+                cri.container_status(api::ContainerStatusRequest {
+                    container_id: id,
+                    verbose: false,
+                })
+                .await
+                .ok()
+                .and_then(|r| r.status)
+                .is_some_and(|s| s.state == api::ContainerState::ContainerRunning as i32)
+            }
+        };
+        if let Err(e) = stream_log(&path, &opts, tx, running).await {
+            tracing::debug!(path = %path.display(), error = %e, "container log stream ended");
+        }
+    });
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::io::Error>));
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain")], body).into_response())
+}
+
+use futures::StreamExt as _;
+
+/// Kubelet's streaming options (`stdin`, `stdout`, `stderr`, `tty`: "1" or "true").
+fn flag(query: &[(String, String)], name: &str) -> bool {
+    query
+        .iter()
+        .any(|(k, v)| k == name && matches!(v.as_str(), "1" | "true" | "True"))
+}
+
+fn parse_query(raw: Option<String>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+async fn exec(
+    State(state): State<ApiState>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    req: Request,
+) -> Response {
+    stream_exec(
+        state,
+        &namespace,
+        &pod,
+        None,
+        &container,
+        parse_query(query),
+        req,
+        true,
+    )
+    .await
+}
+
+async fn exec_uid(
+    State(state): State<ApiState>,
+    Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
+    RawQuery(query): RawQuery,
+    req: Request,
+) -> Response {
+    stream_exec(
+        state,
+        &namespace,
+        &pod,
+        Some(&uid),
+        &container,
+        parse_query(query),
+        req,
+        true,
+    )
+    .await
+}
+
+async fn attach(
+    State(state): State<ApiState>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    req: Request,
+) -> Response {
+    stream_exec(
+        state,
+        &namespace,
+        &pod,
+        None,
+        &container,
+        parse_query(query),
+        req,
+        false,
+    )
+    .await
+}
+
+async fn attach_uid(
+    State(state): State<ApiState>,
+    Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
+    RawQuery(query): RawQuery,
+    req: Request,
+) -> Response {
+    stream_exec(
+        state,
+        &namespace,
+        &pod,
+        Some(&uid),
+        &container,
+        parse_query(query),
+        req,
+        false,
+    )
+    .await
+}
+
+/// Exec (`is_exec`) or attach: the runtime's URL, then the proxied upgrade.
+#[allow(clippy::too_many_arguments)]
+async fn stream_exec(
+    state: ApiState,
+    namespace: &str,
+    pod: &str,
+    uid: Option<&str>,
+    container: &str,
+    query: Vec<(String, String)>,
+    req: Request,
+    is_exec: bool,
+) -> Response {
+    let pod = match find_pod(&state, namespace, pod, uid) {
+        Ok(pod) => pod,
+        Err(f) => return f.into_response(),
+    };
+    let id = match container_id(&pod, container, false) {
+        Ok(id) => id,
+        Err(f) => return f.into_response(),
+    };
+    let (stdin, stdout, stderr, tty) = (
+        flag(&query, "stdin"),
+        flag(&query, "stdout"),
+        flag(&query, "stderr"),
+        flag(&query, "tty"),
+    );
+    let url = if is_exec {
+        let cmd: Vec<String> = query
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.clone())
+            .collect();
+        state
+            .cri
+            .exec(api::ExecRequest {
+                container_id: id,
+                cmd,
+                tty,
+                stdin,
+                stdout,
+                stderr,
+            })
+            .await
+            .map(|r| r.url)
+    } else {
+        state
+            .cri
+            .attach(api::AttachRequest {
+                container_id: id,
+                stdin,
+                tty,
+                stdout,
+                stderr,
+            })
+            .await
+            .map(|r| r.url)
+    };
+    match url {
+        Ok(url) => proxy_upgrade(&url, req).await,
+        Err(e) => Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn port_forward(
+    State(state): State<ApiState>,
+    Path((namespace, pod)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    forward(state, &namespace, &pod, None, req).await
+}
+
+async fn port_forward_uid(
+    State(state): State<ApiState>,
+    Path((namespace, pod, uid)): Path<(String, String, String)>,
+    req: Request,
+) -> Response {
+    forward(state, &namespace, &pod, Some(&uid), req).await
+}
+
+async fn forward(
+    state: ApiState,
+    namespace: &str,
+    name: &str,
+    uid: Option<&str>,
+    req: Request,
+) -> Response {
+    let pod = match find_pod(&state, namespace, name, uid) {
+        Ok(pod) => pod,
+        Err(f) => return f.into_response(),
+    };
+    let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
+    let sandboxes = state
+        .cri
+        .list_pod_sandbox(api::ListPodSandboxRequest {
+            filter: Some(api::PodSandboxFilter {
+                state: Some(api::PodSandboxStateValue {
+                    state: api::PodSandboxState::SandboxReady as i32,
+                }),
+                label_selector: HashMap::from([(
+                    "io.kubernetes.pod.uid".to_owned(),
+                    pod_uid.clone(),
+                )]),
+                ..Default::default()
+            }),
+        })
+        .await;
+    let sandbox = match sandboxes {
+        Ok(list) => list.items.into_iter().max_by_key(|s| s.created_at),
+        Err(e) => return Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let Some(sandbox) = sandbox else {
+        return Failure(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{name} has no running sandbox"),
+        )
+        .into_response();
+    };
+    match state
+        .cri
+        .port_forward(api::PortForwardRequest {
+            pod_sandbox_id: sandbox.id,
+            port: Vec::new(),
+        })
+        .await
+    {
+        Ok(answer) => proxy_upgrade(&answer.url, req).await,
+        Err(e) => Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RunQuery {
+    cmd: Option<String>,
+}
+
+async fn run(
+    State(state): State<ApiState>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(query): Query<RunQuery>,
+) -> Response {
+    run_command(state, &namespace, &pod, None, &container, query).await
+}
+
+async fn run_uid(
+    State(state): State<ApiState>,
+    Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
+    Query(query): Query<RunQuery>,
+) -> Response {
+    run_command(state, &namespace, &pod, Some(&uid), &container, query).await
+}
+
+async fn run_command(
+    state: ApiState,
+    namespace: &str,
+    name: &str,
+    uid: Option<&str>,
+    container: &str,
+    query: RunQuery,
+) -> Response {
+    let pod = match find_pod(&state, namespace, name, uid) {
+        Ok(pod) => pod,
+        Err(f) => return f.into_response(),
+    };
+    let id = match container_id(&pod, container, false) {
+        Ok(id) => id,
+        Err(f) => return f.into_response(),
+    };
+    let cmd: Vec<String> = query
+        .cmd
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if cmd.is_empty() {
+        return Failure(StatusCode::BAD_REQUEST, "cmd is empty".into()).into_response();
+    }
+    match state
+        .cri
+        .exec_sync(api::ExecSyncRequest {
+            container_id: id,
+            cmd,
+            timeout: 0,
+        })
+        .await
+    {
+        Ok(result) => {
+            let mut output = result.stdout;
+            output.extend_from_slice(&result.stderr);
+            output.into_response()
+        }
+        Err(e) => Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Headers the upgrade needs on its way to the runtime's streaming server.
+const FORWARDED: [&str; 7] = [
+    "connection",
+    "upgrade",
+    "x-stream-protocol-version",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+];
+
+/// Proxies `req` (an upgrade to SPDY or WebSocket) to the runtime's streaming `url`: the same
+/// request goes to the runtime; its answer comes back; after a 101 the two connections are
+/// joined byte for byte.
+async fn proxy_upgrade(url: &str, mut req: Request) -> Response {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unsupported streaming URL {url}"),
+        )
+        .into_response();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut backend = match tokio::net::TcpStream::connect(authority).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            return Failure(
+                StatusCode::BAD_GATEWAY,
+                format!("connecting to the runtime's streaming server {authority}: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let mut head = format!("{} {path} HTTP/1.1\r\nHost: {authority}\r\n", req.method());
+    for name in FORWARDED {
+        for value in req.headers().get_all(name) {
+            if let Ok(value) = value.to_str() {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+        }
+    }
+    head.push_str("Content-Length: 0\r\n\r\n");
+    if let Err(e) = backend.write_all(head.as_bytes()).await {
+        return Failure(StatusCode::BAD_GATEWAY, format!("streaming request: {e}")).into_response();
+    }
+    let (status, headers) = match read_head(&mut backend).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            return Failure(StatusCode::BAD_GATEWAY, format!("streaming answer: {e}"))
+                .into_response();
+        }
+    };
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let mut body = Vec::new();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            (&mut backend).take(1 << 20).read_to_end(&mut body),
+        )
+        .await;
+        let mut response = (status, body).into_response();
+        response.headers_mut().extend(headers);
+        return response;
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let mut client = TokioIo::new(upgraded);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "streaming upgrade from the client failed"),
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    response.headers_mut().extend(headers);
+    response
+}
+
+/// Reads an HTTP/1.1 response head byte by byte (the upgraded stream follows it directly).
+async fn read_head(tcp: &mut tokio::net::TcpStream) -> std::io::Result<(StatusCode, HeaderMap)> {
+    let mut raw = Vec::new();
+    while !raw.ends_with(b"\r\n\r\n") {
+        raw.push(tcp.read_u8().await?);
+        if raw.len() > 16 * 1024 {
+            return Err(std::io::Error::other("response head too large"));
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let mut lines = text.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| std::io::Error::other("malformed status line"))?;
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':')
+            && let (Ok(name), Ok(value)) = (
+                axum::http::HeaderName::from_bytes(name.trim().as_bytes()),
+                HeaderValue::from_str(value.trim()),
+            )
+        {
+            headers.append(name, value);
+        }
+    }
+    Ok((status, headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_with_status(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u1"},
+            "status": status,
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn container_ids_come_from_the_status_without_their_scheme() {
+        let pod = pod_with_status(serde_json::json!({
+            "containerStatuses": [{
+                "name": "app", "image": "i", "imageID": "", "ready": true, "restartCount": 1,
+                "containerID": "containerd://abc",
+                "lastState": {"terminated": {"exitCode": 1, "containerID": "docker://old"}},
+            }, {
+                "name": "waiting", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            }],
+        }));
+        assert_eq!(container_id(&pod, "app", false).ok(), Some("abc".into()));
+        assert_eq!(container_id(&pod, "app", true).ok(), Some("old".into()));
+        let missing = container_id(&pod, "nope", false).expect_err("unknown container");
+        assert_eq!(missing.0, StatusCode::BAD_REQUEST);
+        assert!(container_id(&pod, "waiting", false).is_err());
+        assert!(container_id(&pod, "waiting", true).is_err());
+    }
+
+    #[test]
+    fn streaming_flags_accept_kubelets_spellings() {
+        let q = vec![
+            ("stdin".to_owned(), "1".to_owned()),
+            ("tty".to_owned(), "true".to_owned()),
+            ("stderr".to_owned(), "0".to_owned()),
+        ];
+        assert!(flag(&q, "stdin"));
+        assert!(flag(&q, "tty"));
+        assert!(!flag(&q, "stderr"));
+        assert!(!flag(&q, "stdout"));
+    }
+}

@@ -1,0 +1,241 @@
+//! The kubelet port end to end: the real agent serving TLS with client-certificate
+//! authentication, a static pod on the real runtime, and what the API server would ask of it —
+//! container logs, exec and port-forward proxied to the runtime's streaming server. Runs on
+//! containerd and again on the Docker adapter (`MK_E2E_RUNTIME=docker`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use mk_e2e::{Agent, busybox_pod, container_state};
+use mk_streaming::client::{
+    EXEC_PROTOCOL, PORT_FORWARD_PROTOCOL, SessionInput, forward, session, upgrade,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::client::TlsStream;
+
+/// A CA and a client certificate it signed (CN = user, O = group).
+struct ClientIdentity {
+    ca_pem: String,
+    cert: CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+fn client_identity(user: &str, group: &str) -> Result<ClientIdentity> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "e2e-ca");
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, user);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, group);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(ClientIdentity {
+        ca_pem: ca_cert.pem(),
+        cert: cert.der().clone(),
+        key_der: key.serialize_der(),
+    })
+}
+
+/// A TLS connection to the agent's kubelet port, trusting the certificate it made for itself,
+/// presenting `identity` when given.
+async fn connect(
+    agent: &Agent,
+    identity: Option<&ClientIdentity>,
+) -> Result<TlsStream<tokio::net::TcpStream>> {
+    let serving = agent.dir.path().join("root/pki/kubelet.crt");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&serving).context("the agent's serving cert")? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some(id) => builder.with_client_auth_cert(
+            vec![id.cert.clone()],
+            PrivateKeyDer::try_from(id.key_der.clone()).map_err(anyhow::Error::msg)?,
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", agent.kubelet_port)).await?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    Ok(connector
+        .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
+        .await?)
+}
+
+/// A GET over a fresh connection: status code and body.
+async fn get(
+    agent: &Agent,
+    identity: Option<&ClientIdentity>,
+    path: &str,
+) -> Result<(u16, String)> {
+    let mut tls = connect(agent, identity).await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    // Chunked bodies: keep only the data lines (good enough for short plain-text answers).
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((code, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+const SCRIPT: &str = "echo line-1; echo line-2; echo line-3; mkdir -p /www; echo pong > /www/ping; exec httpd -f -p 8080 -h /www";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_exec_and_port_forward_through_the_kubelet_port() -> Result<()> {
+    let admin = client_identity("e2e-admin", "system:masters")?;
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, &admin.ca_pem)?;
+    let mut agent = Agent::start_with(
+        "e2e-port",
+        None,
+        &format!(
+            "authorization:\n  mode: AlwaysAllow\nauthentication:\n  x509:\n    clientCAFile: {}\n",
+            ca.display()
+        ),
+    )?;
+    agent.write_manifest("web.yaml", &busybox_pod("web", "Always", 2, SCRIPT))?;
+    agent
+        .wait_pod("web", Duration::from_secs(60), |pod| {
+            let (state, _, _) = container_state(pod)?;
+            (state == "running").then_some(())
+        })
+        .await?;
+    let pod = format!("web-{}", agent.node);
+
+    // Without a client certificate (anonymous is off): 401. With one: the pod list.
+    let (code, _) = get(&agent, None, "/pods").await?;
+    ensure!(code == 401, "anonymous /pods answered {code}");
+    let (code, body) = get(&agent, Some(&admin), "/pods").await?;
+    ensure!(code == 200 && body.contains(&pod), "/pods: {code} {body}");
+
+    // Logs, with kubelet's options.
+    let mut logs = String::new();
+    for _ in 0..50 {
+        let (code, body) = get(
+            &agent,
+            Some(&admin),
+            &format!("/containerLogs/default/{pod}/main?tailLines=2"),
+        )
+        .await?;
+        ensure!(code == 200, "containerLogs: {code} {body}");
+        logs = body;
+        if logs == "line-2\nline-3\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(logs == "line-2\nline-3\n", "tailLines=2 gave {logs:?}");
+    let (_, stamped) = get(
+        &agent,
+        Some(&admin),
+        &format!("/containerLogs/default/{pod}/main?timestamps=true&limitBytes=200"),
+    )
+    .await?;
+    let first = stamped.lines().next().unwrap_or_default();
+    ensure!(
+        first.ends_with(" line-1") && first.contains('T') && first.contains('Z'),
+        "timestamps=true: {stamped:?}"
+    );
+    let (code, _) = get(
+        &agent,
+        Some(&admin),
+        &format!("/containerLogs/default/{pod}/nope"),
+    )
+    .await?;
+    ensure!(code == 400, "an unknown container answered {code}");
+    let (code, _) = get(&agent, Some(&admin), "/containerLogs/default/absent/main").await?;
+    ensure!(code == 404, "an unknown pod answered {code}");
+
+    // Exec, proxied to the runtime's streaming server.
+    let tls = connect(&agent, Some(&admin)).await?;
+    let path = format!(
+        "/exec/default/{pod}/main?command=sh&command=-c&command=echo%20out%3B%20echo%20err%20%3E%262&stdout=1&stderr=1"
+    );
+    let (conn, protocol) = upgrade(tls, "127.0.0.1", &path, &[], &[EXEC_PROTOCOL]).await?;
+    ensure!(protocol.as_deref() == Some(EXEC_PROTOCOL), "{protocol:?}");
+    let out = session(
+        conn,
+        SessionInput {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure!(
+        out.stdout == b"out\n" && out.stderr == b"err\n",
+        "exec: {out:?}"
+    );
+
+    // Port-forward to the pod's web server.
+    let mut answer = String::new();
+    for _ in 0..30 {
+        let tls = connect(&agent, Some(&admin)).await?;
+        let (conn, _) = upgrade(
+            tls,
+            "127.0.0.1",
+            &format!("/portForward/default/{pod}"),
+            &[],
+            &[PORT_FORWARD_PROTOCOL],
+        )
+        .await?;
+        let (data, error) = forward(conn, 8080, b"GET /ping HTTP/1.0\r\n\r\n").await?;
+        answer = String::from_utf8_lossy(&data).into_owned();
+        if answer.ends_with("pong\n") && error.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!(
+        "port-forward through the kubelet port: {answer:?}\nagent log:\n{}",
+        agent.log()
+    )
+}
