@@ -305,6 +305,97 @@ mod tests {
         assert!(anonymous.authorize(&user, "GET", "/pods").await.is_ok());
     }
 
+    /// A stand-in for the API server's review endpoints: tokens "good" are alice; alice may do
+    /// anything, others nothing. Counts the reviews it answers.
+    async fn review_server() -> (kube::Client, Arc<std::sync::atomic::AtomicUsize>) {
+        use axum::Json;
+        use axum::routing::post;
+        use serde_json::{Value, json};
+        let reviews = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = reviews.clone();
+        let app = axum::Router::new()
+            .route(
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                post(move |Json(mut review): Json<Value>| {
+                    let counted = counted.clone();
+                    async move {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let spec = &review["spec"];
+                        let allowed = spec["user"] == "alice"
+                            && spec["resourceAttributes"]["resource"] == "nodes"
+                            && spec["resourceAttributes"]["name"] == "node-1";
+                        review["status"] = json!({"allowed": allowed});
+                        Json(review)
+                    }
+                }),
+            )
+            .route(
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                post(|Json(mut review): Json<Value>| async move {
+                    review["status"] = if review["spec"]["token"] == "good" {
+                        json!({"authenticated": true, "user": {"username": "alice", "groups": ["devs"]}})
+                    } else {
+                        json!({"authenticated": false})
+                    };
+                    Json(review)
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = format!("http://{addr}").parse().expect("url");
+        let client = kube::Client::try_from(kube::Config::new(url)).expect("client");
+        (client, reviews)
+    }
+
+    #[tokio::test]
+    async fn webhook_tokens_and_access_reviews_with_caching() {
+        let (client, reviews) = review_server().await;
+        let auth = Auth::new(
+            false,
+            AuthorizationMode::Webhook,
+            true,
+            Some(client),
+            "node-1".into(),
+        );
+        let none = PeerCertificate::default();
+        let alice = auth
+            .authenticate(&none, Some("Bearer good"))
+            .await
+            .expect("token user");
+        assert_eq!(alice.name, "alice");
+        assert_eq!(alice.groups, ["devs"]);
+        assert_eq!(
+            auth.authenticate(&none, Some("Bearer bad")).await,
+            Err(AuthError::Unauthorized)
+        );
+        assert!(auth.authorize(&alice, "POST", "/exec/ns/p/c").await.is_ok());
+        let bob = User {
+            name: "bob".into(),
+            groups: vec![],
+        };
+        assert_eq!(
+            auth.authorize(&bob, "GET", "/containerLogs/ns/p/c").await,
+            Err(AuthError::Forbidden {
+                user: "bob".into(),
+                verb: "get".into(),
+                subresource: "proxy".into()
+            })
+        );
+        // Both answers are cached: asking again reviews nothing.
+        let asked = reviews.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(asked, 2);
+        assert!(auth.authorize(&alice, "POST", "/exec/ns/p/c").await.is_ok());
+        assert!(
+            auth.authorize(&bob, "GET", "/containerLogs/ns/p/c")
+                .await
+                .is_err()
+        );
+        assert_eq!(reviews.load(std::sync::atomic::Ordering::SeqCst), asked);
+    }
+
     #[tokio::test]
     async fn webhook_authorization_without_an_api_server_refuses() {
         let auth = Auth::new(true, AuthorizationMode::Webhook, false, None, "n".into());
