@@ -42,19 +42,13 @@ pub fn api_router(state: ApiState, auth: Auth) -> Router {
             get(container_logs),
         )
         .route("/exec/{namespace}/{pod}/{container}", any(exec))
-        .route("/exec/{namespace}/{pod}/{uid}/{container}", any(exec_uid))
+        .route("/exec/{namespace}/{pod}/{uid}/{container}", any(exec))
         .route("/attach/{namespace}/{pod}/{container}", any(attach))
-        .route(
-            "/attach/{namespace}/{pod}/{uid}/{container}",
-            any(attach_uid),
-        )
+        .route("/attach/{namespace}/{pod}/{uid}/{container}", any(attach))
         .route("/portForward/{namespace}/{pod}", any(port_forward))
-        .route(
-            "/portForward/{namespace}/{pod}/{uid}",
-            any(port_forward_uid),
-        )
+        .route("/portForward/{namespace}/{pod}/{uid}", any(port_forward))
         .route("/run/{namespace}/{pod}/{container}", post(run))
-        .route("/run/{namespace}/{pod}/{uid}/{container}", post(run_uid))
+        .route("/run/{namespace}/{pod}/{uid}/{container}", post(run))
         .with_state(state.clone());
     api.merge(read_only_router(state.base))
         .layer(middleware::from_fn_with_state(auth, authenticate))
@@ -237,99 +231,53 @@ fn parse_query(raw: Option<String>) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn exec(
-    State(state): State<ApiState>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
-    RawQuery(query): RawQuery,
-    req: Request,
-) -> Response {
-    stream_exec(
-        state,
-        &namespace,
-        &pod,
-        None,
-        &container,
-        parse_query(query),
-        req,
-        true,
-    )
-    .await
+/// The pod (and container) a streaming path names; `uid` only in the `/{uid}/` variants.
+#[derive(Debug, serde::Deserialize)]
+struct Target {
+    namespace: String,
+    pod: String,
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    container: String,
 }
 
-async fn exec_uid(
+async fn exec(
     State(state): State<ApiState>,
-    Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
+    Path(target): Path<Target>,
     RawQuery(query): RawQuery,
     req: Request,
 ) -> Response {
-    stream_exec(
-        state,
-        &namespace,
-        &pod,
-        Some(&uid),
-        &container,
-        parse_query(query),
-        req,
-        true,
-    )
-    .await
+    stream_exec(state, target, parse_query(query), req, true).await
 }
 
 async fn attach(
     State(state): State<ApiState>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Path(target): Path<Target>,
     RawQuery(query): RawQuery,
     req: Request,
 ) -> Response {
-    stream_exec(
-        state,
-        &namespace,
-        &pod,
-        None,
-        &container,
-        parse_query(query),
-        req,
-        false,
-    )
-    .await
-}
-
-async fn attach_uid(
-    State(state): State<ApiState>,
-    Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
-    RawQuery(query): RawQuery,
-    req: Request,
-) -> Response {
-    stream_exec(
-        state,
-        &namespace,
-        &pod,
-        Some(&uid),
-        &container,
-        parse_query(query),
-        req,
-        false,
-    )
-    .await
+    stream_exec(state, target, parse_query(query), req, false).await
 }
 
 /// Exec (`is_exec`) or attach: the runtime's URL, then the proxied upgrade.
-#[allow(clippy::too_many_arguments)]
 async fn stream_exec(
     state: ApiState,
-    namespace: &str,
-    pod: &str,
-    uid: Option<&str>,
-    container: &str,
+    target: Target,
     query: Vec<(String, String)>,
     req: Request,
     is_exec: bool,
 ) -> Response {
-    let pod = match find_pod(&state, namespace, pod, uid) {
+    let pod = match find_pod(
+        &state,
+        &target.namespace,
+        &target.pod,
+        target.uid.as_deref(),
+    ) {
         Ok(pod) => pod,
         Err(f) => return f.into_response(),
     };
-    let id = match container_id(&pod, container, false) {
+    let id = match container_id(&pod, &target.container, false) {
         Ok(id) => id,
         Err(f) => return f.into_response(),
     };
@@ -378,18 +326,17 @@ async fn stream_exec(
 
 async fn port_forward(
     State(state): State<ApiState>,
-    Path((namespace, pod)): Path<(String, String)>,
+    Path(target): Path<Target>,
     req: Request,
 ) -> Response {
-    forward(state, &namespace, &pod, None, req).await
-}
-
-async fn port_forward_uid(
-    State(state): State<ApiState>,
-    Path((namespace, pod, uid)): Path<(String, String, String)>,
-    req: Request,
-) -> Response {
-    forward(state, &namespace, &pod, Some(&uid), req).await
+    forward(
+        state,
+        &target.namespace,
+        &target.pod,
+        target.uid.as_deref(),
+        req,
+    )
+    .await
 }
 
 async fn forward(
@@ -450,33 +397,23 @@ struct RunQuery {
 
 async fn run(
     State(state): State<ApiState>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Path(target): Path<Target>,
     Query(query): Query<RunQuery>,
 ) -> Response {
-    run_command(state, &namespace, &pod, None, &container, query).await
+    run_command(state, target, query).await
 }
 
-async fn run_uid(
-    State(state): State<ApiState>,
-    Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
-    Query(query): Query<RunQuery>,
-) -> Response {
-    run_command(state, &namespace, &pod, Some(&uid), &container, query).await
-}
-
-async fn run_command(
-    state: ApiState,
-    namespace: &str,
-    name: &str,
-    uid: Option<&str>,
-    container: &str,
-    query: RunQuery,
-) -> Response {
-    let pod = match find_pod(&state, namespace, name, uid) {
+async fn run_command(state: ApiState, target: Target, query: RunQuery) -> Response {
+    let pod = match find_pod(
+        &state,
+        &target.namespace,
+        &target.pod,
+        target.uid.as_deref(),
+    ) {
         Ok(pod) => pod,
         Err(f) => return f.into_response(),
     };
-    let id = match container_id(&pod, container, false) {
+    let id = match container_id(&pod, &target.container, false) {
         Ok(id) => id,
         Err(f) => return f.into_response(),
     };
