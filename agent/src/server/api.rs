@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::auth::{Auth, AuthError, PeerCertificate};
-use super::logs::{LogOptions, stream_log};
+use super::logs::{LogError, LogOptions, stream_log};
 use super::{ServerState, read_only_router};
 
 #[derive(Clone)]
@@ -176,8 +176,14 @@ async fn container_logs(
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .into_owned()
             .collect();
-    let opts = LogOptions::from_query(&pairs)
-        .map_err(|e| Failure(StatusCode::BAD_REQUEST, e.to_string()))?;
+    // As the kubelet: a value that does not decode is 400, a decoded but invalid one 422.
+    let opts = LogOptions::from_query(&pairs).map_err(|e| {
+        let code = match e {
+            LogError::InvalidOption { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Failure(code, e.to_string())
+    })?;
     let pod = find_pod(&state, &namespace, &pod, None)?;
     let id = container_id(&pod, &container, opts.previous)?;
     let status = state
@@ -191,6 +197,12 @@ async fn container_logs(
         .status
         .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("container {id} not found")))?;
     let path = std::path::PathBuf::from(status.log_path);
+    if let Err(e) = tokio::fs::metadata(&path).await {
+        return Err(Failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to open log file {}: {e}", path.display()),
+        ));
+    }
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let cri = state.cri.clone();
     tokio::spawn(async move {

@@ -18,8 +18,8 @@
 //!   `F` record ending it; a trailing run of `P` records counts as a line too), where upstream
 //!   counts records and may start in the middle of a split line. With `timestamps`, each line gets
 //!   the timestamp of its first record, as upstream does.
-//! * Following polls the file ([`DEFAULT_TIMING`]) instead of using inotify; `still_running` is
-//!   asked at the first end of file and then about once a second while waiting.
+//! * Following polls the file (every 100 ms) instead of watching it with inotify; `still_running`
+//!   is asked at the first end of file and then about once a second while waiting.
 //! * On rotation, the renamed file is read to its end before the new file is opened.
 //! * Only the CRI format is read (all runtimes of this project write it), not Docker's json-file.
 
@@ -113,7 +113,8 @@ impl LogOptions {
                 .find(|(key, _)| key == name)
                 .map(|(_, value)| value.as_str())
         };
-        let flag = |name: &str| first(name).is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"));
+        let flag =
+            |name: &str| first(name).is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"));
         let tail_lines = match first("tail") {
             Some("all") => None,
             Some(tail) if !tail.is_empty() => Some(("tail", tail)),
@@ -138,9 +139,7 @@ impl LogOptions {
                 })
             })
             .transpose()?;
-        let limit_bytes = limit_bytes
-            .map(|n| positive("limitBytes", n))
-            .transpose()?;
+        let limit_bytes = limit_bytes.map(|n| positive("limitBytes", n)).transpose()?;
         let since = match (since_seconds, since_time) {
             (Some(_), Some(_)) => {
                 return Err(LogError::InvalidOption {
@@ -221,7 +220,8 @@ struct Record<'a> {
 /// Parses one CRI log record (`line` including its newline), as upstream's `parseCRILog`.
 fn parse_record(line: &[u8]) -> Result<Record<'_>, &'static str> {
     let (raw_timestamp, rest) = split_space(line).ok_or("timestamp is not found")?;
-    let (timestamp, offset) = parse_timestamp(raw_timestamp).ok_or("unexpected timestamp format")?;
+    let (timestamp, offset) =
+        parse_timestamp(raw_timestamp).ok_or("unexpected timestamp format")?;
     let (stream, rest) = split_space(rest).ok_or("stream type is not found")?;
     let stream = match stream {
         b"stdout" => Stream::Stdout,
@@ -435,12 +435,14 @@ fn find_tail<R: Read + Seek>(file: &mut R, n: u64, block: usize) -> io::Result<(
         joined.extend_from_slice(&lookahead);
         for at in (0..len).rev().filter(|at| joined[*at] == b'\n') {
             let next = left + at as u64 + 1;
-            if end.is_none() {
-                end = Some(next);
-            } else {
-                let header = &joined[at + 1..joined.len().min(at + 1 + HEADER_MAX)];
-                if classify(header) {
-                    return Ok((record_end, end.unwrap_or(size)));
+            match end {
+                // The last newline: what follows it is not a complete record yet.
+                None => end = Some(next),
+                Some(end) => {
+                    let header = &joined[at + 1..joined.len().min(at + 1 + HEADER_MAX)];
+                    if classify(header) {
+                        return Ok((record_end, end));
+                    }
                 }
             }
             record_end = next;
@@ -478,7 +480,11 @@ impl Writer {
             Since::Time(time) => time,
             Since::Seconds(seconds) => i64::try_from(seconds)
                 .ok()
-                .and_then(|s| Timestamp::now().checked_sub(SignedDuration::from_secs(s)).ok())
+                .and_then(|s| {
+                    Timestamp::now()
+                        .checked_sub(SignedDuration::from_secs(s))
+                        .ok()
+                })
                 .unwrap_or(Timestamp::MIN),
         });
         Self {
@@ -545,7 +551,7 @@ impl Writer {
 }
 
 /// What reading up to the end of the file came to.
-enum Read_ {
+enum ReadOutcome {
     /// The end of the file (or of the tail); the buffer may hold an incomplete record.
     Eof,
     /// `limitBytes` reached or the receiver gone: the stream is over.
@@ -593,7 +599,7 @@ where
             path,
         )
         .await?;
-        if matches!(read, Read_::Done) {
+        if matches!(read, ReadOutcome::Done) {
             writer.flush(&out).await;
             return Ok(());
         }
@@ -620,10 +626,8 @@ where
                     tracing::debug!(path = %path.display(), "following the rotated log file");
                     file_id = opened.id;
                     pos = 0;
-                    reader = BufReader::with_capacity(
-                        CHUNK,
-                        tokio::fs::File::from_std(opened.file),
-                    );
+                    reader =
+                        BufReader::with_capacity(CHUNK, tokio::fs::File::from_std(opened.file));
                     rotated = false;
                     continue;
                 }
@@ -685,10 +689,10 @@ async fn read_records(
     writer: &mut Writer,
     out: &Sender<Bytes>,
     path: &Path,
-) -> Result<Read_, LogError> {
+) -> Result<ReadOutcome, LogError> {
     loop {
         if stop_at.is_some_and(|end| *pos >= end) {
-            return Ok(Read_::Eof);
+            return Ok(ReadOutcome::Eof);
         }
         let n = reader
             .read_until(b'\n', line)
@@ -696,18 +700,895 @@ async fn read_records(
             .map_err(LogError::io("reading", path))?;
         *pos += n as u64;
         if line.last() != Some(&b'\n') {
-            return Ok(Read_::Eof);
+            return Ok(ReadOutcome::Eof);
         }
         let limited = writer.record(path, line).is_err();
         line.clear();
         if limited {
-            return Ok(Read_::Done);
+            return Ok(ReadOutcome::Done);
         }
         if writer.buf.len() >= CHUNK && !writer.flush(out).await {
-            return Ok(Read_::Done);
+            return Ok(ReadOutcome::Done);
         }
     }
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    const FAST: Timing = Timing {
+        poll: Duration::from_millis(5),
+        running_check: Duration::from_millis(20),
+        tail_block: 7,
+    };
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn query(text: &str) -> Vec<(String, String)> {
+        text.split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (key.to_owned(), value.to_owned())
+            })
+            .collect()
+    }
+
+    fn ts(text: &str) -> Timestamp {
+        text.parse().expect("test timestamp")
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Fails {
+        Decode(&'static str),
+        Invalid(&'static str),
+    }
+
+    #[test]
+    fn options_from_query() {
+        let defaults = LogOptions::default();
+        let cases: Vec<(&str, Result<LogOptions, Fails>)> = vec![
+            ("", Ok(defaults.clone())),
+            (
+                "container=c&insecureSkipTLSVerifyBackend=true&stream=All",
+                Ok(defaults.clone()),
+            ),
+            (
+                "follow=true",
+                Ok(LogOptions {
+                    follow: true,
+                    ..defaults.clone()
+                }),
+            ),
+            (
+                "follow=1",
+                Ok(LogOptions {
+                    follow: true,
+                    ..defaults.clone()
+                }),
+            ),
+            (
+                "follow=TRUE",
+                Ok(LogOptions {
+                    follow: true,
+                    ..defaults.clone()
+                }),
+            ),
+            // Anything but 0/false is true, the empty value included.
+            (
+                "follow=",
+                Ok(LogOptions {
+                    follow: true,
+                    ..defaults.clone()
+                }),
+            ),
+            (
+                "follow",
+                Ok(LogOptions {
+                    follow: true,
+                    ..defaults.clone()
+                }),
+            ),
+            (
+                "follow=yes",
+                Ok(LogOptions {
+                    follow: true,
+                    ..defaults.clone()
+                }),
+            ),
+            ("follow=false", Ok(defaults.clone())),
+            ("follow=False", Ok(defaults.clone())),
+            ("follow=0", Ok(defaults.clone())),
+            // The first value counts.
+            ("follow=0&follow=1", Ok(defaults.clone())),
+            (
+                "previous=true&timestamps=1",
+                Ok(LogOptions {
+                    previous: true,
+                    timestamps: true,
+                    ..defaults.clone()
+                }),
+            ),
+            (
+                "tailLines=10",
+                Ok(LogOptions {
+                    tail_lines: Some(10),
+                    ..defaults.clone()
+                }),
+            ),
+            (
+                "tailLines=0",
+                Ok(LogOptions {
+                    tail_lines: Some(0),
+                    ..defaults.clone()
+                }),
+            ),
+            (
+                "tailLines=+3",
+                Ok(LogOptions {
+                    tail_lines: Some(3),
+                    ..defaults.clone()
+                }),
+            ),
+            ("tailLines=-1", Err(Fails::Invalid("tailLines"))),
+            ("tailLines=ten", Err(Fails::Decode("tailLines"))),
+            ("tailLines=", Err(Fails::Decode("tailLines"))),
+            (
+                "tailLines=99999999999999999999",
+                Err(Fails::Decode("tailLines")),
+            ),
+            // The legacy `tail` overrides `tailLines`; `all` means no limit.
+            (
+                "tailLines=10&tail=5",
+                Ok(LogOptions {
+                    tail_lines: Some(5),
+                    ..defaults.clone()
+                }),
+            ),
+            ("tailLines=10&tail=all", Ok(defaults.clone())),
+            (
+                "tailLines=10&tail=",
+                Ok(LogOptions {
+                    tail_lines: Some(10),
+                    ..defaults.clone()
+                }),
+            ),
+            ("tail=-2", Err(Fails::Invalid("tailLines"))),
+            ("tail=x", Err(Fails::Decode("tail"))),
+            (
+                "limitBytes=1",
+                Ok(LogOptions {
+                    limit_bytes: Some(1),
+                    ..defaults.clone()
+                }),
+            ),
+            ("limitBytes=0", Err(Fails::Invalid("limitBytes"))),
+            ("limitBytes=-4", Err(Fails::Invalid("limitBytes"))),
+            ("limitBytes=1.5", Err(Fails::Decode("limitBytes"))),
+            (
+                "sinceSeconds=60",
+                Ok(LogOptions {
+                    since: Some(Since::Seconds(60)),
+                    ..defaults.clone()
+                }),
+            ),
+            ("sinceSeconds=0", Err(Fails::Invalid("sinceSeconds"))),
+            ("sinceSeconds=-1", Err(Fails::Invalid("sinceSeconds"))),
+            ("sinceSeconds=1m", Err(Fails::Decode("sinceSeconds"))),
+            (
+                "sinceTime=2024-01-01T00:00:00Z",
+                Ok(LogOptions {
+                    since: Some(Since::Time(ts("2024-01-01T00:00:00Z"))),
+                    ..defaults.clone()
+                }),
+            ),
+            (
+                "sinceTime=2024-01-01T00:00:00.25-02:00",
+                Ok(LogOptions {
+                    since: Some(Since::Time(ts("2024-01-01T02:00:00.25Z"))),
+                    ..defaults.clone()
+                }),
+            ),
+            ("sinceTime=", Ok(defaults.clone())),
+            ("sinceTime=null", Ok(defaults.clone())),
+            ("sinceTime=yesterday", Err(Fails::Decode("sinceTime"))),
+            (
+                "sinceTime=2024-01-01T00:00:00",
+                Err(Fails::Decode("sinceTime")),
+            ),
+            (
+                "sinceSeconds=5&sinceTime=2024-01-01T00:00:00Z",
+                Err(Fails::Invalid("sinceSeconds")),
+            ),
+            // An empty sinceTime still counts as given.
+            (
+                "sinceSeconds=5&sinceTime=",
+                Err(Fails::Invalid("sinceSeconds")),
+            ),
+            (
+                "follow=1&previous=0&timestamps=true&tailLines=3&limitBytes=100&sinceSeconds=7",
+                Ok(LogOptions {
+                    follow: true,
+                    previous: false,
+                    since: Some(Since::Seconds(7)),
+                    timestamps: true,
+                    tail_lines: Some(3),
+                    limit_bytes: Some(100),
+                }),
+            ),
+        ];
+        for (text, want) in cases {
+            let got = LogOptions::from_query(&query(text)).map_err(|e| match e {
+                LogError::UndecodableOption { name, .. } => Fails::Decode(name),
+                LogError::InvalidOption { name, .. } => Fails::Invalid(name),
+                LogError::Io { .. } => panic!("{text}: I/O error {e}"),
+            });
+            assert_eq!(got, want, "query {text:?}");
+        }
+    }
+
+    #[test]
+    fn option_errors_name_the_parameter() {
+        let err = LogOptions::from_query(&query("limitBytes=abc")).expect_err("undecodable");
+        assert_eq!(
+            err.to_string(),
+            "query parameter limitBytes=\"abc\" cannot be decoded: invalid digit found in string"
+        );
+        let err = LogOptions::from_query(&query("sinceSeconds=0")).expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            "invalid log option sinceSeconds: 0: must be greater than 0"
+        );
+    }
+
+    #[test]
+    fn records_parse() {
+        struct Want {
+            stream: Stream,
+            partial: bool,
+            content: &'static str,
+            offset_seconds: i32,
+        }
+        let full = |stream, content| Want {
+            stream,
+            partial: false,
+            content,
+            offset_seconds: 0,
+        };
+        let partial = |stream, content| Want {
+            stream,
+            partial: true,
+            content,
+            offset_seconds: 0,
+        };
+        let cases: Vec<(&str, Want)> = vec![
+            (
+                "2016-10-06T00:17:09.669794202Z stdout P log content 1\n",
+                partial(Stream::Stdout, "log content 1"),
+            ),
+            (
+                "2016-10-06T00:17:09.669794203Z stderr F log content 2\n",
+                full(Stream::Stderr, "log content 2\n"),
+            ),
+            (
+                "2016-10-06T00:17:09Z stdout F \n",
+                full(Stream::Stdout, "\n"),
+            ),
+            (
+                "2016-10-06T00:17:09Z stdout P \n",
+                partial(Stream::Stdout, ""),
+            ),
+            (
+                "2016-10-06T00:17:09Z stdout F  two  spaces \n",
+                full(Stream::Stdout, " two  spaces \n"),
+            ),
+            (
+                "2016-10-06T00:17:09Z stdout F:x:y future tags\n",
+                full(Stream::Stdout, "future tags\n"),
+            ),
+            (
+                "2016-10-06T00:17:09Z stderr P:x split\n",
+                partial(Stream::Stderr, "split"),
+            ),
+            // An unknown first tag is not partial.
+            (
+                "2016-10-06T00:17:09Z stdout X other\n",
+                full(Stream::Stdout, "other\n"),
+            ),
+            // The incomplete last line of a file.
+            (
+                "2016-10-06T00:17:09Z stdout F no newline yet",
+                full(Stream::Stdout, "no newline yet"),
+            ),
+            (
+                "2016-10-06T05:47:09.5+05:30 stdout F local\n",
+                Want {
+                    offset_seconds: 19800,
+                    ..full(Stream::Stdout, "local\n")
+                },
+            ),
+            (
+                "2016-10-05T17:17:09-07:00 stderr F west\n",
+                Want {
+                    offset_seconds: -25200,
+                    ..full(Stream::Stderr, "west\n")
+                },
+            ),
+        ];
+        for (line, want) in cases {
+            let record = parse_record(line.as_bytes()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            assert_eq!(record.stream, want.stream, "{line:?}");
+            assert_eq!(record.partial, want.partial, "{line:?}");
+            assert_eq!(record.content, want.content.as_bytes(), "{line:?}");
+            assert_eq!(record.offset.seconds(), want.offset_seconds, "{line:?}");
+        }
+        assert_eq!(
+            parse_record(b"2016-10-06T05:47:09.5+05:30 stdout F x\n").map(|r| r.timestamp),
+            Ok(ts("2016-10-06T00:17:09.5Z"))
+        );
+    }
+
+    #[test]
+    fn malformed_records_are_rejected() {
+        let cases = [
+            ("", "timestamp is not found"),
+            ("\n", "timestamp is not found"),
+            ("just some text\n", "unexpected timestamp format"),
+            (
+                "2016-10-06 stdout F date only\n",
+                "unexpected timestamp format",
+            ),
+            (
+                "2016-10-06T00:17:09 stdout F no offset\n",
+                "unexpected timestamp format",
+            ),
+            (
+                "2016-10-06T00:17:09Z[UTC] stdout F annotation\n",
+                "unexpected timestamp format",
+            ),
+            (
+                "{\"log\":\"docker-json\\n\",\"stream\":\"stdout\"}\n",
+                "timestamp is not found",
+            ),
+            ("2016-10-06T00:17:09Z\n", "timestamp is not found"),
+            ("2016-10-06T00:17:09Z \n", "stream type is not found"),
+            ("2016-10-06T00:17:09Z stdin F x\n", "unexpected stream type"),
+            ("2016-10-06T00:17:09Z stdout\n", "stream type is not found"),
+            ("2016-10-06T00:17:09Z stdout F\n", "log tag is not found"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(parse_record(line.as_bytes()), Err(want), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_written_with_nanoseconds_and_the_original_offset() {
+        let cases = [
+            (
+                "2016-10-06T00:17:09.669794202Z",
+                "2016-10-06T00:17:09.669794202Z",
+            ),
+            ("2016-10-06T00:17:09Z", "2016-10-06T00:17:09.000000000Z"),
+            (
+                "2016-10-06T00:17:09.5+05:30",
+                "2016-10-06T00:17:09.500000000+05:30",
+            ),
+            (
+                "2016-10-06T00:17:09.000001-07:00",
+                "2016-10-06T00:17:09.000001000-07:00",
+            ),
+            (
+                "2016-10-06T00:17:09+00:00",
+                "2016-10-06T00:17:09.000000000Z",
+            ),
+        ];
+        for (raw, want) in cases {
+            let (timestamp, offset) = parse_timestamp(raw.as_bytes()).expect("valid timestamp");
+            let mut out = BytesMut::new();
+            write_timestamp(&mut out, timestamp, offset);
+            assert_eq!(&out[..], want.as_bytes(), "{raw}");
+        }
+    }
+
+    /// Five lines: `one`, `two` (split in two records), `three` (written with an offset), an
+    /// empty line and `four` (two partial records still waiting for their end), with a line that is
+    /// not CRI format in between.
+    const LOG: &str = "\
+2024-01-01T00:00:00.000000001Z stdout F one
+2024-01-01T00:00:01Z stderr P tw
+2024-01-01T00:00:02Z stderr F o
+not a cri line
+2024-01-01T02:00:03.5+02:00 stdout F three
+2024-01-01T00:00:04Z stdout F 
+2024-01-01T00:00:05Z stdout P fou
+2024-01-01T00:00:06Z stdout P r
+";
+    const LINES: [&str; 5] = ["one\n", "two\n", "three\n", "\n", "four"];
+
+    fn log_file(content: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("0.log");
+        std::fs::write(&path, content).expect("write log");
+        (dir, path)
+    }
+
+    fn append(path: &Path, content: &str) {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .expect("open log for appending");
+        file.write_all(content.as_bytes()).expect("append to log");
+    }
+
+    /// Reads `path` without following, checking that `still_running` is never asked.
+    async fn read_all(path: &Path, opts: &LogOptions) -> Result<String, LogError> {
+        let (tx, mut rx) = mpsc::channel(4);
+        let asked = AtomicUsize::new(0);
+        let running = || {
+            asked.fetch_add(1, Ordering::SeqCst);
+            async { true }
+        };
+        let (result, out) = tokio::join!(stream_log_with(path, opts, tx, running, FAST), async {
+            let mut out = Vec::new();
+            while let Some(chunk) = rx.recv().await {
+                out.extend_from_slice(&chunk);
+            }
+            out
+        });
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            0,
+            "still_running asked without follow"
+        );
+        result.map(|()| String::from_utf8(out).expect("utf-8 output"))
+    }
+
+    fn opts(text: &str) -> LogOptions {
+        LogOptions::from_query(&query(text)).expect("valid options")
+    }
+
+    #[tokio::test]
+    async fn reads_whole_lines_skipping_malformed_ones() {
+        let (_dir, path) = log_file(LOG);
+        assert_eq!(
+            read_all(&path, &opts("")).await.expect("read"),
+            LINES.concat()
+        );
+    }
+
+    #[tokio::test]
+    async fn stream_is_send_for_the_server() {
+        let (_dir, path) = log_file(LOG);
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = tokio::spawn(async move {
+            stream_log(&path, &LogOptions::default(), tx, || async { false }).await
+        });
+        let mut out = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            out.extend_from_slice(&chunk);
+        }
+        task.await.expect("task").expect("stream");
+        assert_eq!(out, LINES.concat().as_bytes());
+    }
+
+    #[tokio::test]
+    async fn tail_counts_whole_lines() {
+        let (_dir, path) = log_file(LOG);
+        for n in 0..=7 {
+            let want = LINES[LINES.len().saturating_sub(n)..].concat();
+            let got = read_all(&path, &opts(&format!("tailLines={n}")))
+                .await
+                .expect("read");
+            assert_eq!(got, want, "tailLines={n}");
+        }
+    }
+
+    #[test]
+    fn tail_start_is_the_same_for_any_block_size() {
+        // Offsets of the line starts in LOG: "one", "two" (its first record), "three" (after the
+        // malformed line, which belongs to the line before), "", "four".
+        let starts: Vec<u64> = [0, 1, 2, 4, 5, 6]
+            .iter()
+            .map(|&i| {
+                LOG.split_inclusive('\n')
+                    .take(i)
+                    .map(str::len)
+                    .sum::<usize>() as u64
+            })
+            .collect();
+        let size = LOG.len() as u64;
+        let want = |n: u64| match n {
+            0 => size,
+            1 => starts[5],
+            2 => starts[4],
+            3 => starts[3] - "not a cri line\n".len() as u64,
+            4 => starts[1],
+            _ => 0,
+        };
+        for block in [1, 2, 3, 5, 8, 13, 40, 41, 64, 100, 4096] {
+            for n in 0..=6 {
+                let mut cursor = io::Cursor::new(LOG.as_bytes());
+                let got = find_tail(&mut cursor, n, block).expect("find tail");
+                assert_eq!(got, (want(n), size), "tail {n} with blocks of {block}");
+            }
+        }
+    }
+
+    #[test]
+    fn tail_ignores_an_incomplete_last_record() {
+        let log = "2024-01-01T00:00:00Z stdout F one\n2024-01-01T00:00:01Z stdout F tw";
+        let complete = "2024-01-01T00:00:00Z stdout F one\n".len() as u64;
+        for block in [1, 4, 4096] {
+            let mut cursor = io::Cursor::new(log.as_bytes());
+            assert_eq!(
+                find_tail(&mut cursor, 1, block).expect("tail"),
+                (0, complete)
+            );
+            let mut cursor = io::Cursor::new(log.as_bytes());
+            assert_eq!(
+                find_tail(&mut cursor, 0, block).expect("tail"),
+                (complete, complete)
+            );
+        }
+        let mut cursor = io::Cursor::new(&b""[..]);
+        assert_eq!(find_tail(&mut cursor, 3, 16).expect("tail"), (0, 0));
+        let mut cursor = io::Cursor::new(&b"no newline at all"[..]);
+        assert_eq!(find_tail(&mut cursor, 3, 4).expect("tail"), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn incomplete_last_record_is_read_without_tail_only() {
+        let (_dir, path) =
+            log_file("2024-01-01T00:00:00Z stdout F one\n2024-01-01T00:00:01Z stdout F tw");
+        assert_eq!(read_all(&path, &opts("")).await.expect("read"), "one\ntw");
+        assert_eq!(
+            read_all(&path, &opts("tailLines=1")).await.expect("read"),
+            "one\n"
+        );
+        assert_eq!(
+            read_all(&path, &opts("tailLines=0")).await.expect("read"),
+            ""
+        );
+    }
+
+    #[tokio::test]
+    async fn tail_reads_a_large_file_from_the_end() {
+        let mut log = String::new();
+        for i in 0..20_000 {
+            log.push_str(&format!("2024-01-01T00:00:00.{i:09}Z stdout F line {i}\n"));
+        }
+        let (_dir, path) = log_file(&log);
+        let got = read_all(&path, &opts("tailLines=3")).await.expect("read");
+        assert_eq!(got, "line 19997\nline 19998\nline 19999\n");
+        let got = read_all(&path, &opts("")).await.expect("read");
+        assert_eq!(got.lines().count(), 20_000);
+    }
+
+    #[tokio::test]
+    async fn timestamps_prefix_each_line_once() {
+        let (_dir, path) = log_file(LOG);
+        let want = "\
+2024-01-01T00:00:00.000000001Z one
+2024-01-01T00:00:01.000000000Z two
+2024-01-01T02:00:03.500000000+02:00 three
+2024-01-01T00:00:04.000000000Z 
+2024-01-01T00:00:05.000000000Z four";
+        assert_eq!(
+            read_all(&path, &opts("timestamps=true"))
+                .await
+                .expect("read"),
+            want
+        );
+        let got = read_all(&path, &opts("timestamps=true&tailLines=2"))
+            .await
+            .expect("read");
+        assert_eq!(
+            got,
+            "2024-01-01T00:00:04.000000000Z \n2024-01-01T00:00:05.000000000Z four"
+        );
+    }
+
+    #[tokio::test]
+    async fn since_time_drops_whole_earlier_lines() {
+        let (_dir, path) = log_file(LOG);
+        let cases = [
+            ("2023-12-31T00:00:00Z", LINES.concat()),
+            // Equal is not before.
+            ("2024-01-01T00:00:01Z", LINES[1..].concat()),
+            // `two` started before, though its second record is after.
+            ("2024-01-01T00:00:01.5Z", LINES[2..].concat()),
+            ("2024-01-01T02:00:03.5+02:00", LINES[2..].concat()),
+            ("2024-01-01T00:00:05.5Z", String::new()),
+        ];
+        for (since, want) in cases {
+            let got = read_all(&path, &opts(&format!("sinceTime={since}")))
+                .await
+                .expect("read");
+            assert_eq!(got, want, "sinceTime={since}");
+        }
+        // tailLines picks the lines first, sinceTime filters them.
+        let got = read_all(&path, &opts("tailLines=4&sinceTime=2024-01-01T00:00:03Z"))
+            .await
+            .expect("read");
+        assert_eq!(got, LINES[2..].concat());
+    }
+
+    #[tokio::test]
+    async fn since_seconds_is_relative_to_now() {
+        let now = Timestamp::now();
+        let (_dir, path) = log_file(&format!(
+            "2000-01-01T00:00:00Z stdout F old\n{now} stdout F new\n"
+        ));
+        assert_eq!(
+            read_all(&path, &opts("sinceSeconds=3600"))
+                .await
+                .expect("read"),
+            "new\n"
+        );
+        let all = read_all(&path, &opts(&format!("sinceSeconds={}", i64::MAX)))
+            .await
+            .expect("read");
+        assert_eq!(all, "old\nnew\n");
+    }
+
+    #[tokio::test]
+    async fn limit_bytes_cuts_the_output() {
+        let (_dir, path) = log_file(LOG);
+        let cases = [
+            ("limitBytes=1", "o"),
+            ("limitBytes=4", "one\n"),
+            ("limitBytes=6", "one\ntw"),
+            ("limitBytes=1000", "one\ntwo\nthree\n\nfour"),
+            ("limitBytes=10&timestamps=1", "2024-01-01"),
+            ("limitBytes=2&tailLines=1", "fo"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                read_all(&path, &opts(text)).await.expect("read"),
+                want,
+                "{text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_file_is_an_io_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let err = read_all(&dir.path().join("missing.log"), &opts(""))
+            .await
+            .expect_err("missing file");
+        assert!(
+            matches!(&err, LogError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+    }
+
+    /// A follow stream running in a task, with the container's state under the test's control.
+    struct Following {
+        rx: mpsc::Receiver<Bytes>,
+        running: Arc<AtomicBool>,
+        asked: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<Result<(), LogError>>,
+        received: Vec<u8>,
+    }
+
+    impl Following {
+        fn start(path: &Path, query_text: &str, timing: Timing) -> Self {
+            let (tx, rx) = mpsc::channel(4);
+            let running = Arc::new(AtomicBool::new(true));
+            let asked = Arc::new(AtomicUsize::new(0));
+            let opts = opts(&format!("follow=true&{query_text}"));
+            let path = path.to_owned();
+            let (flag, count) = (running.clone(), asked.clone());
+            let task = tokio::spawn(async move {
+                let still_running = move || {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let running = flag.load(Ordering::SeqCst);
+                    async move { running }
+                };
+                stream_log_with(&path, &opts, tx, still_running, timing).await
+            });
+            Self {
+                rx,
+                running,
+                asked,
+                task,
+                received: Vec::new(),
+            }
+        }
+
+        /// Waits until the output so far is `want`.
+        async fn expect(&mut self, want: &str) {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while self.received.len() < want.len() {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(chunk)) => self.received.extend_from_slice(&chunk),
+                    Ok(None) => break,
+                    Err(_) => break,
+                }
+            }
+            assert_eq!(String::from_utf8_lossy(&self.received), want);
+        }
+
+        /// Waits for the stream to end, returning what it sent after the last `expect`.
+        async fn finish(mut self) -> (Result<(), LogError>, String) {
+            let mut rest = Vec::new();
+            loop {
+                match tokio::time::timeout(WAIT, self.rx.recv()).await {
+                    Ok(Some(chunk)) => rest.extend_from_slice(&chunk),
+                    Ok(None) => break,
+                    Err(_) => panic!("the stream did not end"),
+                }
+            }
+            let result = tokio::time::timeout(WAIT, self.task)
+                .await
+                .expect("the task did not end")
+                .expect("task");
+            (result, String::from_utf8(rest).expect("utf-8 output"))
+        }
+    }
+
+    #[tokio::test]
+    async fn follow_streams_appended_records() {
+        let (_dir, path) = log_file("2024-01-01T00:00:00Z stdout F one\n");
+        let mut following = Following::start(&path, "", FAST);
+        following.expect("one\n").await;
+        append(
+            &path,
+            "2024-01-01T00:00:01Z stderr F two\n2024-01-01T00:00:02Z stdout P thr",
+        );
+        following.expect("one\ntwo\n").await;
+        // The record is written in two pieces; it is read once it is complete.
+        append(&path, "ee\n2024-01-01T00:00:03Z stdout F !\n");
+        following.expect("one\ntwo\nthree!\n").await;
+        following.running.store(false, Ordering::SeqCst);
+        let (result, rest) = following.finish().await;
+        result.expect("stream");
+        assert_eq!(rest, "");
+    }
+
+    #[tokio::test]
+    async fn follow_starts_at_the_tail() {
+        let (_dir, path) = log_file(LOG);
+        let mut following = Following::start(&path, "tailLines=2", FAST);
+        following.expect("\nfour").await;
+        append(
+            &path,
+            "2024-01-01T00:00:07Z stdout F !\n2024-01-01T00:00:08Z stdout F five\n",
+        );
+        following.expect("\nfour!\nfive\n").await;
+        following.running.store(false, Ordering::SeqCst);
+        following.finish().await.0.expect("stream");
+    }
+
+    #[tokio::test]
+    async fn follow_survives_rotation() {
+        let (dir, path) = log_file("2024-01-01T00:00:00Z stdout F one\n");
+        let mut following = Following::start(&path, "timestamps=1", FAST);
+        following
+            .expect("2024-01-01T00:00:00.000000000Z one\n")
+            .await;
+        // Kubelet renames the file; the runtime writes on into it until it reopens `0.log`.
+        let rotated = dir.path().join("0.log.20240101-000001");
+        std::fs::rename(&path, &rotated).expect("rotate");
+        append(&rotated, "2024-01-01T00:00:01Z stdout F two\n");
+        std::fs::write(&path, "2024-01-01T00:00:02Z stderr F three\n").expect("new log");
+        following
+            .expect(
+                "2024-01-01T00:00:00.000000000Z one\n\
+                 2024-01-01T00:00:01.000000000Z two\n\
+                 2024-01-01T00:00:02.000000000Z three\n",
+            )
+            .await;
+        // And it goes on following the new file.
+        append(&path, "2024-01-01T00:00:03Z stdout F four\n");
+        following
+            .expect(
+                "2024-01-01T00:00:00.000000000Z one\n\
+                 2024-01-01T00:00:01.000000000Z two\n\
+                 2024-01-01T00:00:02.000000000Z three\n\
+                 2024-01-01T00:00:03.000000000Z four\n",
+            )
+            .await;
+        following.running.store(false, Ordering::SeqCst);
+        following.finish().await.0.expect("stream");
+    }
+
+    #[tokio::test]
+    async fn follow_rereads_a_truncated_file() {
+        let (_dir, path) = log_file("2024-01-01T00:00:00Z stdout F a long first line\n");
+        let mut following = Following::start(&path, "", FAST);
+        following.expect("a long first line\n").await;
+        std::fs::write(&path, "2024-01-01T00:00:01Z stdout F new\n").expect("truncate");
+        following.expect("a long first line\nnew\n").await;
+        following.running.store(false, Ordering::SeqCst);
+        following.finish().await.0.expect("stream");
+    }
+
+    #[tokio::test]
+    async fn stopped_container_ends_the_stream_after_draining() {
+        let (_dir, path) = log_file("2024-01-01T00:00:00Z stdout F one\n");
+        let mut following = Following::start(&path, "", FAST);
+        following.expect("one\n").await;
+        // The last output lands just before the container is seen to have stopped.
+        append(
+            &path,
+            "2024-01-01T00:00:01Z stdout F last\n2024-01-01T00:00:02Z stdout F words",
+        );
+        following.running.store(false, Ordering::SeqCst);
+        let (result, rest) = following.finish().await;
+        result.expect("stream");
+        // What the file holds is drained, the incomplete record too.
+        assert_eq!(rest, "last\nwords");
+    }
+
+    #[tokio::test]
+    async fn stopped_container_ends_the_stream_at_once() {
+        let (_dir, path) = log_file(LOG);
+        let mut following = Following::start(&path, "", FAST);
+        following.running.store(false, Ordering::SeqCst);
+        following.expect(&LINES.concat()).await;
+        let (result, rest) = following.finish().await;
+        result.expect("stream");
+        assert_eq!(rest, "");
+    }
+
+    #[tokio::test]
+    async fn still_running_is_asked_at_the_first_end_of_file_then_per_interval() {
+        let (_dir, path) = log_file("2024-01-01T00:00:00Z stdout F one\n");
+        let timing = Timing {
+            running_check: Duration::from_secs(3600),
+            ..FAST
+        };
+        let mut following = Following::start(&path, "", timing);
+        following.expect("one\n").await;
+        // Many polls later, still the single first question.
+        tokio::time::sleep(FAST.poll * 10).await;
+        append(&path, "2024-01-01T00:00:01Z stdout F two\n");
+        following.expect("one\ntwo\n").await;
+        assert_eq!(following.asked.load(Ordering::SeqCst), 1);
+        following.task.abort();
+    }
+
+    #[tokio::test]
+    async fn closed_receiver_ends_following() {
+        let (_dir, path) = log_file("2024-01-01T00:00:00Z stdout F one\n");
+        let mut following = Following::start(&path, "", FAST);
+        following.expect("one\n").await;
+        drop(following.rx);
+        let result = tokio::time::timeout(WAIT, following.task)
+            .await
+            .expect("the stream did not end")
+            .expect("task");
+        result.expect("stream");
+        // The container was never reported stopped.
+        assert!(following.running.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn closed_receiver_ends_reading() {
+        let mut log = String::new();
+        for i in 0..10_000 {
+            log.push_str(&format!("2024-01-01T00:00:00Z stdout F line {i}\n"));
+        }
+        let (_dir, path) = log_file(&log);
+        let (tx, mut rx) = mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            stream_log_with(&path, &LogOptions::default(), tx, || async { true }, FAST).await
+        });
+        let first = rx.recv().await.expect("a first chunk");
+        assert!(first.starts_with(b"line 0\n"));
+        drop(rx);
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("the stream did not end")
+            .expect("task")
+            .expect("stream");
+    }
+}
