@@ -194,6 +194,42 @@ async fn logs_exec_and_port_forward_through_the_kubelet_port() -> Result<()> {
     let (code, _) = get(&agent, Some(&admin), "/containerLogs/default/absent/main").await?;
     ensure!(code == 404, "an unknown pod answered {code}");
 
+    // Resource metrics, as metrics-server reads them: the pod's container and the node.
+    let mut metrics = String::new();
+    let wanted = format!(
+        "container_memory_working_set_bytes{{container=\"main\",namespace=\"default\",pod=\"{pod}\"}} "
+    );
+    for _ in 0..50 {
+        let (code, body) = get(&agent, Some(&admin), "/metrics/resource").await?;
+        ensure!(code == 200, "/metrics/resource: {code} {body}");
+        metrics = body;
+        if metrics.contains(&wanted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(&wanted))
+        .with_context(|| format!("no {wanted} in {metrics}"))?;
+    let bytes: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .context("working set value")?;
+    ensure!(bytes > 0.0 && bytes < 256.0 * 1024.0 * 1024.0, "{line}");
+    ensure!(
+        metrics.contains("\nnode_cpu_usage_seconds_total "),
+        "{metrics}"
+    );
+    ensure!(
+        metrics.contains(&format!(
+            "pod_cpu_usage_seconds_total{{namespace=\"default\",pod=\"{pod}\"}} "
+        )),
+        "{metrics}"
+    );
+    ensure!(metrics.contains("\nscrape_error 0\n"), "{metrics}");
+
     // Exec, proxied to the runtime's streaming server.
     let tls = connect(&agent, Some(&admin)).await?;
     let path = format!(

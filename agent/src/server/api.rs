@@ -7,6 +7,8 @@
 //!   (`/{namespace}/{pod}[/{uid}]`) ask the runtime for a streaming URL through CRI and proxy the
 //!   client's upgraded connection (SPDY or WebSocket) to it, as the kubelet does since it stopped
 //!   redirecting; `/run/...` (POST) runs a command and answers its output.
+//! * `/metrics/resource`: node, pod and container CPU and memory for metrics-server
+//!   ([`super::resource_metrics`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::auth::{Auth, AuthError, PeerCertificate};
 use super::logs::{LogError, LogOptions, stream_log};
-use super::{ServerState, read_only_router};
+use super::{ServerState, read_only_router, resource_metrics};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -47,6 +49,7 @@ pub fn api_router(state: ApiState, auth: Auth) -> Router {
         .route("/attach/{namespace}/{pod}/{uid}/{container}", any(attach))
         .route("/portForward/{namespace}/{pod}", any(port_forward))
         .route("/portForward/{namespace}/{pod}/{uid}", any(port_forward))
+        .route("/metrics/resource", get(resource_metrics))
         .route("/run/{namespace}/{pod}/{container}", post(run))
         .route("/run/{namespace}/{pod}/{uid}/{container}", post(run))
         .with_state(state.clone());
@@ -229,6 +232,34 @@ async fn container_logs(
 }
 
 use futures::StreamExt as _;
+
+async fn resource_metrics(State(state): State<ApiState>) -> Response {
+    let now = now_ns();
+    let node = resource_metrics::node_sample(std::path::Path::new("/sys/fs/cgroup"), now);
+    let (containers, failed) = match resource_metrics::container_samples(&state.cri).await {
+        Ok(samples) => (samples, false),
+        Err(e) => {
+            tracing::warn!(error = %e, "resource metrics: container stats unavailable");
+            (Vec::new(), true)
+        }
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        resource_metrics::render(&node, &containers, failed),
+    )
+        .into_response()
+}
+
+/// Nanoseconds since the epoch, now.
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
 
 /// Kubelet's streaming options (`stdin`, `stdout`, `stderr`, `tty`: "1" or "true").
 fn flag(query: &[(String, String)], name: &str) -> bool {

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod https;
 pub mod logs;
+pub mod resource_metrics;
 pub mod tls;
 
 use std::sync::Arc;

@@ -158,6 +158,10 @@ impl CriClient {
         /// The streaming URL of a port-forward session.
         port_forward, runtime, "port_forward",
         api::PortForwardRequest => api::PortForwardResponse);
+    unary!(
+        /// Usage of the containers matching the filter.
+        list_container_stats, runtime, "list_container_stats",
+        api::ListContainerStatsRequest => api::ListContainerStatsResponse);
     unary!(list_images, images, "list_images",
         api::ListImagesRequest => api::ListImagesResponse);
     unary!(image_status, images, "image_status",
