@@ -285,6 +285,12 @@ struct Target {
     container: String,
 }
 
+/// The runtime ID of the running container a streaming path names.
+fn target_container(state: &ApiState, target: &Target) -> Result<String, Failure> {
+    let pod = find_pod(state, &target.namespace, &target.pod, target.uid.as_deref())?;
+    container_id(&pod, &target.container, false)
+}
+
 async fn exec(
     State(state): State<ApiState>,
     Path(target): Path<Target>,
@@ -311,16 +317,7 @@ async fn stream_exec(
     req: Request,
     is_exec: bool,
 ) -> Response {
-    let pod = match find_pod(
-        &state,
-        &target.namespace,
-        &target.pod,
-        target.uid.as_deref(),
-    ) {
-        Ok(pod) => pod,
-        Err(f) => return f.into_response(),
-    };
-    let id = match container_id(&pod, &target.container, false) {
+    let id = match target_container(&state, &target) {
         Ok(id) => id,
         Err(f) => return f.into_response(),
     };
@@ -447,16 +444,7 @@ async fn run(
 }
 
 async fn run_command(state: ApiState, target: Target, query: RunQuery) -> Response {
-    let pod = match find_pod(
-        &state,
-        &target.namespace,
-        &target.pod,
-        target.uid.as_deref(),
-    ) {
-        Ok(pod) => pod,
-        Err(f) => return f.into_response(),
-    };
-    let id = match container_id(&pod, &target.container, false) {
+    let id = match target_container(&state, &target) {
         Ok(id) => id,
         Err(f) => return f.into_response(),
     };
