@@ -430,11 +430,7 @@ impl Agent {
         let deadline = Instant::now() + timeout;
         loop {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let output: String = text
-                .lines()
-                .filter_map(|l| l.splitn(4, ' ').nth(3))
-                .map(|m| format!("{m}\n"))
-                .collect();
+            let output = log_messages(&text);
             if output.contains(expected) {
                 return Ok(output);
             }
@@ -447,6 +443,19 @@ impl Agent {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Opens a container instance's log and keeps it open, so that its output stays readable after
+    /// the agent removed the pod's log directory (it does once the pod is gone).
+    pub fn watch_output(&self, pod: &Pod, container: &str, attempt: u32) -> Result<OutputWatch> {
+        let path = self.container_log_path(pod, container, attempt);
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(OutputWatch {
+            path,
+            file,
+            raw: String::new(),
+        })
     }
 
     /// A CRI client for this agent's runtime: the shared containerd, or on Docker the adapter the
@@ -552,6 +561,45 @@ impl Drop for Agent {
                 .map(|rt| rt.block_on(remove_node_objects(&node)))
         });
         let _ = cleanup.join();
+    }
+}
+
+/// The messages of CRI log lines, one per line.
+fn log_messages(text: &str) -> String {
+    text.lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3))
+        .map(|m| format!("{m}\n"))
+        .collect()
+}
+
+/// A container log held open by the test ([`Agent::watch_output`]).
+pub struct OutputWatch {
+    path: PathBuf,
+    file: std::fs::File,
+    raw: String,
+}
+
+impl OutputWatch {
+    /// Reads on until the output contains `expected`; the whole output so far.
+    pub async fn wait_for(&mut self, expected: &str, timeout: Duration) -> Result<String> {
+        use std::io::Read;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut more = Vec::new();
+            self.file.read_to_end(&mut more)?;
+            self.raw.push_str(&String::from_utf8_lossy(&more));
+            let output = log_messages(&self.raw);
+            if output.contains(expected) {
+                return Ok(output);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} never contained {expected:?}; it holds:\n{output}",
+                    self.path.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -192,9 +192,11 @@ async fn pre_stop_runs_before_sigterm_and_post_start_runs_after_start() -> anyho
     agent
         .wait_output(&p, "main", 0, "post-start", Duration::from_secs(10))
         .await?;
+    // Held open: the agent removes the pod's logs soon after the pod is gone.
+    let mut output = agent.watch_output(&p, "main", 0)?;
     cluster.delete_pod("default", &name).await?;
-    let out = agent
-        .wait_output(&p, "main", 0, "got-sigterm", Duration::from_secs(20))
+    let out = output
+        .wait_for("got-sigterm", Duration::from_secs(20))
         .await?;
     let pre = out
         .find("pre-stop")
