@@ -216,19 +216,17 @@ impl DockerShim {
                 "RunAsGroup is set without RunAsUser or RunAsUsername".into(),
             ));
         }
-        let mut security_opt = Vec::new();
         // The deprecated path is what kubelets before 1.19 send.
         #[allow(deprecated)]
-        let legacy_seccomp = security.seccomp_profile_path.clone();
-        if let Some(seccomp) = convert::seccomp_option(
+        let legacy_seccomp = &security.seccomp_profile_path;
+        let mut security_opt: Vec<String> = convert::seccomp_option(
             security.seccomp.as_ref(),
-            &legacy_seccomp,
+            legacy_seccomp,
             security.privileged,
         )
         .map_err(OpError::InvalidArgument)?
-        {
-            security_opt.push(seccomp);
-        }
+        .into_iter()
+        .collect();
         if security.no_new_privs {
             security_opt.push("no-new-privileges".into());
         }

@@ -306,19 +306,17 @@ impl DockerShim {
         } else {
             convert::port_bindings(&config.port_mappings)
         };
-        let mut security_opt = Vec::new();
         // The deprecated path is what kubelets before 1.19 send.
         #[allow(deprecated)]
-        let legacy_seccomp = security.seccomp_profile_path.clone();
-        if let Some(seccomp) = convert::seccomp_option(
+        let legacy_seccomp = &security.seccomp_profile_path;
+        let security_opt: Vec<String> = convert::seccomp_option(
             security.seccomp.as_ref(),
-            &legacy_seccomp,
+            legacy_seccomp,
             security.privileged,
         )
         .map_err(OpError::InvalidArgument)?
-        {
-            security_opt.push(seccomp);
-        }
+        .into_iter()
+        .collect();
         let host_config = HostConfig {
             network_mode: Some(
                 match (host_network, &cni_network) {
