@@ -23,7 +23,7 @@ pub struct SessionOutput {
 /// What to send and which pipes to open.
 #[derive(Debug, Default, Clone)]
 pub struct SessionInput {
-    /// Written to stdin, which is then closed; `None`: no stdin stream.
+    /// Written to stdin, which is then closed (kept open with `tty`); `None`: no stdin stream.
     pub stdin: Option<Vec<u8>>,
     pub stdout: bool,
     pub stderr: bool,
@@ -159,10 +159,15 @@ pub async fn session(
             .write(data)
             .await
             .map_err(|e| client_error(e.to_string()))?;
-        writer
-            .close()
-            .await
-            .map_err(|e| client_error(e.to_string()))?;
+        // Without a terminal the end of the data is the end of stdin. On a terminal, as with
+        // kubectl, stdin stays open until the session ends: runtimes cut a TTY's output when its
+        // input closes.
+        if !input.tty {
+            writer
+                .close()
+                .await
+                .map_err(|e| client_error(e.to_string()))?;
+        }
     }
     let limit = 16 << 20;
     let (out, err, status) = tokio::join!(
