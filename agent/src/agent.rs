@@ -18,9 +18,11 @@ use crate::apiserver;
 use crate::config::KubeletConfiguration;
 use crate::events::{EventRecorder, EventType};
 use crate::images::ImageManager;
+use crate::kuberuntime::manager::RuntimeManager;
 use crate::metrics::Metrics;
 use crate::node;
 use crate::pleg::{Pleg, PlegHealth, Relist};
+use crate::pod_cache::PodCache;
 use crate::pod_workers::{PodWorkers, WorkerContext};
 use crate::server::{self, ServerState};
 use crate::sources::{self, PodSet};
@@ -216,29 +218,34 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         metrics.prober.clone(),
         probe_wake_tx,
     );
+    let cache = PodCache::default();
     let ctx = Arc::new(WorkerContext {
+        runtime: RuntimeManager {
+            volumes: crate::volumes::VolumeManager::new(options.root_dir.clone(), client.clone()),
+            images: ImageManager::new(cri.clone(), config.parallel_pull_limit()),
+            cri: cri.clone(),
+            metrics: metrics.clone(),
+            events: recorder.clone(),
+            node_name: options.node_name.clone(),
+            pod_logs_dir: config.pod_logs_dir.clone(),
+            cgroup_root: config.cgroup_root.clone(),
+            host_ip: host_ip.map(|ip| ip.to_string()),
+            client: client.clone(),
+            node: node_rx.clone(),
+            root_dir: options.root_dir.clone(),
+            dns: crate::kuberuntime::security::DnsSettings {
+                cluster_dns: config.cluster_dns.clone(),
+                cluster_domain: config.cluster_domain.clone(),
+                host_resolv_conf: std::fs::read_to_string(&config.resolv_conf).unwrap_or_default(),
+            },
+        },
+        cache: cache.clone(),
         prober,
-        volumes: crate::volumes::VolumeManager::new(options.root_dir.clone(), client.clone()),
-        images: ImageManager::new(cri.clone(), config.parallel_pull_limit()),
-        cri: cri.clone(),
         status: status.clone(),
         metrics: metrics.clone(),
-        events: recorder.clone(),
-        node_name: options.node_name.clone(),
         runtime_name: runtime_name(&version),
-        pod_logs_dir: config.pod_logs_dir.clone(),
-        cgroup_root: config.cgroup_root.clone(),
         cgroup_mount: options.cgroup_mount.clone(),
-        host_ip: host_ip.map(|ip| ip.to_string()),
         resync: config.sync_frequency,
-        client: client.clone(),
-        node: node_rx.clone(),
-        root_dir: options.root_dir.clone(),
-        dns: crate::kuberuntime::security::DnsSettings {
-            cluster_dns: config.cluster_dns.clone(),
-            cluster_domain: config.cluster_domain.clone(),
-            host_resolv_conf: std::fs::read_to_string(&config.resolv_conf).unwrap_or_default(),
-        },
     });
 
     let (events_tx, events_rx) = mpsc::channel(1024);
@@ -249,11 +256,13 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         period: options.pleg_period,
         metrics,
         health: pleg_health,
+        cache,
     };
     tokio::spawn(pleg.run(events_tx, relist_tx, cancel.clone()));
 
+    let (workers, finished_rx) = PodWorkers::new(ctx);
     let sync = SyncLoop {
-        workers: PodWorkers::new(ctx),
+        workers,
         status,
         events: recorder,
         node: node_rx,
@@ -263,8 +272,15 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         rejected: HashSet::new(),
         runnable: PodSet::default(),
     };
-    sync.run(desired_rx, events_rx, probe_wake_rx, relist_rx, cancel)
-        .await;
+    sync.run(
+        desired_rx,
+        events_rx,
+        probe_wake_rx,
+        finished_rx,
+        relist_rx,
+        cancel,
+    )
+    .await;
     Ok(())
 }
 
@@ -494,6 +510,7 @@ impl SyncLoop {
         mut desired: watch::Receiver<PodSet>,
         mut events: mpsc::Receiver<String>,
         mut probe_results: mpsc::UnboundedReceiver<String>,
+        mut finished: mpsc::UnboundedReceiver<String>,
         relists: watch::Receiver<Option<Relist>>,
         cancel: CancellationToken,
     ) {
@@ -511,6 +528,7 @@ impl SyncLoop {
                 }
                 Some(uid) = events.recv() => self.workers.wake(&uid),
                 Some(uid) = probe_results.recv() => self.workers.wake_for_probe(&uid),
+                Some(uid) = finished.recv() => self.workers.on_finished(&uid),
                 _ = housekeeping.tick() => {
                     // Until every source has listed once, a pod missing from the set may just be unread.
                     if !self.runnable.synced {
@@ -518,7 +536,7 @@ impl SyncLoop {
                     }
                     let relist = relists.borrow().clone();
                     match relist {
-                        Some(relist) => self.workers.clean_up_orphans(&relist.pods, &self.runnable),
+                        Some(relist) => self.workers.clean_up_orphans(&relist.pods),
                         None => self.workers.reap(),
                     }
                 }

@@ -1,19 +1,25 @@
 //! The pod lifecycle event generator: relists every sandbox and container every second, compares with
-//! the previous listing, and wakes the workers of the pods that changed. It also keeps the running pod
-//! and container gauges and tells `/healthz` whether relisting is alive.
+//! the previous listing, refreshes the pod cache entries of the pods that changed (asking the runtime
+//! only about objects whose state changed), and wakes their workers. It also keeps the running pod and
+//! container gauges and tells `/healthz` whether relisting is alive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mk_cri::{CriClient, CriError, api};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::kuberuntime::labels;
-use crate::kuberuntime::observe::ContainerState;
+use crate::kuberuntime::observe::{
+    ContainerState, ObservedContainer, ObservedPod, RuntimePod, SandboxState, from_status,
+    runtime_pods, sandbox_from_list, sandbox_ips,
+};
 use crate::metrics::{Metrics, StateLabels};
+use crate::pod_cache::PodCache;
 
 /// kubelet's relist threshold: PLEG is unhealthy when no relist completed for 3 minutes.
 pub const RELIST_THRESHOLD: Duration = Duration::from_secs(180);
@@ -21,8 +27,8 @@ pub const RELIST_THRESHOLD: Duration = Duration::from_secs(180);
 /// The runtime's view of the node after one relist.
 #[derive(Debug, Clone, Default)]
 pub struct Relist {
-    /// Pods the runtime holds for this node: UID → (namespace, name).
-    pub pods: HashMap<String, (String, String)>,
+    /// Pods the runtime holds for this node, by UID.
+    pub pods: HashMap<String, RuntimePod>,
 }
 
 /// Liveness of the relist loop, shared with the HTTP server.
@@ -76,10 +82,111 @@ pub struct Pleg {
     pub period: Duration,
     pub metrics: Metrics,
     pub health: PlegHealth,
+    /// Where each relist leaves every pod's observed state for the workers.
+    pub cache: PodCache,
+}
+
+/// What the PLEG remembers between relists so that an unchanged object costs no CRI call.
+#[derive(Default)]
+struct Inspector {
+    /// ContainerStatus answers by container ID, with the listed state they were read in (a
+    /// container's status only changes with its state).
+    containers: HashMap<String, (i32, ObservedContainer)>,
+    /// Sandbox IPs by sandbox ID (fixed for a sandbox's life).
+    sandbox_ips: HashMap<String, Vec<String>>,
+    /// Pods whose last inspection failed: inspected again at the next relist.
+    failed: HashSet<String>,
+}
+
+/// One pod's objects in a listing.
+#[derive(Default)]
+struct Listed<'a> {
+    sandboxes: Vec<&'a api::PodSandbox>,
+    containers: Vec<&'a api::Container>,
+}
+
+impl Inspector {
+    /// Builds one pod's observed state from the listing, asking the runtime only about what changed.
+    async fn inspect(
+        &mut self,
+        cri: &CriClient,
+        listed: &Listed<'_>,
+    ) -> Result<ObservedPod, CriError> {
+        let mut observed = ObservedPod {
+            sandboxes: listed
+                .sandboxes
+                .iter()
+                .map(|s| sandbox_from_list(s))
+                .collect(),
+            containers: Vec::with_capacity(listed.containers.len()),
+        };
+        observed.sort();
+        if let Some(latest) = observed.sandboxes.first_mut()
+            && latest.state == SandboxState::Ready
+        {
+            match self.sandbox_ips.get(&latest.id) {
+                Some(ips) => latest.ips = ips.clone(),
+                None => {
+                    let request = api::PodSandboxStatusRequest {
+                        pod_sandbox_id: latest.id.clone(),
+                        verbose: false,
+                    };
+                    match cri.pod_sandbox_status(request).await {
+                        Ok(resp) => {
+                            latest.ips = sandbox_ips(resp.status);
+                            self.sandbox_ips
+                                .insert(latest.id.clone(), latest.ips.clone());
+                        }
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        for c in &listed.containers {
+            if let Some((state, known)) = self.containers.get(&c.id)
+                && *state == c.state
+            {
+                observed.containers.push(known.clone());
+                continue;
+            }
+            let request = api::ContainerStatusRequest {
+                container_id: c.id.clone(),
+                verbose: false,
+            };
+            let status = match cri.container_status(request).await {
+                Ok(resp) => resp.status,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            let Some(status) = status else { continue };
+            let container = from_status(status, &c.pod_sandbox_id);
+            self.containers
+                .insert(c.id.clone(), (c.state, container.clone()));
+            observed.containers.push(container);
+        }
+        observed.sort();
+        Ok(observed)
+    }
+
+    /// Forgets objects the runtime no longer lists.
+    fn retain(&mut self, sandboxes: &HashSet<&str>, containers: &HashSet<&str>) {
+        self.containers
+            .retain(|id, _| containers.contains(id.as_str()));
+        self.sandbox_ips
+            .retain(|id, _| sandboxes.contains(id.as_str()));
+    }
 }
 
 impl Pleg {
-    async fn relist(&self) -> Result<(Snapshot, Relist), CriError> {
+    /// Lists the runtime once, refreshes the cache entries of the pods that changed, and returns the
+    /// new snapshot, the listing's pods and the UIDs that changed.
+    async fn relist(
+        &self,
+        previous: &Snapshot,
+        inspector: &mut Inspector,
+    ) -> Result<(Snapshot, Relist, Vec<String>), CriError> {
+        let started = Instant::now();
         let sandboxes = self
             .cri
             .list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
@@ -91,7 +198,7 @@ impl Pleg {
             .await?
             .containers;
         let mut snapshot: Snapshot = HashMap::new();
-        let mut relist = Relist::default();
+        let mut pods: HashMap<&str, Listed<'_>> = HashMap::new();
         let mut running_pods = 0;
         for s in sandboxes
             .iter()
@@ -104,11 +211,11 @@ impl Pleg {
                 .entry(uid.clone())
                 .or_default()
                 .insert(s.id.clone(), s.state);
+            pods.entry(uid).or_default().sandboxes.push(s);
             if s.state == api::PodSandboxState::SandboxReady as i32 {
                 running_pods += 1;
             }
         }
-        relist.pods = crate::pod_workers::runtime_pods(&sandboxes, &self.node_name);
         let mut by_state: HashMap<&'static str, i64> = HashMap::new();
         for c in containers
             .iter()
@@ -121,10 +228,32 @@ impl Pleg {
                 .entry(uid.clone())
                 .or_default()
                 .insert(c.id.clone(), c.state);
+            pods.entry(uid).or_default().containers.push(c);
             *by_state
                 .entry(ContainerState::from(c.state).metric_label())
                 .or_default() += 1;
         }
+        let mut changed = changed_pods(previous, &snapshot);
+        changed.extend(inspector.failed.drain());
+        changed.sort();
+        changed.dedup();
+        let empty = Listed::default();
+        for uid in &changed {
+            let listed = pods.get(uid.as_str()).unwrap_or(&empty);
+            match inspector.inspect(&self.cri, listed).await {
+                Ok(observed) => self.cache.set(uid, observed, started),
+                Err(e) => {
+                    tracing::warn!(uid, error = %e, "cannot read pod state from the runtime");
+                    self.cache.set_error(uid, e.to_string(), started);
+                    inspector.failed.insert(uid.clone());
+                }
+            }
+        }
+        let live_sandboxes: HashSet<&str> = sandboxes.iter().map(|s| s.id.as_str()).collect();
+        let live_containers: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+        inspector.retain(&live_sandboxes, &live_containers);
+        self.cache.complete(started);
+
         self.metrics.running_pods.set(running_pods);
         for state in ["created", "running", "exited", "unknown"] {
             self.metrics
@@ -134,11 +263,14 @@ impl Pleg {
                 })
                 .set(by_state.get(state).copied().unwrap_or(0));
         }
-        Ok((snapshot, relist))
+        let relist = Relist {
+            pods: runtime_pods(&sandboxes, &self.node_name),
+        };
+        Ok((snapshot, relist, changed))
     }
 
-    /// Relists until `cancel`, sending the UIDs of changed pods on `events` and each full listing on
-    /// `relists`.
+    /// Relists until `cancel`, sending the UIDs of changed pods on `events` (after their cache entry
+    /// was refreshed) and each full listing on `relists`.
     pub async fn run(
         self,
         events: mpsc::Sender<String>,
@@ -146,6 +278,7 @@ impl Pleg {
         cancel: CancellationToken,
     ) {
         let mut previous: Snapshot = HashMap::new();
+        let mut inspector = Inspector::default();
         let mut last_start: Option<Instant> = None;
         let mut failing = false;
         loop {
@@ -156,8 +289,8 @@ impl Pleg {
                     .observe(started.duration_since(last).as_secs_f64());
             }
             last_start = Some(started);
-            match self.relist().await {
-                Ok((snapshot, relist)) => {
+            match self.relist(&previous, &mut inspector).await {
+                Ok((snapshot, relist, changed)) => {
                     self.metrics
                         .pleg_relist_duration
                         .observe(started.elapsed().as_secs_f64());
@@ -166,13 +299,13 @@ impl Pleg {
                         tracing::info!("container runtime is reachable again");
                         failing = false;
                     }
-                    for uid in changed_pods(&previous, &snapshot) {
+                    previous = snapshot;
+                    relists.send_replace(Some(relist));
+                    for uid in changed {
                         if events.send(uid).await.is_err() {
                             return;
                         }
                     }
-                    previous = snapshot;
-                    relists.send_replace(Some(relist));
                 }
                 Err(e) => {
                     if !failing {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use mk_cri::{CriClient, CriError, api};
+use mk_cri::api;
 
 use super::labels;
 
@@ -113,114 +113,61 @@ impl ObservedPod {
     }
 }
 
-fn uid_filter(uid: &str) -> HashMap<String, String> {
-    HashMap::from([(labels::POD_UID.to_string(), uid.to_string())])
+/// A sandbox as ListPodSandbox shows it (its IPs come from PodSandboxStatus).
+pub fn sandbox_from_list(s: &api::PodSandbox) -> ObservedSandbox {
+    ObservedSandbox {
+        id: s.id.clone(),
+        attempt: s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
+        state: if s.state == api::PodSandboxState::SandboxReady as i32 {
+            SandboxState::Ready
+        } else {
+            SandboxState::NotReady
+        },
+        created_at: s.created_at,
+        ips: Vec::new(),
+    }
 }
 
-/// Reads one pod's state from the runtime: its sandboxes and containers by the pod UID label, the
-/// latest sandbox's status (for its IPs) and the full status of each container.
-/// `cache` holds statuses of exited containers, which never change; it is updated in place.
-pub async fn observe_pod(
-    cri: &CriClient,
-    uid: &str,
-    node_name: &str,
-    cache: &mut HashMap<String, ObservedContainer>,
-) -> Result<ObservedPod, CriError> {
-    let sandboxes = cri
-        .list_pod_sandbox(api::ListPodSandboxRequest {
-            filter: Some(api::PodSandboxFilter {
-                label_selector: uid_filter(uid),
-                ..Default::default()
-            }),
-        })
-        .await?
-        .items;
-    let containers = cri
-        .list_containers(api::ListContainersRequest {
-            filter: Some(api::ContainerFilter {
-                label_selector: uid_filter(uid),
-                ..Default::default()
-            }),
-        })
-        .await?
-        .containers;
+/// The pod IPs in a PodSandboxStatus answer.
+pub fn sandbox_ips(status: Option<api::PodSandboxStatus>) -> Vec<String> {
+    let Some(network) = status.and_then(|s| s.network) else {
+        return Vec::new();
+    };
+    std::iter::once(network.ip)
+        .chain(network.additional_ips.into_iter().map(|ip| ip.ip))
+        .filter(|ip| !ip.is_empty())
+        .collect()
+}
 
-    let mut observed = ObservedPod::default();
-    for s in sandboxes
-        .into_iter()
+/// A pod the runtime holds for this node, as its sandbox labels name it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuntimePod {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The pods the runtime holds for this node, by UID, with their namespace and name (from the
+/// sandbox labels).
+pub fn runtime_pods(sandboxes: &[api::PodSandbox], node_name: &str) -> HashMap<String, RuntimePod> {
+    sandboxes
+        .iter()
         .filter(|s| labels::owned_by(&s.labels, node_name))
-    {
-        observed.sandboxes.push(ObservedSandbox {
-            id: s.id,
-            attempt: s.metadata.map(|m| m.attempt).unwrap_or(0),
-            state: if s.state == api::PodSandboxState::SandboxReady as i32 {
-                SandboxState::Ready
-            } else {
-                SandboxState::NotReady
-            },
-            created_at: s.created_at,
-            ips: Vec::new(),
-        });
-    }
-    observed.sort();
-    if let Some(latest) = observed.sandboxes.first_mut()
-        && latest.state == SandboxState::Ready
-    {
-        match cri
-            .pod_sandbox_status(api::PodSandboxStatusRequest {
-                pod_sandbox_id: latest.id.clone(),
-                verbose: false,
-            })
-            .await
-        {
-            Ok(resp) => {
-                if let Some(network) = resp.status.and_then(|s| s.network) {
-                    if !network.ip.is_empty() {
-                        latest.ips.push(network.ip);
-                    }
-                    latest
-                        .ips
-                        .extend(network.additional_ips.into_iter().map(|ip| ip.ip));
-                }
-            }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
-    }
-
-    let live: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
-    cache.retain(|id, _| live.contains(id));
-    for c in containers
-        .into_iter()
-        .filter(|c| labels::owned_by(&c.labels, node_name))
-    {
-        if let Some(done) = cache.get(&c.id) {
-            observed.containers.push(done.clone());
-            continue;
-        }
-        let status = match cri
-            .container_status(api::ContainerStatusRequest {
-                container_id: c.id.clone(),
-                verbose: false,
-            })
-            .await
-        {
-            Ok(resp) => resp.status,
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e),
-        };
-        let Some(status) = status else { continue };
-        let container = from_status(status, &c.pod_sandbox_id);
-        if container.state() == ContainerState::Exited {
-            cache.insert(container.id.clone(), container.clone());
-        }
-        observed.containers.push(container);
-    }
-    observed.sort();
-    Ok(observed)
+        .filter_map(|s| {
+            let uid = s.labels.get(labels::POD_UID)?.clone();
+            let label = |key: &str| s.labels.get(key).cloned().unwrap_or_default();
+            Some((
+                uid,
+                RuntimePod {
+                    namespace: label(labels::POD_NAMESPACE),
+                    name: label(labels::POD_NAME),
+                },
+            ))
+        })
+        .collect()
 }
 
-fn from_status(status: api::ContainerStatus, sandbox_id: &str) -> ObservedContainer {
+/// A container as ContainerStatus reports it, in the sandbox `sandbox_id`.
+pub fn from_status(status: api::ContainerStatus, sandbox_id: &str) -> ObservedContainer {
     let annotation = |key: &str| status.annotations.get(key).cloned().unwrap_or_default();
     ObservedContainer {
         name: status

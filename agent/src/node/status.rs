@@ -21,13 +21,7 @@ use super::resources::{self, EvictionThresholds, Pressure, ResourceConfigError, 
 use crate::config::KubeletConfiguration;
 use crate::quantity::{Format, Quantity};
 
-/// The version this agent reports as `nodeInfo.kubeletVersion`: the Kubernetes minor whose kubelet
-/// behaviour it follows, with the agent's own version as semver build metadata (as k3s does with
-/// `+k3s1`). Build metadata does not take part in version comparisons, so tools that compare node
-/// versions (version-skew checks, `kubectl`, kubeadm) treat it as exactly v1.33.0: the oldest API
-/// level `k8s-openapi` 0.29 targets, which keeps the node within the supported skew (the kubelet
-/// may be up to three minors older than the API server, never newer).
-pub const KUBELET_VERSION: &str = concat!("v1.33.0+mini.", env!("CARGO_PKG_VERSION"));
+pub use crate::version::KUBELET_VERSION;
 /// kubelet's `--port` default.
 pub const DEFAULT_KUBELET_PORT: i32 = 10250;
 /// kubelet's `nodeStatusMaxImages` default.

@@ -164,6 +164,7 @@ fn healthy_pleg(cri: &CriClient, cancel: &CancellationToken) -> PlegHealth {
         period: Duration::from_millis(100),
         metrics: crate::metrics::Metrics::default(),
         health: health.clone(),
+        cache: crate::pod_cache::PodCache::default(),
     };
     let (events, mut events_rx) = tokio::sync::mpsc::channel(16);
     let (relists, _) = tokio::sync::watch::channel(None);

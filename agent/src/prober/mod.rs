@@ -288,7 +288,7 @@ impl ProbeManager {
                 metrics,
                 wake,
                 tls: http::insecure_tls().map_err(|e| e.to_string()),
-                user_agent: spec::user_agent(crate::node::KUBELET_VERSION),
+                user_agent: spec::user_agent(crate::version::KUBELET_VERSION),
                 created: Instant::now(),
                 jitter,
                 pods: Mutex::new(HashMap::new()),

@@ -436,7 +436,7 @@ mod tests {
     fn user_agent_uses_major_and_minor() {
         assert_eq!(user_agent("v1.33.0+mini.0.1.0"), "kube-probe/1.33");
         assert_eq!(user_agent("v1.30.2"), "kube-probe/1.30");
-        assert!(user_agent(crate::node::KUBELET_VERSION).starts_with("kube-probe/1."));
+        assert!(user_agent(crate::version::KUBELET_VERSION).starts_with("kube-probe/1."));
     }
 
     #[test]

@@ -1,0 +1,221 @@
+//! The pod cache (kubelet's `kubecontainer.Cache`): every pod's observed runtime state, written by the
+//! PLEG once per relist and read by the pod workers, which never list the runtime themselves.
+//!
+//! Each entry records when the state it holds was read (the start of the relist that read it), and
+//! the cache records the start of the last relist that completed for every pod. A worker that acted at
+//! time `t` asks for a state newer than `t` ([`PodCache::get_newer_than`]) and so never decides twice on
+//! a picture taken before its own actions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::kuberuntime::observe::ObservedPod;
+
+/// One pod's state as the PLEG last read it.
+#[derive(Debug, Clone)]
+pub struct CachedPod {
+    /// Empty when the runtime holds nothing for the pod.
+    pub observed: Arc<ObservedPod>,
+    /// Why the pod's state could not be read, when it could not.
+    pub error: Option<String>,
+    /// When the state was read (the start of that relist).
+    pub read_at: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    pods: HashMap<String, CachedPod>,
+    /// Every pod not in `pods` had nothing in the runtime as of this instant, and every entry in
+    /// `pods` was still current then.
+    complete_at: Option<Instant>,
+}
+
+/// Shared between the PLEG (writer) and the pod workers (readers). Cheap to clone.
+#[derive(Clone)]
+pub struct PodCache {
+    inner: Arc<Mutex<Inner>>,
+    /// Bumped on every write, so waiting readers look again.
+    version: Arc<watch::Sender<u64>>,
+}
+
+impl Default for PodCache {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            version: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+impl PodCache {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut inner)
+    }
+
+    fn bump(&self) {
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Records a pod's state as read at `read_at`. An empty state removes the entry.
+    pub fn set(&self, uid: &str, observed: ObservedPod, read_at: Instant) {
+        self.with(|inner| {
+            if observed == ObservedPod::default() {
+                inner.pods.remove(uid);
+            } else {
+                inner.pods.insert(
+                    uid.to_string(),
+                    CachedPod {
+                        observed: Arc::new(observed),
+                        error: None,
+                        read_at,
+                    },
+                );
+            }
+        });
+        self.bump();
+    }
+
+    /// Records that a pod's state could not be read at `read_at` (the last good state is kept).
+    pub fn set_error(&self, uid: &str, error: String, read_at: Instant) {
+        self.with(|inner| {
+            let entry = inner
+                .pods
+                .entry(uid.to_string())
+                .or_insert_with(|| CachedPod {
+                    observed: Arc::default(),
+                    error: None,
+                    read_at,
+                });
+            entry.error = Some(error);
+            entry.read_at = read_at;
+        });
+        self.bump();
+    }
+
+    /// Marks the whole cache current as of `at`: a relist that started then has completed.
+    pub fn complete(&self, at: Instant) {
+        self.with(|inner| inner.complete_at = Some(at));
+        self.bump();
+    }
+
+    /// The pod's state if it was read after `after` (or the whole cache is newer).
+    pub fn get_if_newer(&self, uid: &str, after: Option<Instant>) -> Option<CachedPod> {
+        self.with(|inner| {
+            let newer = |t: Instant| after.is_none_or(|a| t > a);
+            match inner.pods.get(uid) {
+                Some(entry) if newer(entry.read_at) || inner.complete_at.is_some_and(newer) => {
+                    Some(entry.clone())
+                }
+                Some(_) => None,
+                None => inner
+                    .complete_at
+                    .filter(|t| newer(*t))
+                    .map(|read_at| CachedPod {
+                        observed: Arc::default(),
+                        error: None,
+                        read_at,
+                    }),
+            }
+        })
+    }
+
+    /// Waits until the cache holds a state of the pod read after `after` (kubelet's `GetNewerThan`).
+    /// `None` asks for any complete state.
+    pub async fn get_newer_than(&self, uid: &str, after: Option<Instant>) -> CachedPod {
+        let mut changes = self.version.subscribe();
+        loop {
+            changes.borrow_and_update();
+            if let Some(entry) = self.get_if_newer(uid, after) {
+                return entry;
+            }
+            if changes.changed().await.is_err() {
+                // Unreachable while `self` holds the sender; answer what there is.
+                return CachedPod {
+                    observed: Arc::default(),
+                    error: Some("pod cache closed".into()),
+                    read_at: Instant::now(),
+                };
+            }
+        }
+    }
+
+    /// The latest state of every pod (for housekeeping and tests).
+    pub fn uids(&self) -> Vec<String> {
+        self.with(|inner| inner.pods.keys().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kuberuntime::observe::{ObservedSandbox, SandboxState};
+    use std::time::Duration;
+
+    fn one_sandbox() -> ObservedPod {
+        ObservedPod {
+            sandboxes: vec![ObservedSandbox {
+                id: "s".into(),
+                attempt: 0,
+                state: SandboxState::Ready,
+                created_at: 1,
+                ips: vec![],
+            }],
+            containers: vec![],
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_waits_for_a_state_read_after_its_action() {
+        let cache = PodCache::default();
+        let t0 = Instant::now();
+        cache.set("a", one_sandbox(), t0);
+        cache.complete(t0);
+        assert!(cache.get_if_newer("a", None).is_some());
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let acted = Instant::now();
+        assert!(cache.get_if_newer("a", Some(acted)).is_none());
+
+        let reader = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get_newer_than("a", Some(acted)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished());
+        tokio::time::advance(Duration::from_millis(10)).await;
+        // A relist that started after the action completes without any change to the pod.
+        let t1 = Instant::now();
+        cache.complete(t1);
+        let got = reader.await.expect("reader");
+        assert_eq!(*got.observed, one_sandbox());
+        assert_eq!(got.read_at, t0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_pod_is_empty_once_a_relist_completed() {
+        let cache = PodCache::default();
+        assert!(cache.get_if_newer("x", None).is_none());
+        cache.complete(Instant::now());
+        let got = cache.get_if_newer("x", None).expect("complete");
+        assert_eq!(*got.observed, ObservedPod::default());
+        // Setting an empty state drops the entry.
+        cache.set("a", one_sandbox(), Instant::now());
+        cache.set("a", ObservedPod::default(), Instant::now());
+        assert!(cache.uids().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_keeps_the_last_state_and_is_reported() {
+        let cache = PodCache::default();
+        let t0 = Instant::now();
+        cache.set("a", one_sandbox(), t0);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        cache.set_error("a", "boom".into(), Instant::now());
+        let got = cache.get_if_newer("a", Some(t0)).expect("newer");
+        assert_eq!(got.error.as_deref(), Some("boom"));
+        assert_eq!(*got.observed, one_sandbox());
+    }
+}

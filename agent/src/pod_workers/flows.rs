@@ -1,0 +1,428 @@
+//! What a pod worker does in each state (kubelet's `SyncPod`, `SyncTerminatingPod`,
+//! `SyncTerminatedPod` and the clean-up of a removed pod). Each flow is handed the pod and the
+//! observed state the pod cache holds for it; the runtime work goes through the runtime manager.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+
+use super::WorkerContext;
+use crate::backoff::Backoff;
+use crate::events::EventType;
+use crate::kuberuntime::manager::{
+    self, ERROR_RETRY, Executed, MIN_GRACE_SECONDS, container_spec, grace_seconds,
+};
+use crate::kuberuntime::observe::{ContainerState, ObservedPod, SandboxState};
+use crate::kuberuntime::{pod_files, sandbox_config};
+use crate::prober::ProbedContainer;
+use crate::qos;
+use crate::sources::pod_key;
+use crate::status::{StatusContext, WaitingReason};
+use crate::sync;
+use crate::volumes::PodVolumes;
+
+/// A worker's memory between turns.
+pub struct WorkerState {
+    pub backoff: Backoff,
+    pub reasons: HashMap<String, WaitingReason>,
+    pub first_seen: Instant,
+    pub start_time: Timestamp,
+    pub started_reported: bool,
+    pub last_status: Option<PodStatus>,
+    /// The last volume set-up error reported, so an unchanged one is not re-posted every turn.
+    pub last_mount_error: Option<String>,
+}
+
+impl Default for WorkerState {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::default(),
+            reasons: HashMap::new(),
+            first_seen: Instant::now(),
+            start_time: Timestamp::now(),
+            started_reported: false,
+            last_status: None,
+            last_mount_error: None,
+        }
+    }
+}
+
+/// How a sync turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncOutcome {
+    /// When to look again at the latest, at the latest.
+    pub next: Duration,
+    /// The pod reached a terminal phase (Succeeded or Failed): it is to be terminated, not synced.
+    pub terminal: bool,
+}
+
+fn now_ns() -> i64 {
+    i64::try_from(Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
+}
+
+/// True while anything of the pod runs: a container that has not exited or a ready sandbox.
+pub fn is_live(observed: &ObservedPod) -> bool {
+    observed
+        .containers
+        .iter()
+        .any(|c| c.state() != ContainerState::Exited)
+        || observed
+            .sandboxes
+            .iter()
+            .any(|s| s.state == SandboxState::Ready)
+}
+
+/// One turn for a pod that should run (kubelet's `SyncPod`): probes, volumes, the sync core's
+/// actions carried out, and the status published.
+pub async fn sync_pod(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    observed: &ObservedPod,
+    state: &mut WorkerState,
+) -> SyncOutcome {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let rt = &ctx.runtime;
+    run_probes(ctx, pod, observed).await;
+    let Some(volumes) = set_up_volumes(ctx, pod, state).await else {
+        publish_status(ctx, pod, observed, state, false);
+        return SyncOutcome {
+            next: ERROR_RETRY,
+            terminal: false,
+        };
+    };
+    let now = now_ns();
+    state.backoff.gc(now);
+    let actions = sync::compute(pod, observed, &state.backoff, now);
+    let mut next = ctx.resync;
+    let mut executed = Executed::default();
+    if let Err(retry) = manager::execute(rt, pod, observed, &actions, &volumes, &mut executed).await
+    {
+        next = next.min(retry);
+    }
+    for (key, finished_at) in &executed.restarts {
+        state.backoff.next(key, *finished_at);
+    }
+    for name in &executed.started {
+        state.reasons.remove(name);
+    }
+    for (name, reason, message) in executed.waiting {
+        state.reasons.insert(
+            name,
+            WaitingReason {
+                reason: reason.into(),
+                message,
+            },
+        );
+    }
+    for w in &actions.backoff {
+        next = next.min(w.remaining + Duration::from_millis(50));
+        state.reasons.insert(
+            w.name.clone(),
+            WaitingReason {
+                reason: "CrashLoopBackOff".into(),
+                message: format!(
+                    "back-off {} restarting failed container={} pod={}_{}({})",
+                    humantime::format_duration(w.backoff),
+                    w.name,
+                    pod.metadata.name.as_deref().unwrap_or_default(),
+                    pod.metadata.namespace.as_deref().unwrap_or_default(),
+                    uid,
+                ),
+            },
+        );
+    }
+    let ip = pod_ip(ctx, pod, observed);
+    ctx.prober
+        .update_containers(&uid, ip.as_deref(), &ProbedContainer::latest(observed));
+    publish_status(ctx, pod, observed, state, false);
+    // Terminal only once nothing more will start: the status of the observed state says so and the
+    // sync core has nothing left to run.
+    let terminal = actions.start.is_empty()
+        && actions.backoff.is_empty()
+        && actions.create_sandbox.is_none()
+        && state
+            .last_status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+    SyncOutcome { next, terminal }
+}
+
+/// Sets up (or refreshes) the pod's volumes before anything starts, as kubelet's WaitForAttachAndMount.
+/// A volume that cannot be set up keeps the pod waiting, with a `FailedMount` event per change of
+/// the error.
+async fn set_up_volumes(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    state: &mut WorkerState,
+) -> Option<PodVolumes> {
+    let rt = &ctx.runtime;
+    if let Some(allocatable) = rt
+        .node
+        .borrow()
+        .as_ref()
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.allocatable.as_ref())
+    {
+        rt.volumes.set_node_allocatable(allocatable);
+    }
+    let (volumes, errors): (Option<PodVolumes>, Vec<String>) = match rt.volumes.setup(pod).await {
+        Ok(v) => {
+            let errors = v.refresh_errors.iter().map(|e| e.to_string()).collect();
+            (Some(v), errors)
+        }
+        Err(e) => (
+            None,
+            e.failed_mounts().iter().map(|f| f.to_string()).collect(),
+        ),
+    };
+    let summary = errors.join("\n");
+    if !errors.is_empty() && state.last_mount_error.as_deref() != Some(summary.as_str()) {
+        for message in &errors {
+            rt.events
+                .record(pod, None, EventType::Warning, "FailedMount", message);
+        }
+    }
+    state.last_mount_error = (!errors.is_empty()).then_some(summary);
+    volumes
+}
+
+/// The address probes and hooks reach the pod at: the node's for host-network pods, else the sandbox's.
+fn pod_ip(ctx: &WorkerContext, pod: &Pod, observed: &ObservedPod) -> Option<String> {
+    if pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false)
+    {
+        return ctx.runtime.host_ip.clone();
+    }
+    observed
+        .latest_sandbox()
+        .filter(|s| s.state == SandboxState::Ready)
+        .and_then(|s| s.ips.first().cloned())
+}
+
+/// Keeps the pod's probes in step with its containers and kills the containers whose liveness or
+/// startup probe failed; the next turn, on the state after the kill, restarts them with back-off.
+async fn run_probes(ctx: &WorkerContext, pod: &Pod, observed: &ObservedPod) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    ctx.prober.add_pod(pod);
+    let ip = pod_ip(ctx, pod, observed);
+    ctx.prober
+        .update_containers(&uid, ip.as_deref(), &ProbedContainer::latest(observed));
+    let failures = ctx.prober.liveness_failures(&uid);
+    let will_restart = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) != Some("Never");
+    for failure in &failures {
+        ctx.runtime.events.record(
+            pod,
+            Some(&failure.container_name),
+            EventType::Normal,
+            "Killing",
+            failure.kill_message(will_restart),
+        );
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or(failure.grace_override)
+            .unwrap_or_else(|| grace_seconds(pod));
+        manager::stop_container(
+            &ctx.runtime,
+            pod,
+            &failure.container_name,
+            &failure.container_id,
+            grace,
+            ip.as_deref(),
+        )
+        .await;
+    }
+}
+
+/// The grace period a terminating pod gets: the API's deletion grace period, else the spec's, else
+/// (an orphan without a spec) the one recorded on its containers.
+pub fn termination_grace(pod: &Pod, observed: &ObservedPod) -> i64 {
+    if let Some(seconds) = pod.metadata.deletion_grace_period_seconds {
+        return seconds.max(MIN_GRACE_SECONDS);
+    }
+    if pod.spec.is_some() {
+        return grace_seconds(pod);
+    }
+    observed
+        .containers
+        .iter()
+        .filter_map(|c| c.grace_period)
+        .max()
+        .unwrap_or(crate::sources::defaults::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS)
+        .max(MIN_GRACE_SECONDS)
+}
+
+/// One turn for a terminating pod (kubelet's `SyncTerminatingPod`): stops every container (preStop
+/// hooks, the grace period) and every sandbox. Returns true when nothing of the pod was running,
+/// i.e. termination is complete on this observed state.
+pub async fn sync_terminating(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    observed: &ObservedPod,
+    state: &mut WorkerState,
+) -> bool {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    ctx.prober.stop_liveness_and_startup(&uid);
+    publish_status(ctx, pod, observed, state, true);
+    if !is_live(observed) {
+        return true;
+    }
+    let grace = termination_grace(pod, observed);
+    manager::kill_pod(&ctx.runtime, pod, observed, grace).await;
+    false
+}
+
+/// A terminated pod (kubelet's `SyncTerminatedPod`): its volumes are torn down and the status
+/// manager may let the API server delete it. Returns false when the volumes could not be torn down
+/// (the caller retries).
+pub async fn sync_terminated(ctx: &WorkerContext, pod: &Pod) -> bool {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    ctx.prober.remove_pod(&uid);
+    let torn_down = match ctx.runtime.volumes.teardown(&uid).await {
+        Ok(()) => true,
+        Err(e) => {
+            ctx.runtime.events.record(
+                pod,
+                None,
+                EventType::Warning,
+                "FailedUnmount",
+                e.to_string(),
+            );
+            false
+        }
+    };
+    ctx.status.mark_terminated(&uid);
+    torn_down
+}
+
+/// Removes everything the runtime and the node hold for a terminated pod that is no longer wanted:
+/// its containers, sandboxes, pod cgroups, log directory, files and status entry.
+pub async fn remove_pod(ctx: &WorkerContext, pod: &Pod, observed: &ObservedPod) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let rt = &ctx.runtime;
+    for c in &observed.containers {
+        manager::remove_container(rt, &c.id).await;
+    }
+    for s in &observed.sandboxes {
+        manager::remove_sandbox(rt, &s.id).await;
+    }
+    let parents: Vec<String> = if pod.spec.is_some() {
+        vec![qos::pod_cgroup_parent(pod, &rt.cgroup_root)]
+    } else {
+        let root = rt.cgroup_root.trim_end_matches('/');
+        ["", "/burstable", "/besteffort"]
+            .iter()
+            .map(|q| format!("{root}/kubepods{q}/pod{uid}"))
+            .collect()
+    };
+    for parent in parents {
+        qos::remove_pod_cgroups(&ctx.cgroup_mount, &parent);
+    }
+    let log_dir = sandbox_config::log_dir_of(pod, &rt.pod_logs_dir);
+    if let Err(e) = std::fs::remove_dir_all(&log_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %log_dir.display(), error = %e, "cannot remove pod log directory");
+    }
+    // The pod's own files (hosts, termination messages) and anything a failed teardown left.
+    if let Err(e) = rt.volumes.teardown(&uid).await {
+        tracing::warn!(pod = %pod_key(pod), error = %e, "cannot remove the pod's files");
+    }
+    ctx.status.remove(&uid);
+    ctx.prober.remove_pod(&uid);
+}
+
+/// Fills the messages of exited containers from their termination-message files (or log tails).
+fn fill_termination_messages(ctx: &WorkerContext, pod: &Pod, observed: &mut ObservedPod) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let log_dir = sandbox_config::log_dir_of(pod, &ctx.runtime.pod_logs_dir);
+    for c in observed
+        .containers
+        .iter_mut()
+        .filter(|c| c.state() == ContainerState::Exited && c.message.is_empty())
+    {
+        let policy = container_spec(pod, &c.name)
+            .and_then(|(spec, _)| spec.termination_message_policy.clone())
+            .unwrap_or_else(|| "File".into());
+        let log = log_dir.join(&c.name).join(format!("{}.log", c.attempt));
+        c.message = pod_files::termination_message(
+            &ctx.runtime.root_dir,
+            &uid,
+            &c.name,
+            c.attempt,
+            &policy,
+            c.exit_code,
+            &log,
+        );
+    }
+}
+
+/// Computes the pod's status from the observed state and hands it to the status manager when it
+/// changed.
+pub fn publish_status(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    observed: &ObservedPod,
+    state: &mut WorkerState,
+    terminating: bool,
+) {
+    if pod.spec.is_none() {
+        // An orphan: nobody asks for its status.
+        return;
+    }
+    let mut observed = observed.clone();
+    fill_termination_messages(ctx, pod, &mut observed);
+    let observed = &observed;
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let probes: HashMap<String, (bool, bool)> = observed
+        .containers
+        .iter()
+        .map(|c| {
+            let s = ctx
+                .prober
+                .status(&uid, &c.name, c.state() == ContainerState::Running);
+            (c.name.clone(), (s.started, s.ready))
+        })
+        .collect();
+    let status_ctx = StatusContext {
+        probes: &probes,
+        runtime_name: &ctx.runtime_name,
+        reasons: &state.reasons,
+        host_ip: ctx.runtime.host_ip.as_deref(),
+        start_time: state.start_time,
+        terminating,
+    };
+    let status = crate::status::compute(
+        pod,
+        observed,
+        &status_ctx,
+        state.last_status.as_ref(),
+        Timestamp::now(),
+    );
+    let all_running = pod.spec.as_ref().is_some_and(|s| {
+        s.containers.iter().all(|c| {
+            observed
+                .latest(&c.name)
+                .is_some_and(|o| o.state() == ContainerState::Running)
+        })
+    });
+    if all_running && !state.started_reported {
+        state.started_reported = true;
+        ctx.metrics
+            .pod_start_duration
+            .observe(state.first_seen.elapsed().as_secs_f64());
+        ctx.metrics.started_pods.inc();
+        tracing::info!(pod = %pod_key(pod), seconds = state.first_seen.elapsed().as_secs_f64(), "pod started");
+    }
+    if state.last_status.as_ref() != Some(&status) {
+        ctx.status.set(Arc::new(pod.clone()), status.clone());
+        state.last_status = Some(status);
+    }
+}
