@@ -63,12 +63,14 @@ fn now_ns() -> i64 {
     i64::try_from(Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
 }
 
-/// True while anything of the pod runs: a container that has not exited or a ready sandbox.
+/// True while anything of the pod runs: a running container (or one in an unknown state) or a ready
+/// sandbox. A container that was created but never started runs nothing (StopContainer leaves it
+/// so); removal takes it away.
 pub fn is_live(observed: &ObservedPod) -> bool {
     observed
         .containers
         .iter()
-        .any(|c| c.state() != ContainerState::Exited)
+        .any(|c| matches!(c.state(), ContainerState::Running | ContainerState::Unknown))
         || observed
             .sandboxes
             .iter()

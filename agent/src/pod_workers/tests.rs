@@ -1,1 +1,760 @@
+//! The pod workers against the fake CRI runtime, with tokio's paused clock: each test a scenario a
+//! kubelet engineer would name. A test "node" is the real PLEG, pod cache, workers and runtime
+//! manager; its driver is the agent's sync loop without admission. Deadlines are in virtual time and
+//! derived from the agent's periods (relist, housekeeping, grace periods).
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use mk_cri::CriClient;
+use mk_fake_runtime::{FakeRuntime, Op, ServerHandle};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::events::EventRecorder;
+use crate::images::ImageManager;
+use crate::kuberuntime::labels;
+use crate::kuberuntime::manager::RuntimeManager;
+use crate::pleg::{Pleg, PlegHealth, Relist};
+use crate::sources::manifest;
+
+const NODE: &str = "test-node";
+/// kubelet's PLEG relist period.
+const RELIST: Duration = Duration::from_secs(1);
+/// kubelet's housekeeping period (orphans are looked for this often).
+const HOUSEKEEPING: Duration = Duration::from_secs(2);
+/// kubelet's runtime request timeout.
+const CRI_TIMEOUT: Duration = Duration::from_secs(120);
+/// A pod's start takes a relist to be seen, a turn, and a relist to see the result.
+const CONVERGE: Duration = Duration::from_secs(5);
+
+fn static_pod(name: &str, command: &str, grace: i64) -> Arc<Pod> {
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  \
+         terminationGracePeriodSeconds: {grace}\n  containers:\n  - name: app\n    image: busybox\n    \
+         imagePullPolicy: IfNotPresent\n    command: [sh, -c, {command:?}]\n"
+    );
+    let pod = manifest::decode(
+        &yaml,
+        Path::new(&format!("/etc/manifests/{name}.yaml")),
+        NODE,
+    )
+    .expect("test manifest");
+    Arc::new(pod)
+}
+
+fn with_policy(pod: &Arc<Pod>, policy: &str) -> Arc<Pod> {
+    let mut pod = (**pod).clone();
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.restart_policy = Some(policy.into());
+    }
+    // A new content, a new static pod UID.
+    let uid = format!(
+        "{}-{policy}",
+        pod.metadata.uid.as_deref().unwrap_or_default()
+    );
+    pod.metadata.uid = Some(uid);
+    Arc::new(pod)
+}
+
+fn with_image(pod: &Arc<Pod>, image: &str) -> Arc<Pod> {
+    let mut pod = (**pod).clone();
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers[0].image = Some(image.into());
+        spec.containers[0].image_pull_policy = Some("IfNotPresent".into());
+    }
+    let suffix: String = image.chars().filter(char::is_ascii_alphanumeric).collect();
+    let uid = format!(
+        "{}-{suffix}",
+        pod.metadata.uid.as_deref().unwrap_or_default()
+    );
+    pod.metadata.uid = Some(uid);
+    Arc::new(pod)
+}
+
+fn uid(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+fn set(pods: &[&Arc<Pod>]) -> PodSet {
+    PodSet {
+        pods: pods.iter().map(|p| (uid(p), Arc::clone(p))).collect(),
+        synced: true,
+    }
+}
+
+/// The agent's sync loop, without admission: desired pods to the workers, PLEG events, probe wakes,
+/// finished workers, and orphan housekeeping.
+struct Driver {
+    workers: PodWorkers,
+    finished: mpsc::UnboundedReceiver<String>,
+    desired: watch::Receiver<PodSet>,
+    events: mpsc::Receiver<String>,
+    probes: mpsc::UnboundedReceiver<String>,
+    relists: watch::Receiver<Option<Relist>>,
+    phases: watch::Sender<BTreeMap<String, Phase>>,
+}
+
+impl Driver {
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                changed = self.desired.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let set = self.desired.borrow_and_update().clone();
+                    self.workers.update(&set);
+                }
+                Some(uid) = self.events.recv() => self.workers.wake(&uid),
+                Some(uid) = self.probes.recv() => self.workers.wake_for_probe(&uid),
+                Some(uid) = self.finished.recv() => self.workers.on_finished(&uid),
+                _ = housekeeping.tick() => {
+                    let relist = self.relists.borrow().clone();
+                    if let Some(relist) = relist {
+                        self.workers.clean_up_orphans(&relist.pods);
+                    }
+                }
+            }
+            let phases = self
+                .workers
+                .workers
+                .iter()
+                .map(|(uid, w)| (uid.clone(), *w.phase.borrow()))
+                .collect();
+            self.phases.send_replace(phases);
+        }
+    }
+}
+
+/// One run of the agent's pod machinery against a fake runtime that outlives it.
+struct Agent {
+    desired: watch::Sender<PodSet>,
+    phases: watch::Receiver<BTreeMap<String, Phase>>,
+    status: crate::status::StatusManager,
+    cancel: CancellationToken,
+    driver: JoinHandle<()>,
+}
+
+impl Agent {
+    fn start(endpoint: &str, root: &Path, desired: PodSet) -> Agent {
+        let metrics = Metrics::default();
+        let cri = CriClient::new(endpoint, CRI_TIMEOUT, metrics.cri.clone()).expect("endpoint");
+        let events = EventRecorder::log_only();
+        let (probe_tx, probe_rx) = mpsc::unbounded_channel();
+        let prober = ProbeManager::new(
+            cri.clone(),
+            events.clone(),
+            metrics.prober.clone(),
+            probe_tx,
+        );
+        let (_node_tx, node_rx) = watch::channel(None);
+        let cache = PodCache::default();
+        let status = StatusManager::default();
+        let ctx = Arc::new(WorkerContext {
+            runtime: RuntimeManager {
+                cri: cri.clone(),
+                images: ImageManager::new(cri.clone(), None),
+                metrics: metrics.clone(),
+                events,
+                node_name: NODE.into(),
+                pod_logs_dir: root.join("logs"),
+                cgroup_root: "/".into(),
+                host_ip: Some("127.0.0.1".into()),
+                client: None,
+                volumes: crate::volumes::VolumeManager::new(root.join("root"), None),
+                root_dir: root.join("root"),
+                dns: crate::kuberuntime::security::DnsSettings {
+                    cluster_dns: vec![],
+                    cluster_domain: "cluster.local".into(),
+                    host_resolv_conf: String::new(),
+                },
+                node: node_rx,
+            },
+            cache: cache.clone(),
+            status: status.clone(),
+            prober,
+            metrics: metrics.clone(),
+            runtime_name: "fake".into(),
+            cgroup_mount: root.join("cgroup"),
+            resync: Duration::from_secs(60),
+        });
+        let cancel = CancellationToken::new();
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let (relist_tx, relist_rx) = watch::channel(None);
+        let pleg = Pleg {
+            cri,
+            node_name: NODE.into(),
+            period: RELIST,
+            metrics,
+            health: PlegHealth::default(),
+            cache,
+        };
+        tokio::spawn(pleg.run(events_tx, relist_tx, cancel.clone()));
+        let (workers, finished) = PodWorkers::new(ctx);
+        let (desired_tx, desired_rx) = watch::channel(PodSet::default());
+        let (phases_tx, phases) = watch::channel(BTreeMap::new());
+        let driver = Driver {
+            workers,
+            finished,
+            desired: desired_rx,
+            events: events_rx,
+            probes: probe_rx,
+            relists: relist_rx,
+            phases: phases_tx,
+        };
+        let driver = tokio::spawn(driver.run(cancel.clone()));
+        desired_tx.send_replace(desired);
+        Agent {
+            desired: desired_tx,
+            phases,
+            status,
+            cancel,
+            driver,
+        }
+    }
+
+    fn want(&self, pods: &[&Arc<Pod>]) {
+        self.desired.send_replace(set(pods));
+    }
+
+    fn phase(&self, uid: &str) -> Option<Phase> {
+        self.phases.borrow().get(uid).copied()
+    }
+
+    fn pod_phase(&self, uid: &str) -> Option<String> {
+        self.status.get(uid).and_then(|s| s.phase)
+    }
+
+    fn waiting_reason(&self, uid: &str) -> Option<String> {
+        self.status
+            .get(uid)?
+            .container_statuses?
+            .first()?
+            .state
+            .as_ref()?
+            .waiting
+            .as_ref()?
+            .reason
+            .clone()
+    }
+
+    /// Stops the agent as a crash would: its workers end where they are, pods keep running.
+    async fn kill(self) {
+        self.cancel.cancel();
+        let _ = self.driver.await;
+        // Let the workers see their registry gone.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A fake runtime served on a socket in a temporary directory, restartable.
+struct Runtime {
+    fake: FakeRuntime,
+    dir: tempfile::TempDir,
+    server: Option<ServerHandle>,
+}
+
+impl Runtime {
+    fn start() -> Runtime {
+        let fake = FakeRuntime::new();
+        fake.add_image("busybox");
+        fake.add_image("registry.k8s.io/pause:3.10");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = fake.serve_unix(dir.path().join("cri.sock")).expect("serve");
+        Runtime {
+            fake,
+            dir,
+            server: Some(server),
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("unix://{}", self.dir.path().join("cri.sock").display())
+    }
+
+    fn agent(&self, desired: &[&Arc<Pod>]) -> Agent {
+        Agent::start(&self.endpoint(), self.dir.path(), set(desired))
+    }
+
+    async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("shutdown");
+        }
+    }
+
+    fn serve(&mut self) {
+        self.server = Some(
+            self.fake
+                .serve_unix(self.dir.path().join("cri.sock"))
+                .expect("serve"),
+        );
+    }
+
+    fn sandboxes_of(&self, uid: &str) -> Vec<mk_fake_runtime::FakeSandbox> {
+        self.fake
+            .sandboxes()
+            .into_iter()
+            .filter(|s| s.labels().get(labels::POD_UID).map(String::as_str) == Some(uid))
+            .collect()
+    }
+
+    fn ready_sandboxes_of(&self, uid: &str) -> Vec<mk_fake_runtime::FakeSandbox> {
+        self.sandboxes_of(uid)
+            .into_iter()
+            .filter(|s| s.state == mk_fake_runtime::api::PodSandboxState::SandboxReady)
+            .collect()
+    }
+
+    fn running_containers_of(&self, uid: &str) -> Vec<mk_fake_runtime::FakeContainer> {
+        self.fake
+            .containers()
+            .into_iter()
+            .filter(|c| c.labels().get(labels::POD_UID).map(String::as_str) == Some(uid))
+            .filter(|c| c.state == mk_fake_runtime::api::ContainerState::ContainerRunning)
+            .collect()
+    }
+
+    fn is_running(&self, uid: &str) -> bool {
+        self.ready_sandboxes_of(uid).len() == 1 && self.running_containers_of(uid).len() == 1
+    }
+
+    fn holds_nothing_of(&self, uid: &str) -> bool {
+        self.sandboxes_of(uid).is_empty()
+            && !self
+                .fake
+                .containers()
+                .iter()
+                .any(|c| c.labels().get(labels::POD_UID).map(String::as_str) == Some(uid))
+    }
+}
+
+/// Polls `check` every 100 ms of virtual time until it holds, failing after `within`.
+async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const RUN: &str = "sleep infinity";
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_starts_and_stays_running_without_further_runtime_writes() {
+    let rt = Runtime::start();
+    let web = static_pod("web", RUN, 30);
+    let agent = rt.agent(&[&web]);
+    eventually("web runs", CONVERGE, || rt.is_running(&uid(&web))).await;
+    eventually("web reported Running", CONVERGE, || {
+        agent.pod_phase(&uid(&web)).as_deref() == Some("Running")
+    })
+    .await;
+    rt.fake.clear_calls();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let calls = rt.fake.calls();
+    let relists = rt.fake.call_count(Op::ListPodSandbox);
+    assert!(relists >= 9, "{relists} relists in 10 s");
+    assert_eq!(rt.fake.call_count(Op::ListContainers), relists);
+    let others: Vec<_> = calls
+        .iter()
+        .filter(|c| !matches!(c.op, Op::ListPodSandbox | Op::ListContainers))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "an idle pod costs only the relist: {others:?}"
+    );
+    agent.kill().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn orphan_is_cleaned_up_after_an_agent_restart() {
+    let rt = Runtime::start();
+    let keep = static_pod("keep", RUN, 30);
+    let gone = static_pod("gone", RUN, 2);
+    let agent = rt.agent(&[&keep, &gone]);
+    eventually("both run", CONVERGE, || {
+        rt.is_running(&uid(&keep)) && rt.is_running(&uid(&gone))
+    })
+    .await;
+    let kept_sandbox = rt.ready_sandboxes_of(&uid(&keep))[0].id.clone();
+    agent.kill().await;
+
+    // The manifest of `gone` disappeared while the agent was down.
+    let agent = rt.agent(&[&keep]);
+    eventually(
+        "the orphan is stopped and removed",
+        RELIST + HOUSEKEEPING + Duration::from_secs(2) + CONVERGE,
+        || rt.holds_nothing_of(&uid(&gone)),
+    )
+    .await;
+    assert_eq!(
+        rt.ready_sandboxes_of(&uid(&keep))[0].id,
+        kept_sandbox,
+        "the wanted pod was adopted, not recreated"
+    );
+    assert_eq!(rt.fake.call_count(Op::RunPodSandbox), 2);
+    eventually("the orphan's worker finished", CONVERGE, || {
+        agent.phase(&uid(&gone)).is_none()
+    })
+    .await;
+    agent.kill().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifty_orphans_are_all_cleaned_up_after_an_agent_restart() {
+    let rt = Runtime::start();
+    let pods: Vec<Arc<Pod>> = (0..50)
+        .map(|i| static_pod(&format!("p{i}"), RUN, 2))
+        .collect();
+    let refs: Vec<&Arc<Pod>> = pods.iter().collect();
+    let agent = rt.agent(&refs);
+    eventually("50 pods run", CONVERGE * 4, || {
+        pods.iter().all(|p| rt.is_running(&uid(p)))
+    })
+    .await;
+    agent.kill().await;
+
+    let agent = rt.agent(&[]);
+    eventually(
+        "every orphan is removed",
+        RELIST + HOUSEKEEPING + Duration::from_secs(2) + CONVERGE * 4,
+        || rt.fake.sandboxes().is_empty() && rt.fake.containers().is_empty(),
+    )
+    .await;
+    eventually("every orphan worker finished", CONVERGE, || {
+        agent.phases.borrow().is_empty()
+    })
+    .await;
+    agent.kill().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn same_uid_added_again_while_terminating_restarts_once_terminated() {
+    let rt = Runtime::start();
+    let web = static_pod("web", RUN, 30);
+    let agent = rt.agent(&[&web]);
+    eventually("web runs", CONVERGE, || rt.is_running(&uid(&web))).await;
+    let first = rt.ready_sandboxes_of(&uid(&web))[0].id.clone();
+    // Termination takes a while: the container takes 5 s to stop.
+    rt.fake
+        .set_op_latency(Op::StopContainer, Some(Duration::from_secs(5)));
+    agent.want(&[]);
+    eventually("termination begins", CONVERGE, || {
+        agent.phase(&uid(&web)) == Some(Phase::Terminating)
+    })
+    .await;
+    // The manifest is moved back (same content, same UID) inside the grace period.
+    agent.want(&[&web]);
+    rt.fake.set_op_latency(Op::StopContainer, None);
+    eventually(
+        "the pod runs again in a new sandbox",
+        Duration::from_secs(5) + CONVERGE * 2,
+        || {
+            let ready = rt.ready_sandboxes_of(&uid(&web));
+            ready.len() == 1 && ready[0].id != first && rt.is_running(&uid(&web))
+        },
+    )
+    .await;
+    assert_eq!(agent.phase(&uid(&web)), Some(Phase::Syncing));
+    assert!(
+        rt.fake.sandbox(&first).is_none(),
+        "the first sandbox was removed"
+    );
+    agent.kill().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn same_uid_added_again_after_it_finished_starts_again() {
+    let rt = Runtime::start();
+    let web = static_pod("web", RUN, 2);
+    let agent = rt.agent(&[&web]);
+    eventually("web runs", CONVERGE, || rt.is_running(&uid(&web))).await;
+    agent.want(&[]);
+    eventually("web is removed", CONVERGE * 2, || {
+        rt.holds_nothing_of(&uid(&web)) && agent.phase(&uid(&web)).is_none()
+    })
+    .await;
+    assert!(agent.status.get(&uid(&web)).is_none(), "its status is gone");
+    agent.want(&[&web]);
+    eventually("web runs again", CONVERGE, || rt.is_running(&uid(&web))).await;
+    agent.kill().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn static_pod_edited_twice_within_its_grace_period_never_runs_twice() {
+    let rt = Runtime::start();
+    let v1 = static_pod("etcd", RUN, 30);
+    let v2 = with_policy(&v1, "OnFailure");
+    let v3 = with_image(&v1, "busybox:latest");
+    let agent = rt.agent(&[&v1]);
+    eventually("v1 runs", CONVERGE, || rt.is_running(&uid(&v1))).await;
+    rt.fake
+        .set_op_latency(Op::StopContainer, Some(Duration::from_secs(8)));
+    agent.want(&[&v2]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    agent.want(&[&v3]);
+    // While v1 terminates, neither newer version may start.
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if rt.holds_nothing_of(&uid(&v1)) {
+            break;
+        }
+        assert!(
+            rt.sandboxes_of(&uid(&v2)).is_empty() && rt.sandboxes_of(&uid(&v3)).is_empty(),
+            "a newer etcd started while the old one still ran"
+        );
+        assert_eq!(agent.phase(&uid(&v3)), None, "v3 waits for v1");
+    }
+    rt.fake.set_op_latency(Op::StopContainer, None);
+    eventually("v3 runs", Duration::from_secs(8) + CONVERGE * 2, || {
+        rt.is_running(&uid(&v3))
+    })
+    .await;
+    assert!(rt.holds_nothing_of(&uid(&v1)));
+    assert!(
+        rt.sandboxes_of(&uid(&v2)).is_empty(),
+        "the intermediate version never ran"
+    );
+    let names: Vec<_> = rt
+        .fake
+        .sandboxes()
+        .into_iter()
+        .filter(|s| s.state == mk_fake_runtime::api::PodSandboxState::SandboxReady)
+        .collect();
+    assert_eq!(names.len(), 1);
+    agent.kill().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn pod_deleted_while_its_image_pulls_is_terminated_without_starting() {
+    let rt = Runtime::start();
+    let slow = with_image(&static_pod("slow", RUN, 2), "example.com/big:1");
+    rt.fake
+        .set_op_latency(Op::PullImage, Some(Duration::from_secs(600)));
+    let agent = rt.agent(&[&slow]);
+    eventually("the pull has begun", CONVERGE, || {
+        rt.fake.call_count(Op::PullImage) == 1
+    })
+    .await;
+    agent.want(&[]);
+    eventually(
+        "the pod is removed long before the pull could end",
+        CONVERGE * 2,
+        || rt.holds_nothing_of(&uid(&slow)) && agent.phase(&uid(&slow)).is_none(),
+    )
+    .await;
+    assert_eq!(rt.fake.call_count(Op::CreateContainer), 0);
+    agent.kill().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn runtime_unavailable_for_thirty_seconds_then_back() {
+    let mut rt = Runtime::start();
+    let a = static_pod("a", RUN, 2);
+    let b = static_pod("b", RUN, 2);
+    let agent = rt.agent(&[&a]);
+    eventually("a runs", CONVERGE, || rt.is_running(&uid(&a))).await;
+    rt.stop().await;
+    // While the runtime is down, a is removed and b is added.
+    agent.want(&[&b]);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(rt.is_running(&uid(&a)), "nothing could be done meanwhile");
+    rt.serve();
+    eventually("the node converges", CONVERGE * 3, || {
+        rt.holds_nothing_of(&uid(&a)) && rt.is_running(&uid(&b))
+    })
+    .await;
+    eventually("b is reported Running", CONVERGE, || {
+        agent.pod_phase(&uid(&b)).as_deref() == Some("Running")
+    })
+    .await;
+    agent.kill().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn agent_restart_with_pods_in_every_state() {
+    let rt = Runtime::start();
+    rt.fake.set_unpullable("example.com/missing:1");
+    let running = static_pod("running", RUN, 2);
+    let done = with_policy(&static_pod("done", "exit 0", 2), "Never");
+    let crashing = static_pod("crashing", "exit 1", 2);
+    let removed = static_pod("removed", RUN, 2);
+    let no_image = with_image(&static_pod("noimage", RUN, 2), "example.com/missing:1");
+    let all = [&running, &done, &crashing, &removed, &no_image];
+    let agent = rt.agent(&all);
+    eventually("every pod reached its state", CONVERGE * 3, || {
+        rt.is_running(&uid(&running))
+            && rt.is_running(&uid(&removed))
+            && agent.pod_phase(&uid(&done)).as_deref() == Some("Succeeded")
+            && agent.phase(&uid(&done)) == Some(Phase::Terminated)
+            && agent.waiting_reason(&uid(&crashing)).as_deref() == Some("CrashLoopBackOff")
+            && matches!(
+                agent.waiting_reason(&uid(&no_image)).as_deref(),
+                Some("ErrImagePull" | "ImagePullBackOff")
+            )
+    })
+    .await;
+    let running_sandbox = rt.ready_sandboxes_of(&uid(&running))[0].id.clone();
+    let done_containers = rt.fake.containers().len();
+    agent.kill().await;
+
+    let agent = rt.agent(&[&running, &done, &crashing, &no_image]);
+    eventually(
+        "the restarted agent converges",
+        HOUSEKEEPING + CONVERGE * 3,
+        || {
+            rt.holds_nothing_of(&uid(&removed))
+                && agent.pod_phase(&uid(&done)).as_deref() == Some("Succeeded")
+                && agent.phase(&uid(&done)) == Some(Phase::Terminated)
+                && agent.pod_phase(&uid(&running)).as_deref() == Some("Running")
+        },
+    )
+    .await;
+    assert_eq!(
+        rt.ready_sandboxes_of(&uid(&running))[0].id,
+        running_sandbox,
+        "the running pod was adopted"
+    );
+    let done_now = rt
+        .fake
+        .containers()
+        .iter()
+        .filter(|c| c.labels().get(labels::POD_UID) == Some(&uid(&done)))
+        .count();
+    assert_eq!(done_now, 1, "the completed pod was not run again");
+    assert!(rt.fake.containers().len() <= done_containers + 1);
+    agent.kill().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_completed_pod_does_no_more_work() {
+    let rt = Runtime::start();
+    let job = with_policy(&static_pod("job", "exit 0", 2), "Never");
+    let agent = rt.agent(&[&job]);
+    eventually("the job succeeded and was terminated", CONVERGE * 2, || {
+        agent.pod_phase(&uid(&job)).as_deref() == Some("Succeeded")
+            && agent.phase(&uid(&job)) == Some(Phase::Terminated)
+    })
+    .await;
+    assert!(
+        !rt.sandboxes_of(&uid(&job)).is_empty(),
+        "its exited container and sandbox stay for its logs until the pod is removed"
+    );
+    rt.fake.clear_calls();
+    tokio::time::sleep(Duration::from_secs(130)).await;
+    let work: Vec<_> = rt
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| !matches!(c.op, Op::ListPodSandbox | Op::ListContainers))
+        .collect();
+    assert!(work.is_empty(), "a terminated pod made calls: {work:?}");
+    agent.want(&[]);
+    eventually("removing it cleans up", CONVERGE, || {
+        rt.holds_nothing_of(&uid(&job))
+    })
+    .await;
+    agent.kill().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn err_image_pull_stays_visible_for_the_worker_back_off() {
+    let rt = Runtime::start();
+    rt.fake.set_unpullable("example.com/missing:1");
+    let pod = with_image(&static_pod("noimage", RUN, 2), "example.com/missing:1");
+    let agent = rt.agent(&[&pod]);
+    eventually("ErrImagePull is reported", CONVERGE, || {
+        agent.waiting_reason(&uid(&pod)).as_deref() == Some("ErrImagePull")
+    })
+    .await;
+    tokio::time::sleep(crate::kuberuntime::manager::WORKER_BACKOFF - Duration::from_secs(1)).await;
+    assert_eq!(
+        agent.waiting_reason(&uid(&pod)).as_deref(),
+        Some("ErrImagePull")
+    );
+    eventually("then ImagePullBackOff", CONVERGE, || {
+        agent.waiting_reason(&uid(&pod)).as_deref() == Some("ImagePullBackOff")
+    })
+    .await;
+    agent.kill().await;
+}
+
+/// Every CRI call a worker makes fails once, or hangs until the request timeout: the pod still
+/// comes up, and a removed pod is still cleaned up.
+#[tokio::test(start_paused = true)]
+async fn every_worker_cri_call_may_fail_or_hang_once() {
+    let ops = [
+        Op::ImageStatus,
+        Op::RunPodSandbox,
+        Op::PodSandboxStatus,
+        Op::CreateContainer,
+        Op::StartContainer,
+        Op::ContainerStatus,
+        Op::ListPodSandbox,
+        Op::ListContainers,
+        Op::StopContainer,
+        Op::StopPodSandbox,
+        Op::RemoveContainer,
+        Op::RemovePodSandbox,
+    ];
+    let mut failures: HashMap<&str, String> = HashMap::new();
+    for op in ops {
+        for hang in [false, true] {
+            let rt = Runtime::start();
+            let pod = static_pod("p", RUN, 2);
+            if hang {
+                rt.fake.set_op_latency(op, Some(CRI_TIMEOUT * 2));
+            } else {
+                rt.fake.fail_next(op, tonic::Code::Unavailable);
+            }
+            let agent = rt.agent(&[&pod]);
+            let up = CRI_TIMEOUT + CONVERGE * 4;
+            let deadline = tokio::time::Instant::now() + up;
+            while !rt.is_running(&uid(&pod)) && tokio::time::Instant::now() < deadline {
+                if hang && tokio::time::Instant::now() > deadline - up / 2 {
+                    rt.fake.set_op_latency(op, None);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            rt.fake.set_op_latency(op, None);
+            if !rt.is_running(&uid(&pod)) {
+                failures.insert(op.as_str(), format!("hang={hang}: pod never ran"));
+                agent.kill().await;
+                continue;
+            }
+            // The same fault on the way out.
+            if hang {
+                rt.fake.set_op_latency(op, Some(CRI_TIMEOUT * 2));
+            } else {
+                rt.fake.fail_next(op, tonic::Code::Unavailable);
+            }
+            agent.want(&[]);
+            let deadline = tokio::time::Instant::now() + up;
+            while !rt.holds_nothing_of(&uid(&pod)) && tokio::time::Instant::now() < deadline {
+                if hang && tokio::time::Instant::now() > deadline - up / 2 {
+                    rt.fake.set_op_latency(op, None);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if !rt.holds_nothing_of(&uid(&pod)) {
+                failures.insert(op.as_str(), format!("hang={hang}: pod never removed"));
+            }
+            agent.kill().await;
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
