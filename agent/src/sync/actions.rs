@@ -51,10 +51,57 @@ pub struct PodActions {
     pub remove_containers: Vec<String>,
     /// Old sandboxes no kept container belongs to.
     pub remove_sandboxes: Vec<String>,
+    /// The pod has failed for good (its active deadline passed): the worker records this as the
+    /// pod's terminal status. Comes with `kill_pod` and nothing to start.
+    pub fail_pod: Option<PodFailure>,
+}
+
+/// Why a pod failed as a whole, for `status.reason` / `status.message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFailure {
+    pub reason: String,
+    pub message: String,
+}
+
+impl PodFailure {
+    /// kubelet's active deadline eviction (`activeDeadlineHandler`).
+    pub fn deadline_exceeded() -> Self {
+        Self {
+            reason: "DeadlineExceeded".into(),
+            message: "Pod was active on the node longer than the specified deadline".into(),
+        }
+    }
+}
+
+/// A liveness or startup probe that failed for a container instance: the container is killed and its
+/// restart policy decides what comes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeFailure {
+    /// The CRI id of the instance the probe ran against; a failure for any other instance (an older
+    /// one, one that already stopped) is ignored.
+    pub container_id: String,
+    pub container_name: String,
+    /// The kill reason, e.g. "Container app failed liveness probe, will be restarted".
+    pub message: String,
+}
+
+/// Everything one sync decision depends on, borrowed from the worker.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncInputs<'a> {
+    pub pod: &'a Pod,
+    pub observed: &'a ObservedPod,
+    pub backoff: &'a Backoff,
+    /// Nanoseconds since the epoch.
+    pub now: i64,
+    /// When the agent first started the pod (`status.startTime`), ns; `None` before it started.
+    pub pod_start_time: Option<i64>,
+    /// Containers whose liveness or startup probe failed.
+    pub probe_failures: &'a [ProbeFailure],
 }
 
 impl PodActions {
-    /// True when nothing changes in the runtime (back-off waits aside).
+    /// True when the turn changes nothing: no runtime action (back-off waits aside) and no pod failure
+    /// to record.
     pub fn changes_nothing(&self) -> bool {
         !self.kill_pod
             && self.create_sandbox.is_none()
@@ -62,6 +109,7 @@ impl PodActions {
             && self.start.is_empty()
             && self.remove_containers.is_empty()
             && self.remove_sandboxes.is_empty()
+            && self.fail_pod.is_none()
     }
 }
 
@@ -160,10 +208,28 @@ pub fn is_sidecar(c: &Container) -> bool {
     c.restart_policy.as_deref() == Some("Always")
 }
 
-fn init_progress<'a>(pod: &'a Pod, observed: &ObservedPod, policy: &str) -> InitProgress<'a> {
+/// The newest instance of a container in one sandbox. Init containers run once per sandbox, so only
+/// the instances in the sandbox at hand tell how far initialization got.
+fn latest_in<'o>(
+    observed: &'o ObservedPod,
+    name: &str,
+    sandbox_id: &str,
+) -> Option<&'o ObservedContainer> {
+    observed
+        .containers
+        .iter()
+        .find(|c| c.name == name && c.sandbox_id == sandbox_id)
+}
+
+fn init_progress<'a>(
+    pod: &'a Pod,
+    observed: &ObservedPod,
+    sandbox_id: &str,
+    policy: &str,
+) -> InitProgress<'a> {
     let inits = pod.spec.as_ref().and_then(|s| s.init_containers.as_ref());
     for init in inits.into_iter().flatten() {
-        let latest = observed.latest(&init.name);
+        let latest = latest_in(observed, &init.name, sandbox_id);
         if is_sidecar(init) {
             match latest.map(|c| c.state()) {
                 Some(ContainerState::Running) => continue,
@@ -183,97 +249,217 @@ fn init_progress<'a>(pod: &'a Pod, observed: &ObservedPod, policy: &str) -> Init
     InitProgress::Done
 }
 
-/// Decides what to do for `pod` given what the runtime holds for it.
+const NS_PER_SECOND: i64 = 1_000_000_000;
+
+/// How long the pod may still run before `spec.activeDeadlineSeconds` fails it (zero once it has
+/// passed); `None` when the pod has no deadline or has not started. The worker wakes up after it.
+pub fn deadline_remaining(pod: &Pod, pod_start_time: Option<i64>, now: i64) -> Option<Duration> {
+    let seconds = pod.spec.as_ref()?.active_deadline_seconds?;
+    let deadline = pod_start_time?.saturating_add(seconds.max(0).saturating_mul(NS_PER_SECOND));
+    let left = u64::try_from(deadline.saturating_sub(now)).unwrap_or(0);
+    Some(Duration::from_nanos(left))
+}
+
+/// Decides what to do for `pod` given what the runtime holds for it, with no probe failures and no
+/// active deadline taken into account (see [`compute_with`]).
 pub fn compute(pod: &Pod, observed: &ObservedPod, backoff: &Backoff, now: i64) -> PodActions {
+    compute_with(&SyncInputs {
+        pod,
+        observed,
+        backoff,
+        now,
+        pod_start_time: None,
+        probe_failures: &[],
+    })
+}
+
+/// Decides what to do for a pod given what the runtime holds for it, its probes and its deadline.
+pub fn compute_with(inputs: &SyncInputs<'_>) -> PodActions {
     let mut actions = PodActions::default();
-    let Some(spec) = pod.spec.as_ref() else {
+    let pod = inputs.pod;
+    if pod.spec.is_none() {
         return actions;
-    };
-    let policy = restart_policy(pod);
-    garbage(&mut actions, pod, observed);
+    }
+    garbage(&mut actions, pod, inputs.observed);
 
-    let ready: Vec<_> = observed
-        .sandboxes
-        .iter()
-        .filter(|s| s.state == SandboxState::Ready)
-        .collect();
-    let latest_sandbox = observed.latest_sandbox();
-    let sandbox_changed = match latest_sandbox {
-        None => true,
-        Some(latest) => ready.len() != 1 || latest.state != SandboxState::Ready,
-    };
-
-    if sandbox_changed {
-        let attempt = latest_sandbox.map_or(0, |s| s.attempt + 1);
-        actions.kill_pod = latest_sandbox.is_some();
-        // A pod that never restarts is not given a second sandbox once its containers ran.
-        if policy == "Never" && latest_sandbox.is_some() && !observed.containers.is_empty() {
-            return actions;
-        }
-        match init_progress(pod, observed, policy) {
-            InitProgress::Failed => return actions,
-            InitProgress::Next(init) => {
-                actions.create_sandbox = Some(attempt);
-                plan_start(
-                    &mut actions,
-                    pod,
-                    init,
-                    true,
-                    observed.latest(&init.name),
-                    backoff,
-                    now,
-                );
-                return actions;
-            }
-            InitProgress::Running | InitProgress::Done => {}
-        }
-        for c in &spec.containers {
-            let latest = observed.latest(&c.name);
-            if policy == "OnFailure" && succeeded(latest) {
-                continue;
-            }
-            plan_start(&mut actions, pod, c, false, latest, backoff, now);
-        }
-        if !actions.start.is_empty() || !actions.backoff.is_empty() {
-            actions.create_sandbox = Some(attempt);
-        }
+    // kubelet's active deadline handler: the pod fails as a whole and nothing runs again.
+    if deadline_remaining(pod, inputs.pod_start_time, inputs.now) == Some(Duration::ZERO) {
+        actions.kill_pod = true;
+        actions.fail_pod = Some(PodFailure::deadline_exceeded());
         return actions;
     }
 
-    let sandbox_id = latest_sandbox.map(|s| s.id.clone());
-    actions.sandbox_id = sandbox_id.clone();
-    let in_current = |c: &&ObservedContainer| Some(&c.sandbox_id) == sandbox_id.as_ref();
+    let observed = inputs.observed;
+    let ready = observed
+        .sandboxes
+        .iter()
+        .filter(|s| s.state == SandboxState::Ready)
+        .count();
+    match observed.latest_sandbox() {
+        Some(sandbox) if ready == 1 && sandbox.state == SandboxState::Ready => {
+            in_kept_sandbox(&mut actions, inputs, &sandbox.id);
+        }
+        latest => in_new_sandbox(&mut actions, inputs, latest.map(|s| s.attempt + 1)),
+    }
+    actions
+}
 
-    match init_progress(pod, observed, policy) {
+/// The sandbox is missing, dead, or not the only ready one: stop everything and start over in a new
+/// sandbox (`attempt` is its attempt number when an old one exists).
+fn in_new_sandbox(actions: &mut PodActions, inputs: &SyncInputs<'_>, attempt: Option<u32>) {
+    let SyncInputs {
+        pod,
+        observed,
+        backoff,
+        now,
+        ..
+    } = *inputs;
+    let Some(spec) = pod.spec.as_ref() else {
+        return;
+    };
+    let policy = restart_policy(pod);
+    actions.kill_pod = attempt.is_some()
+        || observed
+            .containers
+            .iter()
+            .any(|c| c.state() != ContainerState::Exited);
+    // A pod that never restarts is not given a second sandbox once its containers ran.
+    if policy == "Never" && attempt.is_some() && !observed.containers.is_empty() {
+        return;
+    }
+    let to_start: Vec<&Container> = spec
+        .containers
+        .iter()
+        .filter(|c| !(policy == "OnFailure" && succeeded(observed.latest(&c.name))))
+        .collect();
+    let initialized = spec
+        .containers
+        .iter()
+        .any(|c| observed.latest(&c.name).is_some());
+    if to_start.is_empty() && initialized {
+        // Every app container is done and none restarts: no sandbox just to run init containers.
+        return;
+    }
+    actions.create_sandbox = Some(attempt.unwrap_or(0));
+    // A new sandbox starts from scratch: its init containers all run again, first one first, whatever
+    // the old sandbox's instances did (kubelet purges them). The attempt numbers carry on.
+    if let Some(first) = spec.init_containers.iter().flatten().next() {
+        let latest = observed.latest(&first.name);
+        plan_start(actions, pod, first, true, latest, backoff, now);
+        return;
+    }
+    for c in to_start {
+        plan_start(
+            actions,
+            pod,
+            c,
+            false,
+            observed.latest(&c.name),
+            backoff,
+            now,
+        );
+    }
+}
+
+/// The one ready sandbox is kept: run the init containers it still needs, then keep the app
+/// containers running according to the restart policy.
+fn in_kept_sandbox(actions: &mut PodActions, inputs: &SyncInputs<'_>, sandbox_id: &str) {
+    let SyncInputs {
+        pod,
+        observed,
+        backoff,
+        now,
+        probe_failures,
+        ..
+    } = *inputs;
+    let Some(spec) = pod.spec.as_ref() else {
+        return;
+    };
+    let policy = restart_policy(pod);
+    actions.sandbox_id = Some(sandbox_id.to_string());
+    let inits = spec.init_containers.iter().flatten();
+    let in_spec = |name: &str| {
+        spec.containers
+            .iter()
+            .chain(inits.clone())
+            .any(|c| c.name == name)
+    };
+    let current = |name: &str| latest_in(observed, name, sandbox_id);
+
+    // Only the newest instance of a container in the kept sandbox may run. An older one still running
+    // (its stop failed, or a new sandbox was created around it) would run twice once its successor
+    // starts, so it is stopped; its successor's fate does not depend on it.
+    let mut pending = 0;
+    for c in &observed.containers {
+        if c.state() == ContainerState::Running
+            && in_spec(&c.name)
+            && current(&c.name).is_none_or(|latest| latest.id != c.id)
+        {
+            pending += 1;
+            actions.kill.push(KillContainer {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                reason: format!("Container {} was replaced by a newer instance", c.name),
+            });
+        }
+    }
+
+    // A failed liveness or startup probe stops the container. It is not restarted in the same turn
+    // (kubelet's computePodActions does restart it at once): the next turn sees it exited and the
+    // restart policy and crash-loop back-off decide, as for any other exit, so repeated probe failures
+    // back off like crashes do.
+    let probe_failure = |c: &ObservedContainer| {
+        probe_failures
+            .iter()
+            .find(|f| f.container_id == c.id && c.state() == ContainerState::Running)
+    };
+    for init in spec.init_containers.iter().flatten() {
+        if let Some(c) = current(&init.name)
+            && let Some(failure) = probe_failure(c)
+        {
+            actions.kill.push(KillContainer {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                reason: failure.message.clone(),
+            });
+        }
+    }
+
+    match init_progress(pod, observed, sandbox_id, policy) {
         InitProgress::Failed => {
             actions.kill_pod = true;
-            return actions;
+            return;
         }
-        InitProgress::Running => return actions,
+        InitProgress::Running => return,
         InitProgress::Next(init) => {
-            let latest = observed.latest(&init.name);
-            if let Some(c) = latest.filter(|c| c.state() == ContainerState::Unknown) {
+            if let Some(c) = current(&init.name).filter(|c| c.state() == ContainerState::Unknown) {
                 actions.kill.push(KillContainer {
                     id: c.id.clone(),
                     name: c.name.clone(),
                     reason: "Container is in unknown state, try killing it before restart".into(),
                 });
             }
-            plan_start(&mut actions, pod, init, true, latest, backoff, now);
-            return actions;
+            plan_start(
+                actions,
+                pod,
+                init,
+                true,
+                observed.latest(&init.name),
+                backoff,
+                now,
+            );
+            return;
         }
         InitProgress::Done => {}
     }
 
     let mut keep = 0;
     for c in &spec.containers {
-        let latest = observed.latest(&c.name).filter(in_current);
+        let latest = current(&c.name);
         match latest.map(|l| l.state()) {
             Some(ContainerState::Running) => {
                 let running = latest.expect("matched Some");
-                if running.hash.is_empty() || running.hash == container_hash(c) {
-                    keep += 1;
-                } else {
+                if !running.hash.is_empty() && running.hash != container_hash(c) {
                     actions.kill.push(KillContainer {
                         id: running.id.clone(),
                         name: c.name.clone(),
@@ -283,7 +469,7 @@ pub fn compute(pod: &Pod, observed: &ObservedPod, backoff: &Backoff, now: i64) -
                         ),
                     });
                     plan_start(
-                        &mut actions,
+                        actions,
                         pod,
                         c,
                         false,
@@ -291,10 +477,18 @@ pub fn compute(pod: &Pod, observed: &ObservedPod, backoff: &Backoff, now: i64) -
                         backoff,
                         now,
                     );
+                } else if let Some(failure) = probe_failure(running) {
+                    pending += 1;
+                    actions.kill.push(KillContainer {
+                        id: running.id.clone(),
+                        name: c.name.clone(),
+                        reason: failure.message.clone(),
+                    });
+                } else {
+                    keep += 1;
                 }
             }
             state => {
-                let latest_any = observed.latest(&c.name);
                 if state == Some(ContainerState::Unknown)
                     && let Some(unknown) = latest
                 {
@@ -305,18 +499,24 @@ pub fn compute(pod: &Pod, observed: &ObservedPod, backoff: &Backoff, now: i64) -
                             .into(),
                     });
                 }
+                // The restart policy looks at the newest instance anywhere (an app container that
+                // succeeded in the old sandbox stays done under OnFailure), except a stale one being
+                // stopped above: its exit is seen, and decided on, next turn.
+                let latest_any = observed.latest(&c.name);
+                if latest_any.is_some_and(|l| l.state() == ContainerState::Running) {
+                    continue;
+                }
                 if should_start(policy, latest_any) {
-                    plan_start(&mut actions, pod, c, false, latest_any, backoff, now);
+                    plan_start(actions, pod, c, false, latest_any, backoff, now);
                 }
             }
         }
     }
-    if keep == 0 && actions.start.is_empty() && actions.backoff.is_empty() {
+    if keep == 0 && pending == 0 && actions.start.is_empty() && actions.backoff.is_empty() {
         // Every container is dead and none will restart: the pod is done, stop its sandbox.
         actions.kill_pod = true;
         actions.kill.clear();
     }
-    actions
 }
 
 /// Dead containers beyond the newest two instances per name, and dead sandboxes nothing kept uses.

@@ -3,4 +3,7 @@
 
 pub mod actions;
 
-pub use actions::{ContainerStart, KillContainer, PodActions, Waiting, compute};
+pub use actions::{
+    ContainerStart, KillContainer, PodActions, PodFailure, ProbeFailure, SyncInputs, Waiting,
+    compute, compute_with, deadline_remaining,
+};

@@ -415,3 +415,308 @@ fn native_sidecars_start_in_order_keep_running_and_are_restarted() {
     );
     assert!(compute(&p, &o, &Backoff::default(), NOW).kill_pod);
 }
+
+fn inputs<'a>(
+    pod: &'a Pod,
+    observed: &'a ObservedPod,
+    backoff: &'a Backoff,
+    probe_failures: &'a [ProbeFailure],
+) -> SyncInputs<'a> {
+    SyncInputs {
+        pod,
+        observed,
+        backoff,
+        now: NOW,
+        pod_start_time: None,
+        probe_failures,
+    }
+}
+
+fn liveness_failure(c: &ObservedContainer) -> ProbeFailure {
+    ProbeFailure {
+        container_id: c.id.clone(),
+        container_name: c.name.clone(),
+        message: format!(
+            "Container {} failed liveness probe, will be restarted",
+            c.name
+        ),
+    }
+}
+
+fn kills(a: &PodActions) -> Vec<(&str, &str)> {
+    a.kill
+        .iter()
+        .map(|k| (k.id.as_str(), k.reason.as_str()))
+        .collect()
+}
+
+#[test]
+fn liveness_failure_kills_the_container_and_the_next_turn_restarts_it() {
+    for policy in ["Always", "OnFailure"] {
+        let p = pod(policy, &["a", "b"], &[]);
+        let running = container(&p, "a", "s1", 0, Running, 0);
+        let failures = [liveness_failure(&running)];
+        let o = observed(
+            vec![sandbox("s1", 0, true, S)],
+            vec![running, container(&p, "b", "s1", 0, Running, 0)],
+        );
+        let b = Backoff::default();
+        let a = compute_with(&inputs(&p, &o, &b, &failures));
+        assert_eq!(
+            kills(&a),
+            vec![(
+                "a-0",
+                "Container a failed liveness probe, will be restarted"
+            )],
+            "{policy}"
+        );
+        assert!(a.start.is_empty(), "{policy}: restarted next turn: {a:?}");
+        assert!(!a.kill_pod, "{policy}");
+
+        // Next turn: the killed instance has exited; the probe result still names it.
+        let o = observed(
+            vec![sandbox("s1", 0, true, S)],
+            vec![
+                container(&p, "a", "s1", 0, Exited, 137),
+                container(&p, "b", "s1", 0, Running, 0),
+            ],
+        );
+        let a = compute_with(&inputs(&p, &o, &b, &failures));
+        assert_eq!(starts(&a), vec![("a", 1)], "{policy}");
+        assert!(a.kill.is_empty(), "{policy}");
+    }
+}
+
+#[test]
+fn liveness_failure_of_the_only_container_of_a_never_pod_ends_the_pod() {
+    let p = pod("Never", &["a"], &[]);
+    let running = container(&p, "a", "s1", 0, Running, 0);
+    let failures = [liveness_failure(&running)];
+    let o = observed(vec![sandbox("s1", 0, true, S)], vec![running]);
+    let b = Backoff::default();
+    let a = compute_with(&inputs(&p, &o, &b, &failures));
+    assert_eq!(kills(&a).len(), 1, "{a:?}");
+    assert!(a.start.is_empty() && !a.kill_pod, "{a:?}");
+
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![container(&p, "a", "s1", 0, Exited, 137)],
+    );
+    let a = compute_with(&inputs(&p, &o, &b, &failures));
+    assert!(a.kill_pod && a.start.is_empty(), "{a:?}");
+}
+
+#[test]
+fn probe_failure_of_an_older_instance_is_ignored() {
+    let p = pod("Always", &["a"], &[]);
+    let old = container(&p, "a", "s1", 0, Exited, 137);
+    let failures = [liveness_failure(&old)];
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![old, container(&p, "a", "s1", 1, Running, 0)],
+    );
+    let b = Backoff::default();
+    let a = compute_with(&inputs(&p, &o, &b, &failures));
+    assert!(a.changes_nothing(), "{a:?}");
+
+    // An instance in a sandbox that is being replaced is not probed into a kill of its own.
+    let o = observed(
+        vec![sandbox("s1", 0, false, S)],
+        vec![container(&p, "a", "s1", 0, Running, 0)],
+    );
+    let failures = [liveness_failure(&o.containers[0])];
+    let a = compute_with(&inputs(&p, &o, &b, &failures));
+    assert!(a.kill.is_empty() && a.kill_pod, "{a:?}");
+}
+
+#[test]
+fn failed_startup_probe_of_a_sidecar_kills_it_and_the_next_turn_restarts_it() {
+    let mut p = pod("Never", &["app"], &["sidecar"]);
+    p.spec
+        .as_mut()
+        .expect("spec")
+        .init_containers
+        .as_mut()
+        .expect("inits")[0]
+        .restart_policy = Some("Always".into());
+    let sidecar = container(&p, "sidecar", "s1", 0, Running, 0);
+    let failures = [ProbeFailure {
+        message: "Container sidecar failed startup probe, will be restarted".into(),
+        ..liveness_failure(&sidecar)
+    }];
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![sidecar, container(&p, "app", "s1", 0, Running, 0)],
+    );
+    let b = Backoff::default();
+    let a = compute_with(&inputs(&p, &o, &b, &failures));
+    assert_eq!(
+        kills(&a),
+        vec![(
+            "sidecar-0",
+            "Container sidecar failed startup probe, will be restarted"
+        )]
+    );
+    assert!(a.start.is_empty() && !a.kill_pod, "{a:?}");
+
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![
+            container(&p, "sidecar", "s1", 0, Exited, 137),
+            container(&p, "app", "s1", 0, Running, 0),
+        ],
+    );
+    let a = compute_with(&inputs(&p, &o, &b, &failures));
+    assert_eq!(
+        starts(&a),
+        vec![("sidecar", 1)],
+        "sidecars restart under Never"
+    );
+}
+
+fn with_deadline(mut p: Pod, seconds: i64) -> Pod {
+    p.spec.as_mut().expect("spec").active_deadline_seconds = Some(seconds);
+    p
+}
+
+#[test]
+fn active_deadline_fails_and_kills_the_pod() {
+    let p = with_deadline(pod("Always", &["a"], &[]), 30);
+    let o = observed(
+        vec![sandbox("s1", 0, false, S)],
+        vec![container(&p, "a", "s1", 0, Exited, 1)],
+    );
+    let b = Backoff::default();
+    // (started this long ago, failed?)
+    for (ago, failed) in [(29, false), (30, true), (31, true)] {
+        let a = compute_with(&SyncInputs {
+            pod_start_time: Some(NOW - ago * S),
+            ..inputs(&p, &o, &b, &[])
+        });
+        assert_eq!(a.fail_pod.is_some(), failed, "{ago}s: {a:?}");
+        assert!(a.kill_pod, "{ago}s: the dead sandbox is stopped either way");
+        if failed {
+            assert_eq!(a.fail_pod, Some(PodFailure::deadline_exceeded()));
+            assert_eq!(
+                a.fail_pod.as_ref().map(|f| f.reason.as_str()),
+                Some("DeadlineExceeded")
+            );
+            assert!(a.start.is_empty() && a.create_sandbox.is_none(), "{a:?}");
+            assert!(!a.changes_nothing());
+        } else {
+            assert_eq!(a.create_sandbox, Some(1));
+        }
+    }
+}
+
+#[test]
+fn active_deadline_needs_a_start_time_and_a_deadline() {
+    let b = Backoff::default();
+    let o = ObservedPod::default();
+    let no_deadline = pod("Always", &["a"], &[]);
+    let p = with_deadline(no_deadline.clone(), 30);
+    let long_ago = Some(NOW - 3_600 * S);
+    for (pod, start) in [(&no_deadline, long_ago), (&p, None)] {
+        let a = compute_with(&SyncInputs {
+            pod_start_time: start,
+            ..inputs(pod, &o, &b, &[])
+        });
+        assert!(a.fail_pod.is_none());
+        assert_eq!(starts(&a), vec![("a", 0)]);
+    }
+}
+
+#[test]
+fn deadline_remaining_counts_down_to_zero() {
+    let p = with_deadline(pod("Always", &["a"], &[]), 30);
+    assert_eq!(
+        deadline_remaining(&p, Some(NOW - 10 * S), NOW),
+        Some(Duration::from_secs(20))
+    );
+    assert_eq!(
+        deadline_remaining(&p, Some(NOW - 45 * S), NOW),
+        Some(Duration::ZERO)
+    );
+    assert_eq!(deadline_remaining(&p, None, NOW), None);
+    assert_eq!(
+        deadline_remaining(&pod("Always", &["a"], &[]), Some(NOW), NOW),
+        None
+    );
+}
+
+#[test]
+fn new_sandbox_runs_every_init_container_again() {
+    let p = pod("Always", &["app"], &["i1", "i2"]);
+    let o = observed(
+        vec![sandbox("s1", 0, false, S)],
+        vec![
+            container(&p, "i1", "s1", 0, Exited, 0),
+            container(&p, "i2", "s1", 0, Exited, 0),
+            container(&p, "app", "s1", 0, Exited, 137),
+        ],
+    );
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert!(a.kill_pod);
+    assert_eq!(a.create_sandbox, Some(1));
+    assert_eq!(
+        starts(&a),
+        vec![("i1", 1)],
+        "first init again, attempt carried on"
+    );
+    assert!(a.start[0].init);
+}
+
+#[test]
+fn kept_sandbox_counts_only_its_own_init_containers() {
+    let p = pod("Always", &["app"], &["i1", "i2"]);
+    let mut old_i2 = container(&p, "i2", "s1", 0, Exited, 0);
+    old_i2.created_at = S / 2;
+    let o = observed(
+        vec![sandbox("s2", 1, true, 5 * S), sandbox("s1", 0, false, S)],
+        vec![
+            container(&p, "i1", "s2", 1, Exited, 0),
+            container(&p, "i1", "s1", 0, Exited, 0),
+            old_i2,
+        ],
+    );
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert_eq!(a.sandbox_id.as_deref(), Some("s2"));
+    assert_eq!(starts(&a), vec![("i2", 1)], "i2 did not run in s2 yet");
+    assert!(!a.kill_pod);
+}
+
+#[test]
+fn on_failure_pod_whose_app_containers_succeeded_gets_no_sandbox_for_its_inits() {
+    let p = pod("OnFailure", &["app"], &["i1"]);
+    let o = observed(
+        vec![sandbox("s1", 0, false, S)],
+        vec![
+            container(&p, "i1", "s1", 0, Exited, 0),
+            container(&p, "app", "s1", 0, Exited, 0),
+        ],
+    );
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert!(a.kill_pod);
+    assert_eq!(a.create_sandbox, None);
+    assert!(a.start.is_empty());
+}
+
+#[test]
+fn instance_left_running_in_an_old_sandbox_is_stopped_not_duplicated() {
+    // A stop that failed while the sandbox was replaced left `a` running in s1; s2 has its dead
+    // successor. Restarting `a` in s2 without stopping the old one would run it twice.
+    let p = pod("Always", &["a"], &[]);
+    let mut orphan = container(&p, "a", "s1", 0, Running, 0);
+    orphan.created_at = S / 2;
+    let o = observed(
+        vec![sandbox("s2", 1, true, 5 * S), sandbox("s1", 0, false, S)],
+        vec![container(&p, "a", "s2", 1, Exited, 1), orphan],
+    );
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert_eq!(
+        kills(&a),
+        vec![("a-0", "Container a was replaced by a newer instance")]
+    );
+    assert_eq!(starts(&a), vec![("a", 2)]);
+    assert!(!a.kill_pod, "{a:?}");
+}
