@@ -548,3 +548,6 @@ fn garbage(actions: &mut PodActions, pod: &Pod, observed: &ObservedPod) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod props;
