@@ -23,9 +23,10 @@ use crate::volumes::{PodVolumes, VolumeManager};
 pub const MIN_GRACE_SECONDS: i64 = 2;
 /// Retry delay after a sync that failed on the runtime.
 pub const ERROR_RETRY: Duration = Duration::from_secs(2);
-/// kubelet's pod worker back-off after a failed sync (`backOffPeriod`): how long a pull error is
-/// reported as `ErrImagePull` before the next attempt turns it into `ImagePullBackOff`.
-pub const WORKER_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a failed pull is reported as `ErrImagePull` before the turns that find the image in its
+/// pull back-off report `ImagePullBackOff`: half the first image back-off, so both are seen in the
+/// first cycle, and long enough for anyone polling the status to see the pull error itself.
+pub const ERR_IMAGE_PULL_VISIBLE: Duration = Duration::from_secs(5);
 
 /// What carrying out a pod's actions needs: the runtime and the node-level facts container configs are
 /// built from. Shared by every pod worker.
@@ -94,6 +95,7 @@ pub async fn execute(
     observed: &ObservedPod,
     actions: &PodActions,
     volumes: &PodVolumes,
+    grace_overrides: &std::collections::HashMap<String, i64>,
     executed: &mut Executed,
 ) -> Result<(), Duration> {
     for id in &actions.remove_containers {
@@ -109,12 +111,19 @@ pub async fn execute(
             Some(&kill.name),
             EventType::Normal,
             "Killing",
-            format!("Stopping container {}", kill.name),
+            &kill.reason,
         );
         let ip = observed
             .latest_sandbox()
             .and_then(|s| s.ips.first())
             .map(String::as_str);
+        // A probe's own terminationGracePeriodSeconds replaces the pod's for its kill (the pod's
+        // deletion grace period still wins, as in kubelet).
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| grace_overrides.get(&kill.id).copied())
+            .unwrap_or(grace);
         stop_container(ctx, pod, &kill.name, &kill.id, grace, ip).await;
     }
     if actions.kill_pod {
@@ -311,9 +320,9 @@ async fn prepare_container(
         Ok(e) => e,
         Err(e) => {
             let retry = match &e {
-                // Report ErrImagePull for kubelet's worker back-off, then ImagePullBackOff until the
-                // next real pull.
-                crate::images::ImageError::Pull { .. } => WORKER_BACKOFF,
+                // Look again when ErrImagePull has been visible long enough to turn into
+                // ImagePullBackOff until the next real pull.
+                crate::images::ImageError::Pull { .. } => ERR_IMAGE_PULL_VISIBLE,
                 crate::images::ImageError::BackOff { remaining, .. } => {
                     ctx.events.record(
                         pod,

@@ -13,7 +13,8 @@ use super::WorkerContext;
 use crate::backoff::Backoff;
 use crate::events::EventType;
 use crate::kuberuntime::manager::{
-    self, ERROR_RETRY, Executed, MIN_GRACE_SECONDS, container_spec, grace_seconds,
+    self, ERR_IMAGE_PULL_VISIBLE, ERROR_RETRY, Executed, MIN_GRACE_SECONDS, container_spec,
+    grace_seconds,
 };
 use crate::kuberuntime::observe::{ContainerState, ObservedPod, SandboxState};
 use crate::kuberuntime::{pod_files, sandbox_config};
@@ -34,6 +35,12 @@ pub struct WorkerState {
     pub last_status: Option<PodStatus>,
     /// The last volume set-up error reported, so an unchanged one is not re-posted every turn.
     pub last_mount_error: Option<String>,
+    /// When each container's image pull last failed (`ErrImagePull` stays visible for a while).
+    pub pull_failed_at: HashMap<String, tokio::time::Instant>,
+    /// When the worker started the pod, on the monotonic clock (for activeDeadlineSeconds).
+    pub started: tokio::time::Instant,
+    /// Why the agent failed the pod (activeDeadlineSeconds), once it did.
+    pub failure: Option<sync::PodFailure>,
 }
 
 impl Default for WorkerState {
@@ -46,6 +53,9 @@ impl Default for WorkerState {
             started_reported: false,
             last_status: None,
             last_mount_error: None,
+            pull_failed_at: HashMap::new(),
+            started: tokio::time::Instant::now(),
+            failure: None,
         }
     }
 }
@@ -87,7 +97,7 @@ pub async fn sync_pod(
 ) -> SyncOutcome {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let rt = &ctx.runtime;
-    run_probes(ctx, pod, observed).await;
+    let (probe_failures, grace_overrides) = probe_failures(ctx, pod, observed);
     let Some(volumes) = set_up_volumes(ctx, pod, state).await else {
         publish_status(ctx, pod, observed, state, false);
         return SyncOutcome {
@@ -97,10 +107,46 @@ pub async fn sync_pod(
     };
     let now = now_ns();
     state.backoff.gc(now);
-    let actions = sync::compute(pod, observed, &state.backoff, now);
+    // Measured on the monotonic clock since the worker started the pod, so a wall-clock step
+    // neither fires nor postpones activeDeadlineSeconds.
+    let active = i64::try_from(state.started.elapsed().as_nanos()).unwrap_or(i64::MAX);
+    let pod_start_time = Some(now.saturating_sub(active));
+    let actions = sync::compute_with(&sync::SyncInputs {
+        pod,
+        observed,
+        backoff: &state.backoff,
+        now,
+        pod_start_time,
+        probe_failures: &probe_failures,
+    });
     let mut next = ctx.resync;
+    if let Some(failure) = &actions.fail_pod
+        && state.failure.is_none()
+    {
+        tracing::info!(pod = %pod_key(pod), reason = %failure.reason, "{}", failure.message);
+        rt.events.record(
+            pod,
+            None,
+            EventType::Warning,
+            &failure.reason,
+            &failure.message,
+        );
+        state.failure = Some(failure.clone());
+    }
+    if let Some(left) = sync::deadline_remaining(pod, pod_start_time, now) {
+        next = next.min(left.max(Duration::from_millis(100)));
+    }
     let mut executed = Executed::default();
-    if let Err(retry) = manager::execute(rt, pod, observed, &actions, &volumes, &mut executed).await
+    if let Err(retry) = manager::execute(
+        rt,
+        pod,
+        observed,
+        &actions,
+        &volumes,
+        &grace_overrides,
+        &mut executed,
+    )
+    .await
     {
         next = next.min(retry);
     }
@@ -109,8 +155,27 @@ pub async fn sync_pod(
     }
     for name in &executed.started {
         state.reasons.remove(name);
+        state.pull_failed_at.remove(name);
     }
     for (name, reason, message) in executed.waiting {
+        match reason {
+            "ErrImagePull" => {
+                state
+                    .pull_failed_at
+                    .insert(name.clone(), tokio::time::Instant::now());
+            }
+            "ImagePullBackOff" => {
+                let shown = state.pull_failed_at.get(&name).map(|t| t.elapsed());
+                if let Some(left) = shown.and_then(|s| ERR_IMAGE_PULL_VISIBLE.checked_sub(s))
+                    && !left.is_zero()
+                {
+                    // The pull error itself stays visible a while (see ERR_IMAGE_PULL_VISIBLE).
+                    next = next.min(left);
+                    continue;
+                }
+            }
+            _ => {}
+        }
         state.reasons.insert(
             name,
             WaitingReason {
@@ -208,39 +273,37 @@ fn pod_ip(ctx: &WorkerContext, pod: &Pod, observed: &ObservedPod) -> Option<Stri
         .and_then(|s| s.ips.first().cloned())
 }
 
-/// Keeps the pod's probes in step with its containers and kills the containers whose liveness or
-/// startup probe failed; the next turn, on the state after the kill, restarts them with back-off.
-async fn run_probes(ctx: &WorkerContext, pod: &Pod, observed: &ObservedPod) {
+/// Keeps the pod's probes in step with its containers and returns the containers whose liveness or
+/// startup probe failed (the sync core kills them; the next turn restarts them with back-off), with
+/// the probes' own grace periods by container ID.
+fn probe_failures(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    observed: &ObservedPod,
+) -> (Vec<sync::ProbeFailure>, HashMap<String, i64>) {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     ctx.prober.add_pod(pod);
     let ip = pod_ip(ctx, pod, observed);
     ctx.prober
         .update_containers(&uid, ip.as_deref(), &ProbedContainer::latest(observed));
-    let failures = ctx.prober.liveness_failures(&uid);
     let will_restart = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) != Some("Never");
-    for failure in &failures {
-        ctx.runtime.events.record(
-            pod,
-            Some(&failure.container_name),
-            EventType::Normal,
-            "Killing",
-            failure.kill_message(will_restart),
-        );
-        let grace = pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or(failure.grace_override)
-            .unwrap_or_else(|| grace_seconds(pod));
-        manager::stop_container(
-            &ctx.runtime,
-            pod,
-            &failure.container_name,
-            &failure.container_id,
-            grace,
-            ip.as_deref(),
-        )
-        .await;
-    }
+    let mut overrides = HashMap::new();
+    let failures = ctx
+        .prober
+        .liveness_failures(&uid)
+        .into_iter()
+        .map(|f| {
+            if let Some(grace) = f.grace_override {
+                overrides.insert(f.container_id.clone(), grace);
+            }
+            sync::ProbeFailure {
+                message: f.kill_message(will_restart),
+                container_id: f.container_id,
+                container_name: f.container_name,
+            }
+        })
+        .collect();
+    (failures, overrides)
 }
 
 /// The grace period a terminating pod gets: the API's deletion grace period, else the spec's, else
@@ -401,13 +464,18 @@ pub fn publish_status(
         start_time: state.start_time,
         terminating,
     };
-    let status = crate::status::compute(
+    let mut status = crate::status::compute(
         pod,
         observed,
         &status_ctx,
         state.last_status.as_ref(),
         Timestamp::now(),
     );
+    if let Some(failure) = &state.failure {
+        status.phase = Some("Failed".into());
+        status.reason = Some(failure.reason.clone());
+        status.message = Some(failure.message.clone());
+    }
     let all_running = pod.spec.as_ref().is_some_and(|s| {
         s.containers.iter().all(|c| {
             observed

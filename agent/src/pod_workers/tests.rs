@@ -672,7 +672,7 @@ async fn a_completed_pod_does_no_more_work() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn err_image_pull_stays_visible_for_the_worker_back_off() {
+async fn err_image_pull_stays_visible_before_image_pull_back_off() {
     let rt = Runtime::start();
     rt.fake.set_unpullable("example.com/missing:1");
     let pod = with_image(&static_pod("noimage", RUN, 2), "example.com/missing:1");
@@ -681,7 +681,10 @@ async fn err_image_pull_stays_visible_for_the_worker_back_off() {
         agent.waiting_reason(&uid(&pod)).as_deref() == Some("ErrImagePull")
     })
     .await;
-    tokio::time::sleep(crate::kuberuntime::manager::WORKER_BACKOFF - Duration::from_secs(1)).await;
+    tokio::time::sleep(
+        crate::kuberuntime::manager::ERR_IMAGE_PULL_VISIBLE - Duration::from_secs(1),
+    )
+    .await;
     assert_eq!(
         agent.waiting_reason(&uid(&pod)).as_deref(),
         Some("ErrImagePull")
@@ -757,4 +760,32 @@ async fn every_worker_cri_call_may_fail_or_hang_once() {
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn active_deadline_fails_and_stops_the_pod() {
+    let rt = Runtime::start();
+    let mut pod = (*static_pod("deadline", RUN, 2)).clone();
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.active_deadline_seconds = Some(5);
+    }
+    let pod = Arc::new(pod);
+    let agent = rt.agent(&[&pod]);
+    eventually("the pod runs", CONVERGE, || rt.is_running(&uid(&pod))).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(rt.is_running(&uid(&pod)), "not before its deadline");
+    eventually(
+        "the pod fails at its deadline",
+        Duration::from_secs(2) + CONVERGE,
+        || {
+            agent.phase(&uid(&pod)) == Some(Phase::Terminated)
+                && rt.ready_sandboxes_of(&uid(&pod)).is_empty()
+                && rt.running_containers_of(&uid(&pod)).is_empty()
+        },
+    )
+    .await;
+    let status = agent.status.get(&uid(&pod)).expect("status");
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"));
+    agent.kill().await;
 }
