@@ -4,7 +4,6 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use mk_cri::api;
 
 use super::{labels, security};
-use crate::sync::ContainerStart;
 
 /// Expands `$(VAR)` references as the API does: `resolve` gives a variable's value (None leaves the
 /// reference as written), `$$` escapes a `$`, anything else is kept.
@@ -53,7 +52,10 @@ pub fn expand(input: &str, vars: &[(String, String)]) -> String {
 pub struct ContainerInputs<'a> {
     pub pod: &'a Pod,
     pub container: &'a Container,
-    pub start: &'a ContainerStart,
+    /// The CRI attempt (restart count) of the new instance.
+    pub attempt: u32,
+    /// An init container (sidecars included).
+    pub init: bool,
     pub sandbox_id: &'a str,
     pub sandbox_config: api::PodSandboxConfig,
     pub image_ref: &'a str,
@@ -71,7 +73,8 @@ pub fn build(inputs: ContainerInputs<'_>) -> api::CreateContainerRequest {
     let ContainerInputs {
         pod,
         container,
-        start,
+        attempt,
+        init,
         sandbox_id,
         sandbox_config,
         image_ref,
@@ -90,7 +93,7 @@ pub fn build(inputs: ContainerInputs<'_>) -> api::CreateContainerRequest {
         .unwrap_or(30);
     let annotations = [
         (labels::CONTAINER_HASH, labels::container_hash(container)),
-        (labels::CONTAINER_RESTART_COUNT, start.attempt.to_string()),
+        (labels::CONTAINER_RESTART_COUNT, attempt.to_string()),
         (
             labels::CONTAINER_TERMINATION_MESSAGE_PATH,
             container
@@ -106,7 +109,7 @@ pub fn build(inputs: ContainerInputs<'_>) -> api::CreateContainerRequest {
                 .unwrap_or_else(|| "File".into()),
         ),
         (labels::POD_TERMINATION_GRACE_PERIOD, grace.to_string()),
-        (labels::CONTAINER_IS_INIT, start.init.to_string()),
+        (labels::CONTAINER_IS_INIT, init.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -119,7 +122,7 @@ pub fn build(inputs: ContainerInputs<'_>) -> api::CreateContainerRequest {
     let config = api::ContainerConfig {
         metadata: Some(api::ContainerMetadata {
             name: container.name.clone(),
-            attempt: start.attempt,
+            attempt,
         }),
         image: Some(api::ImageSpec {
             image: image_ref.to_string(),
@@ -139,7 +142,7 @@ pub fn build(inputs: ContainerInputs<'_>) -> api::CreateContainerRequest {
         mounts,
         labels: labels::container_labels(pod, &container.name, node_name),
         annotations,
-        log_path: format!("{}/{}.log", container.name, start.attempt),
+        log_path: format!("{}/{}.log", container.name, attempt),
         stdin: container.stdin.unwrap_or(false),
         stdin_once: container.stdin_once.unwrap_or(false),
         tty: container.tty.unwrap_or(false),
@@ -198,18 +201,13 @@ mod tests {
         }))
         .expect("pod");
         let c = &pod.spec.as_ref().expect("spec").containers[0];
-        let start = ContainerStart {
-            name: "c".into(),
-            init: false,
-            attempt: 3,
-            replaces_finished_at: None,
-        };
         let env = crate::envvars::resolve(&pod, c, &Default::default(), &Default::default())
             .expect("env");
         let req = build(ContainerInputs {
             pod: &pod,
             container: c,
-            start: &start,
+            attempt: 3,
+            init: false,
             sandbox_id: "sb",
             sandbox_config: api::PodSandboxConfig::default(),
             image_ref: "sha256:img",

@@ -4,7 +4,6 @@
 pub mod container_config;
 pub mod labels;
 pub mod lifecycle;
-pub mod manager;
 pub mod observe;
 pub mod pod_files;
 pub mod sandbox_config;

@@ -10,12 +10,12 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 
 use super::WorkerContext;
-use crate::backoff::Backoff;
-use crate::events::EventType;
-use crate::kuberuntime::manager::{
+use super::runtime_manager::{
     self, ERR_IMAGE_PULL_VISIBLE, ERROR_RETRY, Executed, MIN_GRACE_SECONDS, container_spec,
     grace_seconds,
 };
+use crate::backoff::Backoff;
+use crate::events::EventType;
 use crate::kuberuntime::observe::{ContainerState, ObservedPod, SandboxState};
 use crate::kuberuntime::{pod_files, sandbox_config};
 use crate::prober::ProbedContainer;
@@ -137,7 +137,7 @@ pub async fn sync_pod(
         next = next.min(left.max(Duration::from_millis(100)));
     }
     let mut executed = Executed::default();
-    if let Err(retry) = manager::execute(
+    if let Err(retry) = runtime_manager::execute(
         rt,
         pod,
         observed,
@@ -340,7 +340,7 @@ pub async fn sync_terminating(
         return true;
     }
     let grace = termination_grace(pod, observed);
-    manager::kill_pod(&ctx.runtime, pod, observed, grace).await;
+    runtime_manager::kill_pod(&ctx.runtime, pod, observed, grace).await;
     false
 }
 
@@ -373,10 +373,10 @@ pub async fn remove_pod(ctx: &WorkerContext, pod: &Pod, observed: &ObservedPod) 
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let rt = &ctx.runtime;
     for c in &observed.containers {
-        manager::remove_container(rt, &c.id).await;
+        runtime_manager::remove_container(rt, &c.id).await;
     }
     for s in &observed.sandboxes {
-        manager::remove_sandbox(rt, &s.id).await;
+        runtime_manager::remove_sandbox(rt, &s.id).await;
     }
     let parents: Vec<String> = if pod.spec.is_some() {
         vec![qos::pod_cgroup_parent(pod, &rt.cgroup_root)]

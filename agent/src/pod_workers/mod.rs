@@ -6,6 +6,7 @@
 //! full name has finished (kubelet's `allowStaticPodStart`: never two copies of one static pod).
 
 pub mod flows;
+pub mod runtime_manager;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -18,10 +19,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::kuberuntime::manager::RuntimeManager;
 use crate::kuberuntime::observe::RuntimePod;
 use crate::metrics::Metrics;
 use crate::pod_cache::PodCache;
+use crate::pod_workers::runtime_manager::RuntimeManager;
 use crate::prober::ProbeManager;
 use crate::sources::{self, PodSet, pod_key};
 use crate::status::StatusManager;

@@ -19,8 +19,8 @@ use super::*;
 use crate::events::EventRecorder;
 use crate::images::ImageManager;
 use crate::kuberuntime::labels;
-use crate::kuberuntime::manager::RuntimeManager;
 use crate::pleg::{Pleg, PlegHealth, Relist};
+use crate::pod_workers::runtime_manager::RuntimeManager;
 use crate::sources::manifest;
 
 const NODE: &str = "test-node";
@@ -682,7 +682,7 @@ async fn err_image_pull_stays_visible_before_image_pull_back_off() {
     })
     .await;
     tokio::time::sleep(
-        crate::kuberuntime::manager::ERR_IMAGE_PULL_VISIBLE - Duration::from_secs(1),
+        crate::pod_workers::runtime_manager::ERR_IMAGE_PULL_VISIBLE - Duration::from_secs(1),
     )
     .await;
     assert_eq!(

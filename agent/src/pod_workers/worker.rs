@@ -164,7 +164,7 @@ pub async fn run(ctx: Arc<WorkerContext>, uid: String, mut ch: Channels) {
                     if !torn_down {
                         tokio::select! {
                             _ = ch.updates.changed() => {}
-                            () = tokio::time::sleep(crate::kuberuntime::manager::ERROR_RETRY) => {}
+                            () = tokio::time::sleep(crate::pod_workers::runtime_manager::ERROR_RETRY) => {}
                         }
                         continue;
                     }

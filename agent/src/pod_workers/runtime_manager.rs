@@ -9,11 +9,13 @@ use k8s_openapi::api::core::v1::{Container, Node, Pod};
 use mk_cri::{CriClient, api};
 use tokio::sync::watch;
 
-use super::observe::{ContainerState, ObservedContainer, ObservedPod, SandboxState, sandbox_ips};
-use super::{container_config, lifecycle, pod_files, sandbox_config, security};
 use crate::envvars;
 use crate::events::{EventRecorder, EventType};
 use crate::images::ImageManager;
+use crate::kuberuntime::observe::{
+    ContainerState, ObservedContainer, ObservedPod, SandboxState, sandbox_ips,
+};
+use crate::kuberuntime::{container_config, lifecycle, pod_files, sandbox_config, security};
 use crate::metrics::{ContainerErrorLabels, ContainerTypeLabels, Metrics};
 use crate::sources::pod_key;
 use crate::sync::{self, PodActions};
@@ -407,7 +409,8 @@ async fn prepare_container(
     Ok(container_config::build(container_config::ContainerInputs {
         pod,
         container,
-        start,
+        attempt: start.attempt,
+        init: start.init,
         sandbox_id: sandbox.id,
         sandbox_config: sandbox.config.clone(),
         image_ref: &ensured.image_ref,
