@@ -110,6 +110,37 @@ impl Cluster {
         namespace: &str,
         name: &str,
         timeout: Duration,
+        check: impl FnMut(&Pod) -> Option<T>,
+    ) -> Result<T> {
+        self.wait_pod_every(namespace, name, timeout, crate::periods::POLL, check)
+            .await
+    }
+
+    /// [`Cluster::wait_pod`] polling every [`crate::periods::TRANSIENT_POLL`]: for checks that
+    /// must see a state the agent reports only for a while (they record what they saw on each call).
+    pub async fn wait_pod_closely<T>(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+        check: impl FnMut(&Pod) -> Option<T>,
+    ) -> Result<T> {
+        self.wait_pod_every(
+            namespace,
+            name,
+            timeout,
+            crate::periods::TRANSIENT_POLL,
+            check,
+        )
+        .await
+    }
+
+    async fn wait_pod_every<T>(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+        poll: Duration,
         mut check: impl FnMut(&Pod) -> Option<T>,
     ) -> Result<T> {
         let deadline = Instant::now() + timeout;
@@ -128,7 +159,7 @@ impl Cluster {
                         .unwrap_or_else(|| "(absent)".into())
                 );
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(poll).await;
         }
     }
 

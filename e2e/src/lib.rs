@@ -8,6 +8,9 @@
 
 pub mod cluster;
 pub mod cri_checks;
+pub mod periods;
+
+pub use periods::{Periods, periods};
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -209,7 +212,7 @@ impl Agent {
         let config = format!(
             "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
              staticPodPath: {}\ncontainerRuntimeEndpoint: {}\nreadOnlyPort: {}\nhealthzPort: {}\n\
-             port: {}\naddress: 127.0.0.1\npodLogsDir: {}\nfileCheckFrequency: 5s\nsyncFrequency: 10s\n\
+             port: {}\naddress: 127.0.0.1\npodLogsDir: {}\nfileCheckFrequency: {}s\nsyncFrequency: {}s\n\
              {extra_config}",
             agent.manifests().display(),
             endpoint(),
@@ -217,6 +220,9 @@ impl Agent {
             agent.healthz_port,
             agent.kubelet_port,
             agent.pod_logs_dir().display(),
+            // The periods every deadline of the tests is derived from (`periods::HARNESS`).
+            periods::HARNESS.file_check.as_secs(),
+            periods::HARNESS.sync.as_secs(),
         );
         std::fs::write(agent.dir.path().join("kubelet.yaml"), config)?;
         agent.kubeconfig = kubeconfig.map(Path::to_path_buf);
@@ -361,6 +367,29 @@ impl Agent {
         &mut self,
         name: &str,
         timeout: Duration,
+        check: impl FnMut(&Pod) -> Option<T>,
+    ) -> Result<T> {
+        self.wait_pod_every(name, timeout, periods::POLL, check)
+            .await
+    }
+
+    /// [`Agent::wait_pod`] polling every [`periods::TRANSIENT_POLL`]: for checks that must see a
+    /// state the agent shows only for a while (they record what they saw on each call).
+    pub async fn wait_pod_closely<T>(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+        check: impl FnMut(&Pod) -> Option<T>,
+    ) -> Result<T> {
+        self.wait_pod_every(name, timeout, periods::TRANSIENT_POLL, check)
+            .await
+    }
+
+    async fn wait_pod_every<T>(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+        poll: Duration,
         mut check: impl FnMut(&Pod) -> Option<T>,
     ) -> Result<T> {
         let deadline = Instant::now() + timeout;
@@ -381,7 +410,7 @@ impl Agent {
                     self.log()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(poll).await;
         }
     }
 
