@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
-use mk_e2e::Agent;
 use mk_e2e::cluster::{Cluster, pod};
+use mk_e2e::{Agent, periods};
 
 const RUNNING: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
 
@@ -34,7 +34,8 @@ fn running_ready(p: &Pod) -> Option<()> {
 
 async fn wait_node_ready(cluster: &Cluster, agent: &mut Agent) -> anyhow::Result<Node> {
     let nodes: Api<Node> = Api::all(cluster.client.clone());
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let timeout = periods().node_ready();
+    let deadline = Instant::now() + timeout;
     loop {
         agent.assert_alive();
         if let Some(node) = nodes.get_opt(&agent.node).await? {
@@ -50,7 +51,7 @@ async fn wait_node_ready(cluster: &Cluster, agent: &mut Agent) -> anyhow::Result
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "node {} not Ready within 30 s\n{}",
+            "node {} not Ready within {timeout:?}\n{}",
             agent.node,
             agent.log()
         );
@@ -90,19 +91,21 @@ async fn node_registers_turns_ready_and_renews_its_lease() -> anyhow::Result<()>
     );
 
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "kube-node-lease");
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let timeout = periods().lease_created();
+    let deadline = Instant::now() + timeout;
     let first = loop {
         if let Some(lease) = leases.get_opt(&agent.node).await? {
             break lease;
         }
-        anyhow::ensure!(Instant::now() < deadline, "no lease within 15 s");
+        anyhow::ensure!(Instant::now() < deadline, "no lease within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let spec = first.spec.clone().unwrap_or_default();
     assert_eq!(spec.holder_identity.as_deref(), Some(agent.node.as_str()));
     assert_eq!(spec.lease_duration_seconds, Some(40));
     let first_renew = spec.renew_time.expect("renewTime").0;
-    let deadline = Instant::now() + Duration::from_secs(25);
+    let timeout = periods().lease_renewed();
+    let deadline = Instant::now() + timeout;
     loop {
         let renew = leases
             .get(&agent.node)
@@ -114,7 +117,10 @@ async fn node_registers_turns_ready_and_renews_its_lease() -> anyhow::Result<()>
         if renew > first_renew {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "lease not renewed within 25 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "lease not renewed within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(())
@@ -131,7 +137,7 @@ async fn bound_pods_run_report_status_and_finish_like_jobs() -> anyhow::Result<(
         .create_pod(ns, pod(&name, "Always", 5, RUNNING), &agent.node)
         .await?;
     cluster
-        .wait_pod(ns, &name, Duration::from_secs(30), running_ready)
+        .wait_pod(ns, &name, periods().api_pod_start(), running_ready)
         .await?;
     let p = cluster.pods(ns).get(&name).await?;
     let status = p.status.clone().expect("status");
@@ -161,7 +167,7 @@ async fn bound_pods_run_report_status_and_finish_like_jobs() -> anyhow::Result<(
     // The agent posted the pod's events, as kubelet does.
     let events: Api<k8s_openapi::api::core::v1::Event> =
         Api::namespaced(cluster.client.clone(), ns);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + periods().event_posted();
     loop {
         let list = events
             .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={name}")))
@@ -200,12 +206,12 @@ async fn bound_pods_run_report_status_and_finish_like_jobs() -> anyhow::Result<(
         .create_pod(ns, pod(&bad, "Never", 2, "exit 3"), &agent.node)
         .await?;
     cluster
-        .wait_pod(ns, &ok, Duration::from_secs(30), |p| {
+        .wait_pod(ns, &ok, periods().api_pod_complete(), |p| {
             (phase(p).as_deref() == Some("Succeeded")).then_some(())
         })
         .await?;
     let failed = cluster
-        .wait_pod(ns, &bad, Duration::from_secs(30), |p| {
+        .wait_pod(ns, &bad, periods().api_pod_complete(), |p| {
             (phase(p).as_deref() == Some("Failed")).then(|| p.clone())
         })
         .await?;
@@ -220,7 +226,7 @@ async fn bound_pods_run_report_status_and_finish_like_jobs() -> anyhow::Result<(
     }
     for n in [&name, &ok, &bad] {
         cluster
-            .wait_pod_deleted(ns, n, Duration::from_secs(30))
+            .wait_pod_deleted(ns, n, periods().api_pod_deleted(Duration::from_secs(5)))
             .await?;
     }
     Ok(())
@@ -234,36 +240,39 @@ async fn deleted_pod_stops_within_its_grace_period_and_is_removed() -> anyhow::R
     let ns = "default";
     let name = format!("stubborn-{}", agent.node);
     // Ignores SIGTERM: only the end of its 3 s grace period stops it.
+    let grace = Duration::from_secs(3);
     cluster
         .create_pod(
             ns,
             pod(
                 &name,
                 "Always",
-                3,
+                grace.as_secs() as i64,
                 "trap '' TERM; while true; do sleep 1; done",
             ),
             &agent.node,
         )
         .await?;
     cluster
-        .wait_pod(ns, &name, Duration::from_secs(30), running_ready)
+        .wait_pod(ns, &name, periods().api_pod_start(), running_ready)
         .await?;
     let started = Instant::now();
     cluster.delete_pod(ns, &name).await?;
-    let took = cluster
-        .wait_pod_deleted(ns, &name, Duration::from_secs(20))
-        .await?;
+    // The agent's guarantee: the workload gets its whole grace period, then it is killed and the
+    // pod deleted for good.
+    let bound = periods().api_pod_deleted(grace);
+    let took = cluster.wait_pod_deleted(ns, &name, bound).await?;
+    // Not before the grace period (less the one second the API's timestamps may lose).
     assert!(
-        took >= Duration::from_secs(2),
+        took >= grace - Duration::from_secs(1),
         "removed before its grace period: {:?}",
         started.elapsed()
     );
     assert!(
-        took < Duration::from_secs(12),
-        "grace 3 s, removal took {took:?}"
+        took < bound,
+        "grace {grace:?}, removal took {took:?} (bound {bound:?})"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + periods().leftovers_removed();
     while !agent.sandboxes().await?.is_empty() {
         anyhow::ensure!(Instant::now() < deadline, "sandbox left behind");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -282,7 +291,7 @@ async fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() -> anyhow::Re
         .create_pod(ns, pod(&first, "Always", 2, RUNNING), &agent.node)
         .await?;
     cluster
-        .wait_pod(ns, &first, Duration::from_secs(30), running_ready)
+        .wait_pod(ns, &first, periods().api_pod_start(), running_ready)
         .await?;
 
     let second = format!("second-{}", agent.node);
@@ -290,7 +299,7 @@ async fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() -> anyhow::Re
         .create_pod(ns, pod(&second, "Always", 2, RUNNING), &agent.node)
         .await?;
     let rejected = cluster
-        .wait_pod(ns, &second, Duration::from_secs(20), |p| {
+        .wait_pod(ns, &second, periods().api_pod_rejected(), |p| {
             (phase(p).as_deref() == Some("Failed")).then(|| p.clone())
         })
         .await?;
@@ -305,7 +314,11 @@ async fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() -> anyhow::Re
 
     cluster.delete_pod(ns, &first).await?;
     cluster
-        .wait_pod_deleted(ns, &first, Duration::from_secs(20))
+        .wait_pod_deleted(
+            ns,
+            &first,
+            periods().api_pod_deleted(Duration::from_secs(2)),
+        )
         .await?;
     let picky = format!("picky-{}", agent.node);
     let mut p = pod(&picky, "Always", 2, RUNNING);
@@ -313,7 +326,7 @@ async fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() -> anyhow::Re
         Some([("disktype".to_string(), "ssd".to_string())].into());
     cluster.create_pod(ns, p, &agent.node).await?;
     let rejected = cluster
-        .wait_pod(ns, &picky, Duration::from_secs(20), |p| {
+        .wait_pod(ns, &picky, periods().api_pod_rejected(), |p| {
             (phase(p).as_deref() == Some("Failed")).then(|| p.clone())
         })
         .await?;
@@ -348,7 +361,7 @@ async fn api_restart_and_history_loss_do_not_restart_running_containers() -> any
         .create_pod(ns, pod(&name, "Always", 2, RUNNING), &agent.node)
         .await?;
     cluster
-        .wait_pod(ns, &name, Duration::from_secs(30), running_ready)
+        .wait_pod(ns, &name, periods().api_pod_start(), running_ready)
         .await?;
     let before = agent.containers().await?;
     assert_eq!(before.len(), 1);
@@ -375,7 +388,7 @@ async fn api_restart_and_history_loss_do_not_restart_running_containers() -> any
             .await?;
     }
     cluster
-        .wait_pod(ns, &after_name, Duration::from_secs(30), running_ready)
+        .wait_pod(ns, &after_name, periods().api_pod_start(), running_ready)
         .await?;
     if restarted {
         let relists = agent
@@ -416,7 +429,7 @@ async fn static_pod_has_a_mirror_pod() -> anyhow::Result<()> {
     )?;
     let name = format!("static-{}", agent.node);
     let mirror = cluster
-        .wait_pod("default", &name, Duration::from_secs(30), |p| {
+        .wait_pod("default", &name, periods().mirror_created(), |p| {
             running_ready(p).map(|_| p.clone())
         })
         .await?;
@@ -446,7 +459,7 @@ async fn static_pod_has_a_mirror_pod() -> anyhow::Result<()> {
         .await?;
     let old_uid = mirror.metadata.uid.clone();
     cluster
-        .wait_pod("default", &name, Duration::from_secs(30), |p| {
+        .wait_pod("default", &name, periods().mirror_recreated(), |p| {
             (p.metadata.uid != old_uid).then_some(())
         })
         .await?;
@@ -454,7 +467,11 @@ async fn static_pod_has_a_mirror_pod() -> anyhow::Result<()> {
     // Removing the manifest removes the mirror.
     agent.remove_manifest("static.yaml")?;
     cluster
-        .wait_pod_deleted("default", &name, Duration::from_secs(30))
+        .wait_pod_deleted(
+            "default",
+            &name,
+            periods().mirror_deleted(Duration::from_secs(2)),
+        )
         .await?;
     Ok(())
 }

@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod, Secret};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use mk_cri::api;
-use mk_e2e::Agent;
 use mk_e2e::cluster::Cluster;
+use mk_e2e::{Agent, periods};
 
 const REGISTRY_VAR: &str = "MK_E2E_REGISTRY";
 const USER: &str = "e2e";
@@ -39,6 +39,9 @@ fn image(tag: &str) -> String {
     format!("{}/e2e/busybox:{tag}", registry())
 }
 
+/// The grace period of the [`sleeper`] pods.
+const GRACE: Duration = Duration::from_secs(2);
+
 fn pod(value: serde_json::Value) -> Pod {
     serde_json::from_value(value).expect("pod")
 }
@@ -52,8 +55,7 @@ fn sleeper(name: &str, image: &str, policy: Option<&str>, pull_secret: Option<&s
     if let Some(policy) = policy {
         container["imagePullPolicy"] = policy.into();
     }
-    let mut spec =
-        serde_json::json!({"terminationGracePeriodSeconds": 2, "containers": [container]});
+    let mut spec = serde_json::json!({"terminationGracePeriodSeconds": GRACE.as_secs(), "containers": [container]});
     if let Some(secret) = pull_secret {
         spec["imagePullSecrets"] = serde_json::json!([{"name": secret}]);
     }
@@ -123,7 +125,7 @@ fn running(p: &Pod) -> bool {
 /// Waits until container `main` of the pod runs; on failure adds the agent's log lines about the pod.
 async fn wait_running(cluster: &Cluster, agent: &Agent, name: &str) -> anyhow::Result<Pod> {
     cluster
-        .wait_pod("default", name, Duration::from_secs(30), |p| {
+        .wait_pod("default", name, periods().api_pod_start_pulling(), |p| {
             running(p).then(|| p.clone())
         })
         .await
@@ -144,7 +146,8 @@ fn agent_log_about(agent: &Agent, name: &str) -> String {
 /// Pulls `image` with the registry's credentials straight through CRI (on Docker through the adapter
 /// the agent serves, which appears shortly after the agent starts).
 async fn pre_pull(agent: &Agent, image: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline =
+        Instant::now() + periods().agent_up() + mk_e2e::periods::allow(mk_e2e::periods::work::PULL);
     loop {
         let result = agent
             .cri()
@@ -220,29 +223,36 @@ async fn wait_pull_failure_then_backoff(
 ) -> anyhow::Result<Pod> {
     let mut seen_err = None;
     let mut seen = Vec::new();
+    // ErrImagePull is reported only until the worker's next sync (`Periods::err_image_pull_visible`):
+    // the wait polls every `TRANSIENT_POLL`, far inside that window, and records every reason.
     let pod = cluster
-        .wait_pod("default", name, Duration::from_secs(35), |p| {
-            let (reason, message) = waiting(p)?;
-            if seen.last() != Some(&reason) {
-                seen.push(reason.clone());
-            }
-            assert_eq!(phase(p), Some("Pending"), "{:#?}", p.status);
-            match reason.as_str() {
-                "ErrImagePull" => {
-                    seen_err.get_or_insert(message);
-                    None
+        .wait_pod_closely(
+            "default",
+            name,
+            periods().api_pull_failure_then_backoff(),
+            |p| {
+                let (reason, message) = waiting(p)?;
+                if seen.last() != Some(&reason) {
+                    seen.push(reason.clone());
                 }
-                "ImagePullBackOff" if seen_err.is_some() => {
-                    assert!(
-                        message.starts_with(&format!("Back-off pulling image \"{image}\"")),
-                        "{message}"
-                    );
-                    Some(p.clone())
+                assert_eq!(phase(p), Some("Pending"), "{:#?}", p.status);
+                match reason.as_str() {
+                    "ErrImagePull" => {
+                        seen_err.get_or_insert(message);
+                        None
+                    }
+                    "ImagePullBackOff" if seen_err.is_some() => {
+                        assert!(
+                            message.starts_with(&format!("Back-off pulling image \"{image}\"")),
+                            "{message}"
+                        );
+                        Some(p.clone())
+                    }
+                    "ImagePullBackOff" | "ContainerCreating" | "PodInitializing" | "" => None,
+                    other => panic!("unexpected waiting reason {other}: {message}"),
                 }
-                "ImagePullBackOff" | "ContainerCreating" | "PodInitializing" | "" => None,
-                other => panic!("unexpected waiting reason {other}: {message}"),
-            }
-        })
+            },
+        )
         .await
         .map_err(|e| {
             e.context(format!(
@@ -282,7 +292,7 @@ async fn always_pulls_with_the_credentials_of_image_pull_secrets() -> anyhow::Re
     wait_event(
         &cluster,
         &name,
-        Duration::from_secs(10),
+        periods().event_posted(),
         "Pulling",
         |r, m| r == "Pulling" && m == format!("Pulling image \"{img}\""),
     )
@@ -290,14 +300,14 @@ async fn always_pulls_with_the_credentials_of_image_pull_secrets() -> anyhow::Re
     wait_event(
         &cluster,
         &name,
-        Duration::from_secs(10),
+        periods().event_posted(),
         "Pulled: Successfully pulled image",
         |r, m| r == "Pulled" && m.starts_with(&format!("Successfully pulled image \"{img}\"")),
     )
     .await?;
     cluster.delete_pod("default", &name).await?;
     cluster
-        .wait_pod_deleted("default", &name, Duration::from_secs(20))
+        .wait_pod_deleted("default", &name, periods().api_pod_deleted(GRACE))
         .await?;
     Ok(())
 }
@@ -319,7 +329,7 @@ async fn a_pull_without_credentials_fails_then_backs_off() -> anyhow::Result<()>
     wait_event(
         &cluster,
         &name,
-        Duration::from_secs(10),
+        periods().event_posted(),
         "Failed: Failed to pull image",
         |r, m| r == "Failed" && m.contains(&format!("Failed to pull image \"{img}\"")),
     )
@@ -330,7 +340,7 @@ async fn a_pull_without_credentials_fails_then_backs_off() -> anyhow::Result<()>
     );
     cluster.delete_pod("default", &name).await?;
     cluster
-        .wait_pod_deleted("default", &name, Duration::from_secs(20))
+        .wait_pod_deleted("default", &name, periods().api_pod_deleted(GRACE))
         .await?;
     Ok(())
 }
@@ -366,7 +376,7 @@ async fn latest_defaults_to_always_and_pulls_even_when_present() -> anyhow::Resu
     wait_event(
         &cluster,
         &name,
-        Duration::from_secs(10),
+        periods().event_posted(),
         "Pulled: Successfully pulled image",
         |r, m| r == "Pulled" && m.starts_with(&format!("Successfully pulled image \"{img}\"")),
     )
@@ -378,7 +388,7 @@ async fn latest_defaults_to_always_and_pulls_even_when_present() -> anyhow::Resu
     );
     cluster.delete_pod("default", &name).await?;
     cluster
-        .wait_pod_deleted("default", &name, Duration::from_secs(20))
+        .wait_pod_deleted("default", &name, periods().api_pod_deleted(GRACE))
         .await?;
     Ok(())
 }
@@ -397,7 +407,7 @@ async fn never_with_an_absent_image_is_err_image_never_pull() -> anyhow::Result<
         )
         .await?;
     let (reason, message) = cluster
-        .wait_pod("default", &name, Duration::from_secs(30), |p| {
+        .wait_pod("default", &name, periods().api_pod_start(), |p| {
             waiting(p).filter(|(r, _)| r == "ErrImageNeverPull")
         })
         .await?;
@@ -406,15 +416,21 @@ async fn never_with_an_absent_image_is_err_image_never_pull() -> anyhow::Result<
         message,
         format!("Container image \"{img}\" is not present with pull policy of Never")
     );
-    // It stays so: no pull, no container, the pod Pending.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let p = cluster.pods("default").get(&name).await?;
-    assert_eq!(phase(&p), Some("Pending"));
-    assert_eq!(
-        waiting(&p).map(|(r, _)| r).as_deref(),
-        Some("ErrImageNeverPull")
-    );
-    assert!(agent.containers().await?.is_empty());
+    // It stays so: no pull, no container, the pod Pending, through a window in which the pod
+    // worker syncs the pod again (its retry and its resync), watched all along.
+    let window = Instant::now() + periods().worker_resynced();
+    while Instant::now() < window {
+        let p = cluster.pods("default").get(&name).await?;
+        assert_eq!(phase(&p), Some("Pending"), "{:#?}", p.status);
+        assert_eq!(
+            waiting(&p).map(|(r, _)| r).as_deref(),
+            Some("ErrImageNeverPull"),
+            "{:#?}",
+            p.status
+        );
+        assert!(agent.containers().await?.is_empty());
+        tokio::time::sleep(mk_e2e::periods::POLL * 5).await;
+    }
     let all = events(&cluster, &name).await?;
     assert!(
         !all.iter().any(|(r, _)| r == "Pulling" || r == "Pulled"),
@@ -422,7 +438,7 @@ async fn never_with_an_absent_image_is_err_image_never_pull() -> anyhow::Result<
     );
     cluster.delete_pod("default", &name).await?;
     cluster
-        .wait_pod_deleted("default", &name, Duration::from_secs(20))
+        .wait_pod_deleted("default", &name, periods().api_pod_deleted(GRACE))
         .await?;
     Ok(())
 }
@@ -468,7 +484,7 @@ async fn a_missing_tag_keeps_its_pod_pending_while_others_run() -> anyhow::Resul
     }
     for n in [&broken, &healthy] {
         cluster
-            .wait_pod_deleted("default", n, Duration::from_secs(20))
+            .wait_pod_deleted("default", n, periods().api_pod_deleted(GRACE))
             .await?;
     }
     Ok(())

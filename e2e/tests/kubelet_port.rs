@@ -143,7 +143,7 @@ async fn logs_exec_and_port_forward_through_the_kubelet_port() -> Result<()> {
     )?;
     agent.write_manifest("web.yaml", &busybox_pod("web", "Always", 2, SCRIPT))?;
     agent
-        .wait_pod("web", Duration::from_secs(60), |pod| {
+        .wait_pod("web", mk_e2e::periods().static_pod_start(), |pod| {
             let (state, _, _) = container_state(pod)?;
             (state == "running").then_some(())
         })
@@ -158,7 +158,8 @@ async fn logs_exec_and_port_forward_through_the_kubelet_port() -> Result<()> {
 
     // Logs, with kubelet's options.
     let mut logs = String::new();
-    for _ in 0..50 {
+    let deadline = std::time::Instant::now() + mk_e2e::periods().container_output();
+    while std::time::Instant::now() < deadline {
         let (code, body) = get(
             &agent,
             Some(&admin),
@@ -199,7 +200,9 @@ async fn logs_exec_and_port_forward_through_the_kubelet_port() -> Result<()> {
     let wanted = format!(
         "container_memory_working_set_bytes{{container=\"main\",namespace=\"default\",pod=\"{pod}\"}} "
     );
-    for _ in 0..50 {
+    // Stats come from the runtime, asked on each scrape.
+    let deadline = std::time::Instant::now() + mk_e2e::periods().runtime_settles();
+    while std::time::Instant::now() < deadline {
         let (code, body) = get(&agent, Some(&admin), "/metrics/resource").await?;
         ensure!(code == 200, "/metrics/resource: {code} {body}");
         metrics = body;
@@ -253,7 +256,9 @@ async fn logs_exec_and_port_forward_through_the_kubelet_port() -> Result<()> {
 
     // Port-forward to the pod's web server.
     let mut answer = String::new();
-    for _ in 0..30 {
+    // httpd starts listening shortly after the container started.
+    let deadline = std::time::Instant::now() + mk_e2e::periods().runtime_settles();
+    while std::time::Instant::now() < deadline {
         let tls = connect(&agent, Some(&admin)).await?;
         let (conn, _) = upgrade(
             tls,

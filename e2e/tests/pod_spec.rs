@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Pod, Secret};
 use kube::Api;
 use kube::api::PostParams;
-use mk_e2e::Agent;
 use mk_e2e::cluster::Cluster;
+use mk_e2e::{Agent, periods};
 
 fn pod(value: serde_json::Value) -> Pod {
     serde_json::from_value(value).expect("pod")
@@ -66,7 +66,7 @@ async fn environment_from_configmaps_secrets_and_the_downward_api() -> anyhow::R
         }]}
     }))).await?;
     let done = cluster
-        .wait_pod("default", &name, Duration::from_secs(30), |p| {
+        .wait_pod("default", &name, periods().api_pod_complete(), |p| {
             (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then(|| p.clone())
         })
         .await?;
@@ -76,7 +76,7 @@ async fn environment_from_configmaps_secrets_and_the_downward_api() -> anyhow::R
         .and_then(|s| s.pod_ip.clone())
         .expect("podIP");
     let out = agent
-        .wait_output(&p, "main", 0, "PASSWORD=", Duration::from_secs(10))
+        .wait_output(&p, "main", 0, "PASSWORD=", periods().container_output())
         .await?;
     for line in [
         "CFG_mode=fast".to_string(),
@@ -99,7 +99,7 @@ async fn environment_from_configmaps_secrets_and_the_downward_api() -> anyhow::R
         "spec": {"containers": [{"name": "main", "image": busybox(), "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "k"}}}]}]}
     }))).await?;
     let waiting = cluster
-        .wait_pod("default", &broken, Duration::from_secs(30), |p| {
+        .wait_pod("default", &broken, periods().api_pod_start(), |p| {
             let w = status_of(p, "main")?.state?.waiting?;
             (w.reason.as_deref() == Some("CreateContainerConfigError")).then_some(w)
         })
@@ -129,9 +129,12 @@ async fn init_containers_run_in_order_before_the_app() -> anyhow::Result<()> {
         }
     }))).await?;
     let running = cluster
-        .wait_pod("default", &name, Duration::from_secs(40), |p| {
-            (p.status.as_ref()?.phase.as_deref() == Some("Running")).then(|| p.clone())
-        })
+        .wait_pod(
+            "default",
+            &name,
+            periods().api_pod_start_after_inits(2, Duration::from_secs(1)),
+            |p| (p.status.as_ref()?.phase.as_deref() == Some("Running")).then(|| p.clone()),
+        )
         .await?;
     let finished = |c: &str| {
         status_of(&running, c)
@@ -163,7 +166,7 @@ async fn init_containers_run_in_order_before_the_app() -> anyhow::Result<()> {
             .any(|c| c.type_ == "Initialized" && c.status == "True")
     );
     agent
-        .wait_output(&p, "main", 0, "app", Duration::from_secs(10))
+        .wait_output(&p, "main", 0, "app", periods().container_output())
         .await?;
     cluster.delete_pod("default", &name).await?;
     Ok(())
@@ -171,11 +174,12 @@ async fn init_containers_run_in_order_before_the_app() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pre_stop_runs_before_sigterm_and_post_start_runs_after_start() -> anyhow::Result<()> {
+    const HOOKS_GRACE: Duration = Duration::from_secs(10);
     let (cluster, agent) = joined("e2e-hooks", "").await?;
     let name = format!("hooks-{}", agent.node);
     let p = create(&cluster, &agent, pod(serde_json::json!({
         "metadata": {"name": name},
-        "spec": {"terminationGracePeriodSeconds": 10, "containers": [{
+        "spec": {"terminationGracePeriodSeconds": HOOKS_GRACE.as_secs(), "containers": [{
             "name": "main", "image": busybox(),
             "command": ["sh", "-c", "trap 'echo got-sigterm; exit 0' TERM; echo started; while true; do sleep 0.2; done"],
             "lifecycle": {
@@ -185,18 +189,18 @@ async fn pre_stop_runs_before_sigterm_and_post_start_runs_after_start() -> anyho
         }]}
     }))).await?;
     cluster
-        .wait_pod("default", &name, Duration::from_secs(30), |p| {
+        .wait_pod("default", &name, periods().api_pod_start(), |p| {
             (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(())
         })
         .await?;
     agent
-        .wait_output(&p, "main", 0, "post-start", Duration::from_secs(10))
+        .wait_output(&p, "main", 0, "post-start", periods().container_output())
         .await?;
     // Held open: the agent removes the pod's logs soon after the pod is gone.
     let mut output = agent.watch_output(&p, "main", 0)?;
     cluster.delete_pod("default", &name).await?;
     let out = output
-        .wait_for("got-sigterm", Duration::from_secs(20))
+        .wait_for("got-sigterm", periods().api_pod_deleted(HOOKS_GRACE))
         .await?;
     let pre = out
         .find("pre-stop")
@@ -204,7 +208,7 @@ async fn pre_stop_runs_before_sigterm_and_post_start_runs_after_start() -> anyho
     let term = out.find("got-sigterm").expect("sigterm");
     assert!(pre < term, "preStop must run before SIGTERM:\n{out}");
     cluster
-        .wait_pod_deleted("default", &name, Duration::from_secs(20))
+        .wait_pod_deleted("default", &name, periods().api_pod_deleted(HOOKS_GRACE))
         .await?;
     Ok(())
 }
@@ -219,12 +223,12 @@ async fn run_as_user_termination_message_and_oom_killed() -> anyhow::Result<()> 
             "containers": [{"name": "main", "image": busybox(), "command": ["sh", "-c", "id; echo all done > /dev/termination-log"]}]}
     }))).await?;
     let done = cluster
-        .wait_pod("default", &user, Duration::from_secs(30), |p| {
+        .wait_pod("default", &user, periods().api_pod_complete(), |p| {
             (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then(|| p.clone())
         })
         .await?;
     let out = agent
-        .wait_output(&p, "main", 0, "uid=", Duration::from_secs(10))
+        .wait_output(&p, "main", 0, "uid=", periods().container_output())
         .await?;
     assert!(
         out.contains("uid=1000(app) gid=1000(app)") && out.contains("4000"),
@@ -241,7 +245,7 @@ async fn run_as_user_termination_message_and_oom_killed() -> anyhow::Result<()> 
         "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": busybox(), "terminationMessagePolicy": "FallbackToLogsOnError", "command": ["sh", "-c", "echo something broke; exit 2"]}]}
     }))).await?;
     let failed = cluster
-        .wait_pod("default", &fallback, Duration::from_secs(30), |p| {
+        .wait_pod("default", &fallback, periods().api_pod_complete(), |p| {
             (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then(|| p.clone())
         })
         .await?;
@@ -260,9 +264,13 @@ async fn run_as_user_termination_message_and_oom_killed() -> anyhow::Result<()> 
             "command": ["sh", "-c", "x=$(head -c 60000000 /dev/zero | tr '\\0' 'x'); sleep 30"]}]}
     }))).await?;
     let killed = cluster
-        .wait_pod("default", &oom, Duration::from_secs(60), |p| {
-            (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then(|| p.clone())
-        })
+        // Filling 60 MB through a pipe: a fraction of a second idle; the workload's own CPU.
+        .wait_pod(
+            "default",
+            &oom,
+            periods().workload(Duration::from_secs(3)),
+            |p| (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then(|| p.clone()),
+        )
         .await?;
     let terminated = status_of(&killed, "main")
         .and_then(|s| s.state?.terminated)
@@ -284,6 +292,8 @@ async fn run_as_user_termination_message_and_oom_killed() -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resources_dns_and_host_aliases_reach_the_container() -> anyhow::Result<()> {
+    // Far longer than deleting a finished pod may take, so that waiting it out would show.
+    const LONG_GRACE: Duration = Duration::from_secs(300);
     let (cluster, agent) = joined(
         "e2e-res",
         "clusterDNS: [10.96.0.10]\nclusterDomain: cluster.local\n",
@@ -292,19 +302,19 @@ async fn resources_dns_and_host_aliases_reach_the_container() -> anyhow::Result<
     let name = format!("res-{}", agent.node);
     let p = create(&cluster, &agent, pod(serde_json::json!({
         "metadata": {"name": name},
-        "spec": {"restartPolicy": "Never",
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": LONG_GRACE.as_secs(),
             "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["db.example"]}],
             "containers": [{"name": "main", "image": busybox(),
                 "resources": {"requests": {"cpu": "250m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "64Mi"}},
                 "command": ["sh", "-c", "echo quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) shares=$(cat /sys/fs/cgroup/cpu/cpu.shares) mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes); cat /etc/resolv.conf /etc/hosts"]}]}
     }))).await?;
     cluster
-        .wait_pod("default", &name, Duration::from_secs(30), |p| {
+        .wait_pod("default", &name, periods().api_pod_complete(), |p| {
             (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(())
         })
         .await?;
     let out = agent
-        .wait_output(&p, "main", 0, "quota=", Duration::from_secs(10))
+        .wait_output(&p, "main", 0, "quota=", periods().container_output())
         .await?;
     assert!(
         out.contains(&format!("quota=50000 shares=256 mem={}", 64 * 1024 * 1024)),
@@ -318,12 +328,13 @@ async fn resources_dns_and_host_aliases_reach_the_container() -> anyhow::Result<
     assert!(out.contains("options ndots:5"), "{out}");
     assert!(out.contains("10.1.2.3\tdb.example"), "{out}");
     assert!(out.contains("# Kubernetes-managed hosts file."), "{out}");
+    // Its container has exited: deleting the pod does not wait out the grace period.
+    let bound = periods().api_pod_deleted(Duration::ZERO);
+    assert!(bound < LONG_GRACE, "the check below would not tell");
     let started = Instant::now();
     cluster.delete_pod("default", &name).await?;
-    cluster
-        .wait_pod_deleted("default", &name, Duration::from_secs(20))
-        .await?;
-    assert!(started.elapsed() < Duration::from_secs(20));
+    cluster.wait_pod_deleted("default", &name, bound).await?;
+    assert!(started.elapsed() < bound);
     Ok(())
 }
 
@@ -343,15 +354,24 @@ async fn probes_flip_readiness_and_restart_on_liveness_failure() -> anyhow::Resu
     // Running but not ready until the readiness file exists.
     let t0 = Instant::now();
     cluster
-        .wait_pod("default", &name, Duration::from_secs(30), |p| {
+        .wait_pod("default", &name, periods().api_pod_start(), |p| {
             let cs = status_of(p, "main")?;
             (cs.state?.running.is_some() && !cs.ready).then_some(())
         })
         .await?;
     cluster
-        .wait_pod("default", &name, Duration::from_secs(20), |p| {
-            status_of(p, "main")?.ready.then_some(())
-        })
+        // The file appears 3 s into the container; one successful probe (period 1 s) flips it.
+        .wait_pod(
+            "default",
+            &name,
+            periods().probe_acted(
+                Duration::from_secs(3),
+                Duration::from_secs(1),
+                1,
+                Duration::ZERO,
+            ),
+            |p| status_of(p, "main")?.ready.then_some(()),
+        )
         .await?;
     assert!(
         t0.elapsed() >= Duration::from_secs(2),
@@ -359,10 +379,22 @@ async fn probes_flip_readiness_and_restart_on_liveness_failure() -> anyhow::Resu
     );
     // Then the liveness file goes away: the container is killed and restarted.
     let restarted = cluster
-        .wait_pod("default", &name, Duration::from_secs(40), |p| {
-            let cs = status_of(p, "main")?;
-            (cs.restart_count >= 1).then_some(cs)
-        })
+        // The liveness file goes 3 s after the readiness file; two failed probes (period 1 s), the
+        // kill within the 2 s grace, the restart.
+        .wait_pod(
+            "default",
+            &name,
+            periods().probe_acted(
+                Duration::from_secs(3),
+                Duration::from_secs(1),
+                2,
+                Duration::from_secs(2),
+            ),
+            |p| {
+                let cs = status_of(p, "main")?;
+                (cs.restart_count >= 1).then_some(cs)
+            },
+        )
         .await?;
     assert!(
         restarted.last_state.and_then(|l| l.terminated).is_some(),
@@ -447,12 +479,15 @@ async fn volumes_carry_files_and_secret_updates_reach_them() -> anyhow::Result<(
         }
     }))).await?;
     cluster
-        .wait_pod("default", &name, Duration::from_secs(40), |p| {
-            (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(())
-        })
+        .wait_pod(
+            "default",
+            &name,
+            periods().api_pod_start_after_inits(1, Duration::ZERO),
+            |p| (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(()),
+        )
         .await?;
     let out = agent
-        .wait_output(&p, "main", 0, "token=v1", Duration::from_secs(15))
+        .wait_output(&p, "main", 0, "token=v1", periods().container_output())
         .await?;
     for expected in [
         "seeded",
@@ -472,7 +507,13 @@ async fn volumes_carry_files_and_secret_updates_reach_them() -> anyhow::Result<(
         )
         .await?;
     agent
-        .wait_output(&p, "main", 0, "token=v2", Duration::from_secs(90))
+        .wait_output(
+            &p,
+            "main",
+            0,
+            "token=v2",
+            periods().volume_refresh() + periods().container_output(),
+        )
         .await?;
 
     // A volume that cannot be set up: the pod stays Pending with a FailedMount event.
@@ -484,7 +525,7 @@ async fn volumes_carry_files_and_secret_updates_reach_them() -> anyhow::Result<(
     }))).await?;
     let events: Api<k8s_openapi::api::core::v1::Event> =
         Api::namespaced(cluster.client.clone(), "default");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + periods().sync_failure_reported();
     loop {
         let list = events
             .list(
@@ -524,10 +565,14 @@ async fn volumes_carry_files_and_secret_updates_reach_them() -> anyhow::Result<(
     let uid = p.metadata.uid.clone().unwrap_or_default();
     cluster.delete_pod("default", &name).await?;
     cluster
-        .wait_pod_deleted("default", &name, Duration::from_secs(30))
+        .wait_pod_deleted(
+            "default",
+            &name,
+            periods().api_pod_deleted(Duration::from_secs(2)),
+        )
         .await?;
     let pod_dir = agent.dir.path().join("root/pods").join(&uid);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + periods().leftovers_removed();
     while pod_dir.exists() {
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -561,11 +606,16 @@ async fn native_sidecar_starts_first_and_keeps_running() -> anyhow::Result<()> {
             "containers": [{"name": "main", "image": busybox(), "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]}]}
     }))).await?;
     let running = cluster
-        .wait_pod("default", &name, Duration::from_secs(40), |p| {
-            let ok = p.status.as_ref()?.phase.as_deref() == Some("Running")
-                && status_of(p, "main")?.state?.running.is_some();
-            ok.then(|| p.clone())
-        })
+        .wait_pod(
+            "default",
+            &name,
+            periods().api_pod_start_after_inits(1, Duration::ZERO),
+            |p| {
+                let ok = p.status.as_ref()?.phase.as_deref() == Some("Running")
+                    && status_of(p, "main")?.state?.running.is_some();
+                ok.then(|| p.clone())
+            },
+        )
         .await?;
     let sidecar = status_of(&running, "proxy").expect("sidecar status");
     let sidecar_started = sidecar

@@ -3,7 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use mk_e2e::{Agent, UID_LABEL, busybox_pod, container_state};
+use mk_e2e::{Agent, UID_LABEL, busybox_pod, container_state, periods};
+
+/// The grace periods the manifests of `edited_manifest_replaces_the_pod_and_removed_file_stops_it`
+/// give.
+const APP_GRACE: Duration = Duration::from_secs(5);
+const STUBBORN_GRACE: Duration = Duration::from_secs(3);
 
 const RUNNING: &str = "trap 'exit 0' TERM; echo started; while true; do echo tick; sleep 1; done";
 
@@ -19,7 +24,7 @@ async fn manifest_becomes_a_running_container_with_cri_logs() -> anyhow::Result<
     let mut agent = Agent::start("e2e-run")?;
     agent.write_manifest("web.yaml", &busybox_pod("web", "Always", 5, RUNNING))?;
     let uid = agent
-        .wait_pod("web", Duration::from_secs(30), running)
+        .wait_pod("web", periods().static_pod_start(), running)
         .await?;
 
     // Through CRI: one ready sandbox and one running container carrying the pod's UID.
@@ -58,7 +63,7 @@ async fn manifest_becomes_a_running_container_with_cri_logs() -> anyhow::Result<
         .pod_logs_dir()
         .join(format!("default_web-{}_{uid}", agent.node))
         .join("main/0.log");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + periods().container_output();
     let text = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         if text.contains("tick") || Instant::now() > deadline {
@@ -75,8 +80,8 @@ async fn manifest_becomes_a_running_container_with_cri_logs() -> anyhow::Result<
     );
     assert_eq!(&fields[1..], &["stdout", "F", "started"], "{first:?}");
 
-    // Metrics under kubelet's names (the gauges follow the next PLEG relist, within a second).
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Metrics under kubelet's names (the gauges follow the next PLEG relist).
+    let deadline = Instant::now() + periods().relist_seen();
     let mut metrics = agent.get("/metrics").await?;
     while !metrics.contains("kubelet_running_pods 1") && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -100,7 +105,7 @@ async fn edited_manifest_replaces_the_pod_and_removed_file_stops_it() -> anyhow:
     let mut agent = Agent::start("e2e-edit")?;
     agent.write_manifest("app.yaml", &busybox_pod("app", "Always", 5, RUNNING))?;
     let first_uid = agent
-        .wait_pod("app", Duration::from_secs(30), running)
+        .wait_pod("app", periods().static_pod_start(), running)
         .await?;
 
     agent.write_manifest(
@@ -108,13 +113,13 @@ async fn edited_manifest_replaces_the_pod_and_removed_file_stops_it() -> anyhow:
         &busybox_pod("app", "Always", 5, &RUNNING.replace("tick", "tock")),
     )?;
     let second_uid = agent
-        .wait_pod("app", Duration::from_secs(30), |p| {
+        .wait_pod("app", periods().static_pod_replace(APP_GRACE), |p| {
             running(p).filter(|uid| *uid != first_uid)
         })
         .await?;
     assert_ne!(first_uid, second_uid, "an edited manifest is a new pod");
     // The old pod's sandbox goes away.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + periods().leftovers_removed();
     loop {
         let sandboxes = agent.sandboxes().await?;
         let old: Vec<_> = sandboxes
@@ -138,28 +143,32 @@ async fn edited_manifest_replaces_the_pod_and_removed_file_stops_it() -> anyhow:
         &busybox_pod(
             "stubborn",
             "Always",
-            3,
+            STUBBORN_GRACE.as_secs() as u32,
             "trap '' TERM; while true; do sleep 1; done",
         ),
     )?;
     agent
-        .wait_pod("stubborn", Duration::from_secs(30), running)
+        .wait_pod("stubborn", periods().static_pod_start(), running)
         .await?;
     let started = Instant::now();
     agent.remove_manifest("stubborn.yaml")?;
     agent.remove_manifest("app.yaml")?;
-    agent
-        .wait_pod_gone("stubborn", Duration::from_secs(20))
-        .await?;
-    agent.wait_pod_gone("app", Duration::from_secs(5)).await?;
+    // The agent's guarantee: the folder is read within fileCheckFrequency, the workload gets its
+    // whole grace period, then it is killed and the pod removed.
+    let bound = periods().static_pod_removed(STUBBORN_GRACE);
+    agent.wait_pod_gone("stubborn", bound).await?;
     let took = started.elapsed();
+    agent
+        .wait_pod_gone("app", periods().static_pod_removed(APP_GRACE))
+        .await?;
+    // Not before the grace period (less the one second kubelet's own timestamps may lose).
     assert!(
-        took >= Duration::from_secs(2),
+        took >= STUBBORN_GRACE - Duration::from_secs(1),
         "stopped before its grace period: {took:?}"
     );
     assert!(
-        took < Duration::from_secs(12),
-        "grace period 3 s, removal took {took:?}"
+        took < bound,
+        "grace period {STUBBORN_GRACE:?}, removal took {took:?} (bound {bound:?})"
     );
     assert!(agent.sandboxes().await?.is_empty(), "sandboxes left behind");
     assert!(
@@ -177,24 +186,43 @@ async fn crash_loop_restarts_with_growing_backoff() -> anyhow::Result<()> {
         &busybox_pod("crash", "Always", 2, "echo dying; exit 1"),
     )?;
     // The first restart is immediate, the second waits out a 10 s back-off.
+    let p = periods();
     let t0 = Instant::now();
+    let mut reasons_before_first_restart = Vec::new();
     agent
-        .wait_pod("crash", Duration::from_secs(20), |p| {
-            container_state(p).filter(|(_, _, n)| *n >= 1)
-        })
+        .wait_pod(
+            "crash",
+            p.static_pod_start() + p.restart_immediate(),
+            |pod| {
+                let (_, reason, n) = container_state(pod)?;
+                if n == 0 && !reasons_before_first_restart.contains(&reason) {
+                    reasons_before_first_restart.push(reason);
+                }
+                (n >= 1).then_some(())
+            },
+        )
         .await?;
     let first_restart = t0.elapsed();
-    let (kind, reason, _) = agent
-        .wait_pod("crash", Duration::from_secs(10), |p| {
-            container_state(p).filter(|(_, r, n)| r == "CrashLoopBackOff" && *n == 1)
+    assert!(
+        !reasons_before_first_restart
+            .iter()
+            .any(|r| r == "CrashLoopBackOff"),
+        "the first restart was backed off: {reasons_before_first_restart:?}"
+    );
+    // The second run exits at once; the agent backs off and says so.
+    let backed_off = agent
+        .wait_pod("crash", p.restart_immediate() + p.exit_reported(), |pod| {
+            container_state(pod)
+                .filter(|(_, r, n)| r == "CrashLoopBackOff" && *n == 1)
+                .map(|_| pod.clone())
         })
         .await?;
+    let (kind, reason, _) = container_state(&backed_off).expect("state");
     assert_eq!(
         (kind.as_str(), reason.as_str()),
         ("waiting", "CrashLoopBackOff")
     );
-    let pod = agent.pod("crash").await?.expect("pod");
-    let cs = &pod
+    let cs = &backed_off
         .status
         .as_ref()
         .and_then(|s| s.container_statuses.clone())
@@ -212,26 +240,55 @@ async fn crash_loop_restarts_with_growing_backoff() -> anyhow::Result<()> {
         .and_then(|l| l.terminated.as_ref())
         .expect("lastState.terminated");
     assert_eq!(last.exit_code, 1);
+    let second_finished = last.finished_at.clone().expect("finishedAt").0;
 
+    // The back-off is counted from the run's finish, as the runtime recorded it: the next start
+    // may not come earlier (the runtime's own timestamps, so no polling delay enters the check).
     let t1 = Instant::now();
-    agent
-        .wait_pod("crash", Duration::from_secs(25), |p| {
-            container_state(p).filter(|(_, _, n)| *n >= 2)
+    let third_started = agent
+        .wait_pod("crash", p.restart_after_backoff(1), |pod| {
+            let cs = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
+            if cs.restart_count < 2 {
+                return None;
+            }
+            let state = cs.state.as_ref()?;
+            let started = match (&state.running, &state.terminated) {
+                (Some(r), _) => r.started_at.clone(),
+                (_, Some(t)) => t.started_at.clone(),
+                // Already backed off again: the run that started is the last one.
+                _ if cs.restart_count == 2 => cs
+                    .last_state
+                    .as_ref()?
+                    .terminated
+                    .as_ref()?
+                    .started_at
+                    .clone(),
+                _ => None,
+            };
+            Some(started)
         })
         .await?;
     let second_restart = t1.elapsed();
     assert!(
-        first_restart < Duration::from_secs(8),
+        first_restart < p.static_pod_start() + p.restart_immediate(),
         "first restart took {first_restart:?}"
     );
-    assert!(
-        second_restart >= Duration::from_secs(7),
-        "second restart came after only {second_restart:?}"
-    );
+    if let Some(third_started) = third_started {
+        let waited = third_started.0.duration_since(second_finished);
+        // Status timestamps have whole seconds: allow the one second they may lose.
+        let least = jiff::SignedDuration::try_from(p.backoff_initial - Duration::from_secs(1))?;
+        assert!(
+            waited >= least,
+            "restarted {waited:?} after the run finished, before its back-off of {:?}",
+            p.backoff_initial
+        );
+    } else {
+        panic!("the restarted container has no startedAt (waited {second_restart:?})");
+    }
     // Then the back-off doubles.
     agent
-        .wait_pod("crash", Duration::from_secs(10), |p| {
-            let cs = p
+        .wait_pod("crash", p.restart_immediate() + p.exit_reported(), |pod| {
+            let cs = pod
                 .status
                 .as_ref()?
                 .container_statuses
@@ -263,13 +320,15 @@ async fn bad_input_never_takes_down_good_pods() -> anyhow::Result<()> {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: noimage}\nspec:\n  containers:\n  - {name: c, image: 'mini-kubelet.local/does-not-exist:1.0'}\n",
     )?;
     let good_uid = agent
-        .wait_pod("good", Duration::from_secs(30), running)
+        .wait_pod("good", periods().static_pod_start(), running)
         .await?;
 
-    // The unknown image: ErrImagePull, then ImagePullBackOff; the pod stays Pending.
+    // The unknown image: ErrImagePull, then ImagePullBackOff; the pod stays Pending. ErrImagePull
+    // is shown only until the pod worker's next sync (`Periods::err_image_pull_visible`): the wait
+    // polls every `TRANSIENT_POLL`, far inside that window, and records every reason it sees.
     let mut seen = Vec::new();
     agent
-        .wait_pod("noimage", Duration::from_secs(30), |p| {
+        .wait_pod_closely("noimage", periods().pull_failure_then_backoff(), |p| {
             let (_, reason, _) = container_state(p)?;
             if !seen.contains(&reason) {
                 seen.push(reason.clone());
@@ -309,7 +368,7 @@ async fn restarted_agent_adopts_running_pods() -> anyhow::Result<()> {
     let mut agent = Agent::start("e2e-adopt")?;
     agent.write_manifest("keep.yaml", &busybox_pod("keep", "Always", 2, RUNNING))?;
     let uid = agent
-        .wait_pod("keep", Duration::from_secs(30), running)
+        .wait_pod("keep", periods().static_pod_start(), running)
         .await?;
     let before = agent.sandboxes().await?;
     let containers_before = agent.containers().await?;
@@ -320,18 +379,24 @@ async fn restarted_agent_adopts_running_pods() -> anyhow::Result<()> {
     agent.write_manifest("gone.yaml", &busybox_pod("gone", "Always", 2, RUNNING))?;
     agent.spawn()?;
     agent
-        .wait_pod("gone", Duration::from_secs(30), running)
+        .wait_pod("gone", periods().static_pod_start(), running)
         .await?;
     agent.kill();
     agent.remove_manifest("gone.yaml")?;
     agent.spawn()?;
 
     let pod_again = agent
-        .wait_pod("keep", Duration::from_secs(30), running)
+        .wait_pod("keep", periods().static_pod_start(), running)
         .await?;
     assert_eq!(pod_again, uid);
-    agent.wait_pod_gone("gone", Duration::from_secs(30)).await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // The restarted agent finds the orphan at its first relist and stops it within its grace.
+    agent
+        .wait_pod_gone(
+            "gone",
+            periods().agent_up() + periods().static_pod_removed(Duration::from_secs(2)),
+        )
+        .await?;
+    let deadline = Instant::now() + periods().leftovers_removed();
     loop {
         let after = agent.sandboxes().await?;
         if after.len() == 1 {
