@@ -34,7 +34,7 @@ pub fn kubelet_namespaces() -> api::NamespaceOption {
 
 /// Waits until the CRI log file holds a line whose message is `wanted`, and returns all its lines.
 pub async fn wait_for_log_line(path: &Path, wanted: &str) -> Result<Vec<String>> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + crate::periods().runtime_settles();
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let lines: Vec<String> = text.lines().map(str::to_string).collect();
@@ -43,7 +43,7 @@ pub async fn wait_for_log_line(path: &Path, wanted: &str) -> Result<Vec<String>>
         }
         if Instant::now() > deadline {
             bail!(
-                "no line {wanted:?} in {} after 15 s; it holds {text:?}",
+                "no line {wanted:?} in {} in time; it holds {text:?}",
                 path.display()
             );
         }
@@ -247,7 +247,7 @@ pub async fn check_streaming(
         .await?
         .url;
     let out = tokio::time::timeout(
-        Duration::from_secs(60),
+        crate::periods().runtime_settles() * 4,
         run_session(
             &url,
             SessionInput {
@@ -271,7 +271,7 @@ pub async fn check_streaming(
         pod_sandbox_id: sandbox_id.into(),
         port: vec![i32::from(port)],
     };
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + crate::periods().runtime_settles();
     loop {
         let url = client.port_forward(forward.clone()).await?.url;
         let (data, error) = forward_once(&url, port, b"GET /ping HTTP/1.0\r\n\r\n").await?;

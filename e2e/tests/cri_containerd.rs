@@ -495,7 +495,8 @@ async fn pod_and_container_lifecycle() {
             "{cgroup}"
         );
 
-        // StopContainer delivers TERM: the trap exits 0 well within the grace period.
+        // StopContainer delivers TERM: the trap exits 0 within the grace period (exit 0, not the
+        // SIGKILL's 137, below), and the call returns within that period plus its own work.
         let started = Instant::now();
         h.client
             .stop_container(api::StopContainerRequest {
@@ -504,7 +505,11 @@ async fn pod_and_container_lifecycle() {
             })
             .await?;
         let took = started.elapsed();
-        ensure!(took < Duration::from_secs(8), "StopContainer took {took:?}");
+        let bound = mk_e2e::periods().runtime_call(Duration::from_secs(10));
+        ensure!(
+            took < bound,
+            "StopContainer took {took:?} (bound {bound:?})"
+        );
         let exited = h.container_status(&id).await?;
         ensure!(
             exited.state == api::ContainerState::ContainerExited as i32 && exited.exit_code == 0,
@@ -594,7 +599,7 @@ async fn container_runs_as_image_user_with_env() {
             parse_cri_log_line(line)?;
         }
         // The container exits by itself with status 0.
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + mk_e2e::periods().runtime_settles();
         loop {
             let status = h.container_status(&id).await?;
             if status.state == api::ContainerState::ContainerExited as i32 {

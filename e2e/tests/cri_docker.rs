@@ -325,16 +325,16 @@ impl Harness {
             .ok_or_else(|| anyhow!("PodSandboxStatus of {id} has no status"))
     }
 
-    /// Waits (up to 15 s) until the container has exited and returns its status.
+    /// Waits (up to `Periods::runtime_settles`) until the container has exited and returns its status.
     async fn wait_exited(&self, id: &str) -> Result<api::ContainerStatus> {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + mk_e2e::periods().runtime_settles();
         loop {
             let status = self.container_status(id).await?;
             if status.state == api::ContainerState::ContainerExited as i32 {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                bail!("container {id} did not exit within 15 s: {status:?}");
+                bail!("container {id} did not exit in time: {status:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -678,7 +678,8 @@ async fn exec_sync_output_exit_code_and_timeout() {
             matches!(&timed_out, Err(CriError::Status { code, .. }) if format!("{code:?}") == "DeadlineExceeded"),
             "{timed_out:?}"
         );
-        ensure!(started.elapsed() < Duration::from_secs(10));
+        // The exec's own 1 s timeout, then the call's work.
+        ensure!(started.elapsed() < mk_e2e::periods().runtime_call(Duration::from_secs(1)));
         // The timed-out process was killed.
         let ps = h.exec(&id, &["ps"], 10).await?;
         ensure!(
@@ -940,7 +941,8 @@ async fn stop_and_remove_are_idempotent() {
         }
         let elapsed = started.elapsed();
         ensure!(
-            elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(8),
+            elapsed >= Duration::from_millis(900)
+                && elapsed < mk_e2e::periods().runtime_call(Duration::from_secs(1)),
             "StopContainer with 1 s of grace took {elapsed:?}"
         );
         let stopped = h.container_status(&a).await?;
@@ -1338,7 +1340,7 @@ async fn container_events_follow_the_lifecycle() {
             api::ContainerEventType::ContainerStoppedEvent,
         ];
         let mut seen = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let deadline = tokio::time::Instant::now() + mk_e2e::periods().runtime_settles();
         while seen.len() < wanted.len() {
             let event = tokio::time::timeout_at(deadline, events.next())
                 .await
@@ -1406,7 +1408,7 @@ async fn host_port_reaches_the_pod() {
             &[],
         )
         .await?;
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + mk_e2e::periods().runtime_settles();
         loop {
             let answer = http_get("127.0.0.1", port, "/ping").await;
             match answer {
@@ -1532,7 +1534,7 @@ async fn cni_pod_network_ip_host_port_and_teardown() {
             )
             .await?;
         // The pod's own address, from the host.
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + mk_e2e::periods().runtime_settles();
         loop {
             match http_get(&ip, 8080, "/ping").await {
                 Ok(body) if body.ends_with("pong\n") => break,
@@ -2171,7 +2173,7 @@ async fn stats_follow_memory_and_cpu_use() {
         let idle = h
             .start_container(&pod, "idle", &["sleep", "3600"], &[])
             .await?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + 2 * mk_e2e::periods().runtime_settles();
         while h
             .exec(&hog, &["test", "-f", "/tmp/ready"], 10)
             .await?
