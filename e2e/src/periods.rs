@@ -147,12 +147,12 @@ impl Periods {
     }
 
     /// How long ErrImagePull stays in a container's status after a failed pull before the agent
-    /// reports ImagePullBackOff: until the pod worker's next sync, which kubelet's worker back-off
-    /// puts `backoff_initial` later. (The agent at the time of writing retries after
-    /// `error_retry`, so the window is 2 s; the pod worker rewrite widens it to kubelet's 10 s.) The
-    /// waits that must see the state poll every [`TRANSIENT_POLL`], well inside either.
+    /// reports ImagePullBackOff: the agent keeps the pull error visible for half the first image
+    /// back-off (`ERR_IMAGE_PULL_VISIBLE` in agent/src/pod_workers/runtime_manager.rs, 5 s), so both
+    /// states show in the first back-off cycle. The waits that must see the state poll every
+    /// [`TRANSIENT_POLL`], well inside it.
     pub fn err_image_pull_visible(&self) -> Duration {
-        self.error_retry.min(self.backoff_initial)
+        self.backoff_initial / 2
     }
 
     /// A freshly started agent has its HTTP endpoints up.
