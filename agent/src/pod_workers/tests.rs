@@ -139,6 +139,7 @@ struct Agent {
     desired: watch::Sender<PodSet>,
     phases: watch::Receiver<BTreeMap<String, Phase>>,
     status: crate::status::StatusManager,
+    metrics: Metrics,
     cancel: CancellationToken,
     driver: JoinHandle<()>,
 }
@@ -193,7 +194,7 @@ impl Agent {
             cri,
             node_name: NODE.into(),
             period: RELIST,
-            metrics,
+            metrics: metrics.clone(),
             health: PlegHealth::default(),
             cache,
         };
@@ -216,6 +217,7 @@ impl Agent {
             desired: desired_tx,
             phases,
             status,
+            metrics,
             cancel,
             driver,
         }
@@ -244,6 +246,17 @@ impl Agent {
             .as_ref()?
             .reason
             .clone()
+    }
+
+    /// How many worker turns (syncing, any outcome) ran: `kubelet_pod_worker_duration_seconds_count`.
+    fn worker_turns(&self) -> u64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.metrics.registry())
+            .expect("encode");
+        text.lines()
+            .filter(|l| l.starts_with("kubelet_pod_worker_duration_seconds_count"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// Stops the agent as a crash would: its workers end where they are, pods keep running.
@@ -787,5 +800,43 @@ async fn active_deadline_fails_and_stops_the_pod() {
     let status = agent.status.get(&uid(&pod)).expect("status");
     assert_eq!(status.phase.as_deref(), Some("Failed"));
     assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"));
+    agent.kill().await;
+}
+
+/// The CRI cost of an idle node with 110 pods (kubelet's maxPods): each relist is two list calls and
+/// nothing else, and a worker turn (every pod resyncs once a minute) makes no CRI call at all. Prints
+/// the figures.
+#[tokio::test(start_paused = true)]
+async fn an_idle_node_costs_two_cri_calls_per_relist_and_none_per_worker_turn() {
+    let rt = Runtime::start();
+    let pods: Vec<Arc<Pod>> = (0..110)
+        .map(|i| static_pod(&format!("idle{i}"), RUN, 2))
+        .collect();
+    let refs: Vec<&Arc<Pod>> = pods.iter().collect();
+    let agent = rt.agent(&refs);
+    eventually("110 pods run", CONVERGE * 6, || {
+        pods.iter().all(|p| rt.is_running(&uid(p)))
+    })
+    .await;
+    tokio::time::sleep(CONVERGE).await;
+    rt.fake.clear_calls();
+    let turns_before = agent.worker_turns();
+    // Two resync periods: every worker turns at least once.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let turns = agent.worker_turns() - turns_before;
+    let relists = rt.fake.call_count(Op::ListPodSandbox);
+    let calls = rt.fake.calls();
+    let in_turns = calls
+        .iter()
+        .filter(|c| !matches!(c.op, Op::ListPodSandbox | Op::ListContainers))
+        .count();
+    println!(
+        "110 idle pods, 120 s: {relists} relists, {:.2} CRI calls per relist, {turns} worker turns, \
+         {in_turns} CRI calls in worker turns",
+        (calls.len() - in_turns) as f64 / relists.max(1) as f64,
+    );
+    assert!(turns >= 110, "every pod resynced: {turns} turns");
+    assert_eq!(rt.fake.call_count(Op::ListContainers), relists);
+    assert_eq!(in_turns, 0, "worker turns made CRI calls");
     agent.kill().await;
 }
