@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Pod;
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -128,9 +129,21 @@ pub async fn run(
     }
 }
 
+/// Whether an inotify event can mean a manifest changed. Opening, reading and closing a file
+/// unwritten are not changes: the scan itself does all three (and lists the folder), so waking on
+/// them made every scan trigger the next one, without end.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 fn start_watcher(dir: &Path, changed: Arc<Notify>) -> Option<RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // An error (e.g. a queue overflow) may hide changes: rescan.
+        if event.as_ref().map_or(true, |e| is_change(&e.kind)) {
             changed.notify_one();
         }
     })
@@ -198,6 +211,28 @@ mod tests {
         assert_eq!(set.pods.len(), 1);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].1.contains("already defined"));
+    }
+
+    #[tokio::test]
+    async fn watcher_wakes_on_writes_but_not_on_the_scans_own_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.yaml"), POD.replace("NAME", "a")).expect("write");
+        let changed = Arc::new(Notify::new());
+        let _watcher = start_watcher(dir.path(), changed.clone()).expect("watcher");
+        let woken = |changed: Arc<Notify>| async move {
+            tokio::time::timeout(Duration::from_millis(500), changed.notified())
+                .await
+                .is_ok()
+        };
+        // What a scan does: list the folder, stat and read every file.
+        scan(dir.path(), "n1").expect("scan");
+        assert!(!woken(changed.clone()).await, "reading is not a change");
+        std::fs::write(dir.path().join("b.yaml"), POD.replace("NAME", "b")).expect("write");
+        assert!(woken(changed.clone()).await, "a new file is a change");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while woken(changed.clone()).await {}
+        std::fs::remove_file(dir.path().join("a.yaml")).expect("rm");
+        assert!(woken(changed).await, "a removal is a change");
     }
 
     #[tokio::test]
