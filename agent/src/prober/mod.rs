@@ -308,6 +308,14 @@ impl ProbeManager {
             return;
         };
         let mut pods = self.inner.pods();
+        // A pod without probes needs nothing here: no entry, no copy of the pod, no comparison of
+        // it on every turn (a pod's probes cannot change without its UID changing).
+        if !pods.contains_key(uid)
+            && !spec::probed_containers(pod)
+                .any(|c| ProbeType::ALL.iter().any(|t| t.of(c).is_some()))
+        {
+            return;
+        }
         let entry = pods.entry(uid.to_string()).or_insert_with(|| PodProbes {
             pod: Arc::new(pod.clone()),
             pod_ip: None,

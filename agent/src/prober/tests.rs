@@ -555,6 +555,33 @@ async fn errors_count_as_unknown_and_keep_the_result() {
 }
 
 #[tokio::test]
+async fn a_pod_without_probes_is_not_tracked() {
+    let h = Harness::start().await;
+    let spec = pod(serde_json::json!({"name": "app", "image": "busybox"}));
+    h.manager.add_pod(&spec);
+    h.manager.update_containers(
+        "uid-1",
+        Some("10.0.0.1"),
+        &[ProbedContainer {
+            name: "app",
+            id: "c1",
+            started_at: 1,
+            running: true,
+        }],
+    );
+    assert!(h.manager.inner.pods().is_empty(), "nothing kept for it");
+    assert_eq!(h.manager.worker_count(), 0);
+    assert_eq!(
+        h.manager.status("uid-1", "app", true),
+        ProbeStatus {
+            started: true,
+            ready: true
+        }
+    );
+    assert!(h.manager.liveness_failures("uid-1").is_empty());
+}
+
+#[tokio::test]
 async fn retain_pods_and_latest_instances() {
     let h = Harness::start().await;
     let spec = pod(serde_json::json!({
