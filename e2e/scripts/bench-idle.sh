@@ -13,6 +13,8 @@
 # Usage: bench-idle.sh [--perf] [--window SECONDS] [--settle SECONDS] [COUNT...]
 #   MK_AGENT_BIN  the agent binary (default: ${CARGO_TARGET_DIR:-target}/release/mini-kubelet, built
 #                 with cargo when the variable is unset)
+#   MK_PERF_ARGS  perf record's call-graph options (default: -g; e.g. "--call-graph dwarf")
+#   MK_PERF_KEEP  a folder to copy each perf.data to (perf-COUNT.data), for your own perf report
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -30,7 +32,7 @@ while (($#)); do
     --window) window=$2; shift ;;
     --settle) settle=$2; shift ;;
     -h | --help)
-      sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *[!0-9]* | '')
@@ -199,7 +201,8 @@ print(n)' 2>/dev/null || echo 0)
   sleep "$settle"
 
   if ((perf)); then
-    perf record -q -g -F 999 -p "$agent_pid" -o "$run/perf.data" >"$run/perf.log" 2>&1 &
+    # shellcheck disable=SC2086 # options, split on purpose
+    perf record -q ${MK_PERF_ARGS:--g} -F 999 -p "$agent_pid" -o "$run/perf.data" >"$run/perf.log" 2>&1 &
     perf_pid=$!
     sleep 0.5
   fi
@@ -237,6 +240,9 @@ print(n)' 2>/dev/null || echo 0)
       printf "pods=%d cpu=%.2f%% rss=%.1fMiB cri_calls_per_s=%.2f (%s)\n", count, 100 * (c1 - c0) / hz / secs, rss / 1024, total / secs, detail
     }'
   if ((perf)); then
+    if [[ -n ${MK_PERF_KEEP:-} ]]; then
+      mkdir -p "$MK_PERF_KEEP" && cp "$run/perf.data" "$MK_PERF_KEEP/perf-$count.data"
+    fi
     echo "--- perf report (pods=$count, self time, top entries) ---"
     perf report -i "$run/perf.data" --stdio --no-children --percent-limit 1.5 --sort dso,symbol -g none 2>/dev/null |
       grep -v '^#' | grep -v '^$' | head -n 40
