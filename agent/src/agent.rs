@@ -534,8 +534,8 @@ impl SyncLoop {
                     if !self.runnable.synced {
                         continue;
                     }
-                    let relist = relists.borrow().clone();
-                    match relist {
+                    // Borrowed, not cloned: the listing of every pod is read in place.
+                    match relists.borrow().as_ref() {
                         Some(relist) => self.workers.clean_up_orphans(&relist.pods),
                         None => self.workers.reap(),
                     }
