@@ -304,13 +304,7 @@ mod tests {
         std::fs::write(dir.path().join(".hidden.yaml"), POD.replace("NAME", "h")).expect("write");
         std::fs::write(dir.path().join("c.json"), r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"c"},"spec":{"containers":[{"name":"c","image":"i:1"}]}}"#).expect("write");
         let (set, errors) = scan(dir.path(), "n1").expect("scan");
-        let mut names: Vec<_> = set
-            .pods
-            .values()
-            .map(|p| p.metadata.name.clone().unwrap_or_default())
-            .collect();
-        names.sort();
-        assert_eq!(names, vec!["a-n1", "c-n1"]);
+        assert_eq!(names(&set), vec!["a-n1", "c-n1"]);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].0.ends_with("b.yaml"));
         assert!(errors[0].1.contains("not valid YAML"), "{}", errors[0].1);
