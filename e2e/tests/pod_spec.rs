@@ -183,7 +183,12 @@ async fn pre_stop_runs_before_sigterm_and_post_start_runs_after_start() -> anyho
             "name": "main", "image": busybox(),
             "command": ["sh", "-c", "trap 'echo got-sigterm; exit 0' TERM; echo started; while true; do sleep 0.2; done"],
             "lifecycle": {
-                "postStart": {"exec": {"command": ["sh", "-c", "echo post-start > /proc/1/fd/1"]}},
+                // StartContainer returns once runc has started the container's init; PID 1 may
+                // still be runc's non-dumpable init, whose /proc/1/fd is closed to others, when
+                // the hook runs (a loaded CI run saw EACCES). The hook waits, boundedly, for PID 1
+                // to be the container's own command, as a real postStart would for its app.
+                "postStart": {"exec": {"command": ["sh", "-c",
+                    "i=0; while [ $i -lt 100 ]; do echo post-start 2>/dev/null >/proc/1/fd/1 && exit 0; i=$((i+1)); sleep 0.1; done; exit 1"]}},
                 "preStop": {"exec": {"command": ["sh", "-c", "echo pre-stop > /proc/1/fd/1; sleep 1"]}}
             }
         }]}
