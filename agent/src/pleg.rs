@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::kuberuntime::labels;
 use crate::kuberuntime::observe::{
     ContainerState, ObservedContainer, ObservedPod, RuntimePod, SandboxState, from_status,
-    runtime_pods, sandbox_from_list, sandbox_ips,
+    is_host_network, runtime_pods, sandbox_from_list, sandbox_ips,
 };
 use crate::metrics::{Metrics, StateLabels};
 use crate::pod_cache::PodCache;
@@ -96,6 +96,8 @@ struct Inspector {
     sandbox_ips: HashMap<String, Vec<String>>,
     /// Pods whose last inspection failed: inspected again at the next relist.
     failed: HashSet<String>,
+    /// Set by an inspection that found a ready sandbox without its IPs yet.
+    ip_pending: bool,
 }
 
 /// One pod's objects in a listing.
@@ -133,9 +135,16 @@ impl Inspector {
                     };
                     match cri.pod_sandbox_status(request).await {
                         Ok(resp) => {
+                            let host_network = is_host_network(resp.status.as_ref());
                             latest.ips = sandbox_ips(resp.status);
-                            self.sandbox_ips
-                                .insert(latest.id.clone(), latest.ips.clone());
+                            if latest.ips.is_empty() && !host_network {
+                                // Listed ready before its network was set up (a RunPodSandbox
+                                // still in its CNI ADD): not remembered, asked again next relist.
+                                self.ip_pending = true;
+                            } else {
+                                self.sandbox_ips
+                                    .insert(latest.id.clone(), latest.ips.clone());
+                            }
                         }
                         Err(e) if e.is_not_found() => {}
                         Err(e) => return Err(e),
@@ -240,8 +249,14 @@ impl Pleg {
         let empty = Listed::default();
         for uid in &changed {
             let listed = pods.get(uid.as_str()).unwrap_or(&empty);
+            inspector.ip_pending = false;
             match inspector.inspect(&self.cri, listed).await {
-                Ok(observed) => self.cache.set(uid, observed, started),
+                Ok(observed) => {
+                    self.cache.set(uid, observed, started);
+                    if inspector.ip_pending {
+                        inspector.failed.insert(uid.clone());
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(uid, error = %e, "cannot read pod state from the runtime");
                     self.cache.set_error(uid, e.to_string(), started);

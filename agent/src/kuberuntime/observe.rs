@@ -128,6 +128,15 @@ pub fn sandbox_from_list(s: &api::PodSandbox) -> ObservedSandbox {
     }
 }
 
+/// True when a PodSandboxStatus answer is of a sandbox on the node's network (which has no pod IP).
+pub fn is_host_network(status: Option<&api::PodSandboxStatus>) -> bool {
+    status
+        .and_then(|s| s.linux.as_ref())
+        .and_then(|l| l.namespaces.as_ref())
+        .and_then(|n| n.options.as_ref())
+        .is_some_and(|o| o.network == api::NamespaceMode::Node as i32)
+}
+
 /// The pod IPs in a PodSandboxStatus answer.
 pub fn sandbox_ips(status: Option<api::PodSandboxStatus>) -> Vec<String> {
     let Some(network) = status.and_then(|s| s.network) else {
