@@ -143,8 +143,9 @@ impl PodCache {
         }
     }
 
-    /// The latest state of every pod (for housekeeping and tests).
-    pub fn uids(&self) -> Vec<String> {
+    /// The UIDs the cache holds an entry for.
+    #[cfg(test)]
+    fn uids(&self) -> Vec<String> {
         self.with(|inner| inner.pods.keys().cloned().collect())
     }
 }

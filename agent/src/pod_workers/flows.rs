@@ -201,9 +201,7 @@ pub async fn sync_pod(
             },
         );
     }
-    let ip = pod_ip(ctx, pod, observed);
-    ctx.prober
-        .update_containers(&uid, ip.as_deref(), &ProbedContainer::latest(observed));
+    // The prober was brought up to date with this observed state by `probe_failures`.
     publish_status(ctx, pod, observed, state, false);
     // Terminal only once nothing more will start: the status of the observed state says so and the
     // sync core has nothing left to run.

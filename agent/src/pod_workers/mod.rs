@@ -254,16 +254,6 @@ impl PodWorkers {
         });
     }
 
-    /// The phase of a pod's worker, if it has one.
-    pub fn phase(&self, uid: &str) -> Option<Phase> {
-        self.workers.get(uid).map(|w| *w.phase.borrow())
-    }
-
-    /// Follows a pod's worker phase (for tests and diagnostics).
-    pub fn watch_phase(&self, uid: &str) -> Option<watch::Receiver<Phase>> {
-        self.workers.get(uid).map(|w| w.phase.clone())
-    }
-
     pub fn len(&self) -> usize {
         self.workers.len()
     }
