@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The project's single test entry point (CI calls it through .ci/run): installs the Debian packages the
 # tests need, builds the local OCI images (cached in target/e2e-images), starts a private containerd and
-# a private dockerd and a private image registry (basic auth, on loopback) in fresh temporary directories, builds the workspace's binaries and runs
-# `cargo test --workspace` (the agent suites on containerd, the Docker adapter's CRI tests on dockerd),
+# a private dockerd and a private image registry (basic auth, on loopback) in fresh temporary directories,
+# builds (or takes from its cache outside the repo) and starts a real Kubernetes control plane on loopback
+# (controlplane-up.sh: etcd, kube-apiserver with Node,RBAC and NodeRestriction, scheduler,
+# controller-manager), builds the workspace's binaries and runs `cargo test --workspace` (the agent
+# suites on containerd, their cluster tests against the real control plane; the Docker adapter's CRI
+# tests on dockerd),
 # then the agent suites a second time on the built-in Docker adapter in its CNI mode (the CNI network
 # dockerd-up.sh writes; MK_E2E_DOCKER_NETWORK=bridge runs them on Docker's bridge). Extra arguments go to the first
 # `cargo test` only and skip the Docker rerun (e.g. `e2e/run-tests.sh -p mk-e2e -- --nocapture`).
@@ -26,10 +30,13 @@ step "building local images into $imagedir"
 statedir=$(mktemp -d /tmp/mk-e2e.XXXXXX)
 dockerdir=$(mktemp -d /tmp/mk-dkr.XXXXXX)
 regdir=$(mktemp -d /tmp/mk-reg.XXXXXX)
+cpdir=$(mktemp -d /tmp/mk-cp.XXXXXX)
 # shellcheck disable=SC2317 # called by the traps below
 teardown() {
   local status=$?
   trap - EXIT INT TERM
+  step "stopping the control plane (e2e/scripts/controlplane-down.sh $cpdir)"
+  "$scripts/controlplane-down.sh" "$cpdir" || echo "warning: controlplane-down.sh failed" >&2
   step "stopping the registry (e2e/scripts/registry-down.sh $regdir)"
   "$scripts/registry-down.sh" "$regdir" || echo "warning: registry-down.sh failed" >&2
   step "stopping dockerd (e2e/scripts/dockerd-down.sh $dockerdir)"
@@ -52,7 +59,10 @@ export MK_E2E_DOCKER_ENDPOINT
 step "starting a private registry with basic auth in $regdir"
 MK_E2E_REGISTRY=$("$scripts/registry-up.sh" "$regdir" "$imagedir" | tail -n 1)
 export MK_E2E_REGISTRY
-step "MK_E2E_CRI_ENDPOINT=$MK_E2E_CRI_ENDPOINT MK_E2E_DOCKER_ENDPOINT=$MK_E2E_DOCKER_ENDPOINT MK_E2E_REGISTRY=$MK_E2E_REGISTRY"
+step "building (or reusing) and starting a real control plane in $cpdir"
+"$scripts/controlplane-up.sh" "$cpdir" >/dev/null
+export MK_E2E_CONTROLPLANE=$cpdir
+step "MK_E2E_CRI_ENDPOINT=$MK_E2E_CRI_ENDPOINT MK_E2E_DOCKER_ENDPOINT=$MK_E2E_DOCKER_ENDPOINT MK_E2E_REGISTRY=$MK_E2E_REGISTRY MK_E2E_CONTROLPLANE=$MK_E2E_CONTROLPLANE"
 
 step "cargo build --workspace --bins"
 cargo build --workspace --bins

@@ -1,7 +1,8 @@
 //! Pod admission, as kubelet's predicate admit handler: a pod that does not fit the node is never
 //! started; it is failed with kubelet's reason (`OutOfpods`, `OutOfcpu`, `OutOfmemory`,
 //! `NodeAffinity`, `TaintToleration`) and message. Like kubelet, only `NoExecute` taints are checked
-//! (`NoSchedule` is the scheduler's business), and static pods skip the taint check.
+//! (`NoSchedule` is the scheduler's business), and static pods skip the taint check. A running pod's
+//! in-place resize is admitted by the same resource fit, or left pending (`Infeasible`, `Deferred`).
 
 use std::collections::BTreeMap;
 
@@ -171,6 +172,82 @@ pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     }
 }
 
+const FITTED: [&str; 3] = ["cpu", "memory", "ephemeral-storage"];
+
+/// kubelet's resource fit: the pod's requests next to those of `others` within the node's
+/// allocatable.
+fn fits(pod: &Pod, node: &NodeView, others: &[&Pod]) -> Result<(), Rejection> {
+    for resource in FITTED {
+        let requested = pod_request(pod, resource);
+        if requested == 0 {
+            continue;
+        }
+        let Some(capacity) = node.allocatable.get(resource) else {
+            continue;
+        };
+        let capacity = quantity(Some(capacity), resource == "cpu");
+        let used: i64 = others.iter().map(|p| pod_request(p, resource)).sum();
+        if requested + used > capacity {
+            return Err(insufficient(resource, requested, used, capacity));
+        }
+    }
+    Ok(())
+}
+
+/// Why a resize was not admitted: kubelet's `PodResizePending` reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingReason {
+    /// The resized pod cannot fit the node even alone.
+    Infeasible,
+    /// It does not fit next to the other pods now; it may once they leave or shrink.
+    Deferred,
+}
+
+impl PendingReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PendingReason::Infeasible => "Infeasible",
+            PendingReason::Deferred => "Deferred",
+        }
+    }
+}
+
+/// A resize left pending, with kubelet's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResizeRejection {
+    pub reason: PendingReason,
+    pub message: String,
+}
+
+/// Decides whether a running pod may have the resources its spec now asks for (kubelet's resize
+/// admission): `resized` is the pod with those resources, `others` the other admitted, still
+/// running pods with their allocated resources.
+pub fn admit_resize(
+    resized: &Pod,
+    node: &NodeView,
+    others: &[&Pod],
+) -> Result<(), ResizeRejection> {
+    for resource in FITTED {
+        let requested = pod_request(resized, resource);
+        let Some(capacity) = node.allocatable.get(resource) else {
+            continue;
+        };
+        let capacity = quantity(Some(capacity), resource == "cpu");
+        if requested > capacity {
+            return Err(ResizeRejection {
+                reason: PendingReason::Infeasible,
+                message: format!(
+                    "Node didn't have enough capacity: {resource}, requested: {requested}, capacity: {capacity}"
+                ),
+            });
+        }
+    }
+    fits(resized, node, others).map_err(|r| ResizeRejection {
+        reason: PendingReason::Deferred,
+        message: r.message,
+    })
+}
+
 /// Decides whether `pod` may run next to `others` (the admitted, still running pods).
 pub fn admit(pod: &Pod, node: &NodeView, others: &[&Pod]) -> Result<(), Rejection> {
     let unsupported = crate::unsupported::check(pod);
@@ -190,20 +267,7 @@ pub fn admit(pod: &Pod, node: &NodeView, others: &[&Pod]) -> Result<(), Rejectio
             return Err(insufficient("pods", 1, used, capacity));
         }
     }
-    for resource in ["cpu", "memory", "ephemeral-storage"] {
-        let requested = pod_request(pod, resource);
-        if requested == 0 {
-            continue;
-        }
-        let Some(capacity) = node.allocatable.get(resource) else {
-            continue;
-        };
-        let capacity = quantity(Some(capacity), resource == "cpu");
-        let used: i64 = others.iter().map(|p| pod_request(p, resource)).sum();
-        if requested + used > capacity {
-            return Err(insufficient(resource, requested, used, capacity));
-        }
-    }
+    fits(pod, node, others)?;
     if !matches_node(pod, node) {
         return Err(Rejection {
             reason: "NodeAffinity".into(),
@@ -296,6 +360,39 @@ mod tests {
             )
         );
         assert_eq!(err.status().phase.as_deref(), Some("Failed"));
+    }
+
+    #[test]
+    fn resize_is_admitted_deferred_or_infeasible() {
+        let cpu = |request: &str| {
+            pod(
+                serde_json::json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": request}}}]}),
+            )
+        };
+        let n = node();
+        let other = cpu("400m");
+        assert_eq!(admit_resize(&cpu("600m"), &n, &[&other]), Ok(()));
+        assert_eq!(
+            admit_resize(&cpu("700m"), &n, &[&other]),
+            Err(ResizeRejection {
+                reason: PendingReason::Deferred,
+                message: "Node didn't have enough resource: cpu, requested: 700, used: 400, capacity: 1000".into(),
+            })
+        );
+        assert_eq!(
+            admit_resize(&cpu("1500m"), &n, &[]),
+            Err(ResizeRejection {
+                reason: PendingReason::Infeasible,
+                message: "Node didn't have enough capacity: cpu, requested: 1500, capacity: 1000"
+                    .into(),
+            })
+        );
+        // The pod count does not matter: the pod is already running.
+        let none = pod(serde_json::json!({}));
+        assert_eq!(
+            admit_resize(&cpu("100m"), &n, &[&none, &none, &none]),
+            Ok(())
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Wiring: the sources feed the desired pod set, the sync loop hands it to the pod workers, PLEG wakes
-//! them, housekeeping removes what nobody wants, and the HTTP servers report.
+//! Wiring: the sources feed the desired pod set, the sync loop admits pods (and their resizes) and hands
+//! them to the pod workers with their allocated resources, PLEG wakes them, housekeeping removes what
+//! nobody wants, and the HTTP servers report.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, NodeView};
+use crate::allocation::{self, Allocations};
 use crate::apiserver;
 use crate::config::KubeletConfiguration;
 use crate::events::{EventRecorder, EventType};
@@ -26,7 +28,7 @@ use crate::pod_workers::runtime_manager::RuntimeManager;
 use crate::pod_workers::{PodWorkers, WorkerContext};
 use crate::server::{self, ServerState};
 use crate::sources::{self, PodSet};
-use crate::status::StatusManager;
+use crate::status::{PendingResize, StatusManager};
 
 /// kubelet's housekeeping period.
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(2);
@@ -46,6 +48,8 @@ pub enum AgentError {
     },
     #[error("kubelet port TLS: {0}")]
     Tls(#[from] crate::server::tls::TlsError),
+    #[error("node certificate: {0}")]
+    Certificate(#[from] crate::certificate::CertificateError),
 }
 
 /// Everything the agent needs to run, resolved from the config file and flags.
@@ -60,6 +64,9 @@ pub struct AgentOptions {
     pub pleg_period: Duration,
     /// Join the cluster of this kubeconfig; without it the agent runs static pods only.
     pub kubeconfig: Option<PathBuf>,
+    /// `--bootstrap-kubeconfig`: request a client certificate with these credentials when
+    /// `kubeconfig` has no valid one, then write `kubeconfig`.
+    pub bootstrap_kubeconfig: Option<PathBuf>,
     /// `--node-ip`: the node's InternalIP (else the default route's address).
     pub node_ip: Option<IpAddr>,
     /// `--node-labels`.
@@ -115,8 +122,8 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         registry: Arc::new(metrics.registry()),
         pleg: pleg_health.clone(),
     };
-    let client = match &options.kubeconfig {
-        Some(path) => Some(apiserver::client_from_kubeconfig(path).await?),
+    let client = match identity_options(&options) {
+        Some(identity) => Some(crate::certificate::api_client(&identity, &cancel).await?),
         None => None,
     };
     start_servers(config, server_state.clone(), &cancel).await?;
@@ -232,6 +239,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
             host_ip: host_ip.map(|ip| ip.to_string()),
             client: client.clone(),
             node: node_rx.clone(),
+            applied: Default::default(),
             root_dir: options.root_dir.clone(),
             dns: crate::kuberuntime::security::DnsSettings {
                 cluster_dns: config.cluster_dns.clone(),
@@ -260,6 +268,11 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
     };
     tokio::spawn(pleg.run(events_tx, relist_tx, cancel.clone()));
 
+    let checkpoint = options.root_dir.join(allocation::CHECKPOINT_FILE);
+    let allocations = Allocations::load(&checkpoint).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot read the pod resource allocations; starting from the pods' specs");
+        Allocations::empty(&checkpoint)
+    });
     let (workers, finished_rx) = PodWorkers::new(ctx);
     let sync = SyncLoop {
         workers,
@@ -271,6 +284,9 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         admitted: HashSet::new(),
         rejected: HashSet::new(),
         runnable: PodSet::default(),
+        allocations,
+        desired: PodSet::default(),
+        pending_resizes: HashSet::new(),
     };
     sync.run(
         desired_rx,
@@ -282,6 +298,17 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
     )
     .await;
     Ok(())
+}
+
+/// Where the node's API identity comes from, when it joins a cluster.
+fn identity_options(options: &AgentOptions) -> Option<crate::certificate::IdentityOptions> {
+    Some(crate::certificate::IdentityOptions {
+        kubeconfig: options.kubeconfig.clone()?,
+        bootstrap_kubeconfig: options.bootstrap_kubeconfig.clone(),
+        cert_dir: options.cert_dir.clone(),
+        node_name: options.node_name.clone(),
+        rotate: options.config.rotate_certificates,
+    })
 }
 
 /// The kubelet port (TLS, authenticated): logs, exec, attach, port-forward. Authorization mode
@@ -322,12 +349,30 @@ async fn start_kubelet_port(
             .map(ToString::to_string)
             .chain(["127.0.0.1".to_owned()]),
     );
+    // serverTLSBootstrap: the serving certificate comes from a kubelet-serving request for the
+    // same names; explicit files win, as kubelet's.
+    let issued = match (&client, identity_options(options)) {
+        (Some(client), Some(identity))
+            if config.server_tls_bootstrap && config.tls_cert_file.is_none() =>
+        {
+            let shared = crate::certificate::serving_identity(
+                &identity,
+                client.clone(),
+                &hostnames,
+                cancel,
+            )?;
+            let resolver: Arc<dyn rustls::server::ResolvesServerCert> = Arc::new(shared);
+            Some(resolver)
+        }
+        _ => None,
+    };
     let tls = server::tls::server_config(&server::tls::TlsSettings {
         cert_file: config.tls_cert_file.clone(),
         key_file: config.tls_private_key_file.clone(),
         cert_dir: options.cert_dir.clone(),
         hostnames,
         client_ca_file: config.authentication.x509.client_ca_file.clone(),
+        issued,
     })?;
     let auth = server::auth::Auth::new(
         config.authentication.anonymous.enabled,
@@ -390,8 +435,9 @@ async fn start_servers(
     Ok(())
 }
 
-/// The main loop: admits new pods, hands the desired set to the pod workers, forwards PLEG events,
-/// and cleans up pods the runtime holds that nobody wants.
+/// The main loop: admits new pods and the resizes of running ones, hands the desired set to the pod
+/// workers (each pod with its allocated resources), forwards PLEG events, and cleans up pods the
+/// runtime holds that nobody wants.
 struct SyncLoop {
     workers: PodWorkers,
     status: StatusManager,
@@ -402,6 +448,12 @@ struct SyncLoop {
     admitted: HashSet<String>,
     rejected: HashSet<String>,
     runnable: PodSet,
+    /// The resources each admitted pod was given (checkpointed).
+    allocations: Allocations,
+    /// The pod set last asked for.
+    desired: PodSet,
+    /// Pods whose resize was not admitted: looked at again at every housekeeping.
+    pending_resizes: HashSet<String>,
 }
 
 impl SyncLoop {
@@ -437,9 +489,115 @@ impl SyncLoop {
             .is_some_and(|p| p == "Succeeded" || p == "Failed")
     }
 
-    /// Admits the new pods of `desired` (oldest first, as kubelet) and passes the admitted ones on.
+    /// `pod` with the resources allocated to it (those its spec asks for before it is admitted).
+    fn allocated(&self, uid: &str, pod: &Arc<Pod>) -> Arc<Pod> {
+        match self.allocations.get(uid) {
+            Some(a) if allocation::resize_requested(pod, a) => Arc::new(allocation::apply(pod, a)),
+            _ => pod.clone(),
+        }
+    }
+
+    /// The admitted, still running pods of `desired` other than `uid`, with their allocations.
+    fn others(&self, desired: &PodSet, uid: &str) -> Vec<Arc<Pod>> {
+        self.admitted
+            .iter()
+            .filter(|u| *u != uid && !self.is_terminal(u))
+            .filter_map(|u| desired.pods.get(u).map(|p| self.allocated(u, p)))
+            .collect()
+    }
+
+    fn record_allocation(&mut self, pod: &Pod) {
+        let uid = sources::pod_uid(pod).to_string();
+        if let Err(e) = self.allocations.set(&uid, allocation::requested(pod)) {
+            tracing::error!(pod = %sources::pod_key(pod), error = %e, "cannot checkpoint the pod's resource allocation");
+        }
+    }
+
+    /// The pod a worker runs for an admitted pod: with its allocated resources, after admitting the
+    /// resize its spec asks for if it fits (kubelet's `handlePodResourcesResize`). Static pods are not
+    /// resized: a changed manifest is a new pod.
+    fn resolve_resize(
+        &mut self,
+        uid: &str,
+        pod: &Arc<Pod>,
+        desired: &PodSet,
+        node: &NodeView,
+    ) -> Arc<Pod> {
+        let Some(allocated) = self.allocations.get(uid).cloned() else {
+            self.record_allocation(pod);
+            return pod.clone();
+        };
+        if !allocation::resize_requested(pod, &allocated) {
+            self.clear_pending_resize(uid, pod);
+            return pod.clone();
+        }
+        let current = Arc::new(allocation::apply(pod, &allocated));
+        if sources::is_static(pod) || self.is_terminal(uid) {
+            return current;
+        }
+        let others = self.others(desired, uid);
+        let others: Vec<&Pod> = others.iter().map(|p| p.as_ref()).collect();
+        let key = sources::pod_key(pod);
+        let generation = pod.metadata.generation;
+        let summary = allocation::summary(pod);
+        match admission::admit_resize(pod, node, &others) {
+            Ok(()) => {
+                tracing::info!(pod = %key, uid, generation, resources = %summary, "pod resize admitted; resources allocated");
+                self.events.record(
+                    pod,
+                    None,
+                    EventType::Normal,
+                    "ResizeStarted",
+                    format!("Pod resize started: {summary}"),
+                );
+                self.record_allocation(pod);
+                self.clear_pending_resize(uid, pod);
+                pod.clone()
+            }
+            Err(rejection) => {
+                let pending = PendingResize {
+                    reason: rejection.reason,
+                    message: rejection.message,
+                    generation,
+                };
+                if self.status.set_resize_pending(uid, Some(&pending)) {
+                    let reason = pending.reason.as_str();
+                    tracing::info!(pod = %key, uid, generation, reason, message = %pending.message, resources = %summary, "pod resize pending");
+                    self.events.record(
+                        pod,
+                        None,
+                        EventType::Warning,
+                        &format!("Resize{reason}"),
+                        format!("Pod resize {reason}: {}", pending.message),
+                    );
+                }
+                self.pending_resizes.insert(uid.to_string());
+                current
+            }
+        }
+    }
+
+    fn clear_pending_resize(&mut self, uid: &str, pod: &Pod) {
+        self.pending_resizes.remove(uid);
+        if self.status.set_resize_pending(uid, None) {
+            tracing::info!(pod = %sources::pod_key(pod), uid, "pod resize no longer pending");
+        }
+    }
+
+    /// Admits the new pods of `desired` (oldest first, as kubelet), decides on the resizes of the
+    /// admitted ones, and passes them on with their allocated resources.
     fn update(&mut self, desired: &PodSet) {
+        self.desired = desired.clone();
         self.admitted.retain(|uid| desired.pods.contains_key(uid));
+        self.pending_resizes
+            .retain(|uid| desired.pods.contains_key(uid));
+        if desired.synced
+            && let Err(e) = self
+                .allocations
+                .retain(|uid| desired.pods.contains_key(uid))
+        {
+            tracing::error!(error = %e, "cannot checkpoint the pod resource allocations");
+        }
         let gone: Vec<String> = self
             .rejected
             .iter()
@@ -460,13 +618,11 @@ impl SyncLoop {
         let node = self.node_view();
         for pod in new {
             let uid = sources::pod_uid(pod).to_string();
-            let others: Vec<&Pod> = self
-                .admitted
-                .iter()
-                .filter(|u| !self.is_terminal(u))
-                .filter_map(|u| desired.pods.get(u).map(|p| p.as_ref()))
-                .collect();
-            match admission::admit(pod, &node, &others) {
+            // After a restart, a pod is admitted with the resources it had (kubelet's checkpoint).
+            let allocated = self.allocated(&uid, pod);
+            let others = self.others(desired, &uid);
+            let others: Vec<&Pod> = others.iter().map(|p| p.as_ref()).collect();
+            match admission::admit(&allocated, &node, &others) {
                 Ok(()) => {
                     for field in crate::unsupported::check(pod).ignored {
                         self.events.record(
@@ -476,6 +632,9 @@ impl SyncLoop {
                             "UnsupportedField",
                             format!("ignoring {field}"),
                         );
+                    }
+                    if self.allocations.get(&uid).is_none() {
+                        self.record_allocation(pod);
                     }
                     self.admitted.insert(uid);
                 }
@@ -493,15 +652,21 @@ impl SyncLoop {
                 }
             }
         }
-        self.runnable = PodSet {
+        let admitted: Vec<(String, Arc<Pod>)> = desired
+            .pods
+            .iter()
+            .filter(|(uid, _)| self.admitted.contains(*uid))
+            .map(|(uid, p)| (uid.clone(), p.clone()))
+            .collect();
+        let mut runnable = PodSet {
             synced: desired.synced,
-            pods: desired
-                .pods
-                .iter()
-                .filter(|(uid, _)| self.admitted.contains(*uid))
-                .map(|(uid, p)| (uid.clone(), p.clone()))
-                .collect(),
+            ..Default::default()
         };
+        for (uid, pod) in admitted {
+            let pod = self.resolve_resize(&uid, &pod, desired, &node);
+            runnable.pods.insert(uid, pod);
+        }
+        self.runnable = runnable;
         self.workers.update(&self.runnable);
     }
 
@@ -530,6 +695,11 @@ impl SyncLoop {
                 Some(uid) = probe_results.recv() => self.workers.wake_for_probe(&uid),
                 Some(uid) = finished.recv() => self.workers.on_finished(&uid),
                 _ = housekeeping.tick() => {
+                    if !self.pending_resizes.is_empty() {
+                        // Pods may have left or shrunk since: a deferred resize may fit now.
+                        let desired = self.desired.clone();
+                        self.update(&desired);
+                    }
                     // Until every source has listed once, a pod missing from the set may just be unread.
                     if !self.runnable.synced {
                         continue;

@@ -96,6 +96,12 @@ pub struct KubeletConfiguration {
     pub port: u16,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_private_key_file: Option<PathBuf>,
+    /// Renew the client certificate through CertificateSigningRequests before it expires.
+    pub rotate_certificates: bool,
+    /// Get the kubelet port's serving certificate from a `kubernetes.io/kubelet-serving`
+    /// CertificateSigningRequest (approved by an operator) instead of a self-signed one.
+    #[serde(rename = "serverTLSBootstrap")]
+    pub server_tls_bootstrap: bool,
     pub authentication: Authentication,
     pub authorization: Authorization,
 }
@@ -201,6 +207,8 @@ impl Default for KubeletConfiguration {
             port: 10250,
             tls_cert_file: None,
             tls_private_key_file: None,
+            rotate_certificates: false,
+            server_tls_bootstrap: false,
             authentication: Authentication::default(),
             authorization: Authorization::default(),
         }
@@ -401,6 +409,17 @@ mod tests {
         assert_eq!(c.file_check_frequency, Duration::from_secs(5));
         assert_eq!(c.pod_logs_dir, PathBuf::from("/tmp/pods"));
         assert!(loaded.unknown_fields.is_empty());
+    }
+
+    #[test]
+    fn certificate_fields_keep_kubelet_names() {
+        let c = parse("rotateCertificates: true\nserverTLSBootstrap: true\n")
+            .expect("valid config")
+            .config;
+        assert!(c.rotate_certificates);
+        assert!(c.server_tls_bootstrap);
+        let d = KubeletConfiguration::default();
+        assert!(!d.rotate_certificates && !d.server_tls_bootstrap);
     }
 
     #[test]

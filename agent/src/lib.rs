@@ -2,8 +2,10 @@
 
 pub mod admission;
 pub mod agent;
+pub mod allocation;
 pub mod apiserver;
 pub mod backoff;
+pub mod certificate;
 pub mod config;
 pub mod envvars;
 pub mod events;

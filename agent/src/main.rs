@@ -65,9 +65,18 @@ struct Cli {
     /// The key of --tls-cert-file (tlsPrivateKeyFile).
     #[arg(long)]
     tls_private_key_file: Option<PathBuf>,
-    /// Where a self-signed serving certificate is kept (default: <root-dir>/pki).
+    /// Where the serving certificate (self-signed or from serverTLSBootstrap) and the
+    /// bootstrapped client certificate are kept (default: <root-dir>/pki).
     #[arg(long)]
     cert_dir: Option<PathBuf>,
+    /// A kubeconfig with bootstrap credentials: when --kubeconfig has no valid client
+    /// certificate, one is requested with a CertificateSigningRequest, kept in --cert-dir, and
+    /// --kubeconfig is written to use it.
+    #[arg(long)]
+    bootstrap_kubeconfig: Option<PathBuf>,
+    /// Renew the client certificate before it expires (rotateCertificates).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    rotate_certificates: Option<bool>,
     /// Client certificates signed by this CA authenticate (authentication.x509.clientCAFile).
     #[arg(long)]
     client_ca_file: Option<PathBuf>,
@@ -286,6 +295,15 @@ fn resolve(cli: &Cli) -> anyhow::Result<AgentOptions> {
         config.tls_cert_file = cli.tls_cert_file.clone();
         config.tls_private_key_file = cli.tls_private_key_file.clone();
     }
+    if let Some(on) = cli.rotate_certificates {
+        config.rotate_certificates = on;
+    }
+    if cli.bootstrap_kubeconfig.is_some() {
+        anyhow::ensure!(
+            cli.kubeconfig.is_some(),
+            "--bootstrap-kubeconfig needs --kubeconfig (the file it writes)"
+        );
+    }
     if let Some(ca) = cli.client_ca_file.clone() {
         config.authentication.x509.client_ca_file = Some(ca);
     }
@@ -323,6 +341,7 @@ fn resolve(cli: &Cli) -> anyhow::Result<AgentOptions> {
     Ok(AgentOptions {
         config,
         kubeconfig: cli.kubeconfig.clone(),
+        bootstrap_kubeconfig: cli.bootstrap_kubeconfig.clone(),
         node_ip: cli.node_ip,
         node_labels,
         node_name,

@@ -1,6 +1,7 @@
 //! The pod lifecycle event generator: relists every sandbox and container every second, compares with
 //! the previous listing, refreshes the pod cache entries of the pods that changed (asking the runtime
-//! only about objects whose state changed), and wakes their workers. It also keeps the running pod and
+//! only about objects whose state changed, or that a worker asked to be read again), and wakes their
+//! workers. It also keeps the running pod and
 //! container gauges and tells `/healthz` whether relisting is alive.
 
 use std::collections::{HashMap, HashSet};
@@ -196,6 +197,11 @@ impl Pleg {
         inspector: &mut Inspector,
     ) -> Result<(Snapshot, Relist, Vec<String>), CriError> {
         let started = Instant::now();
+        // Containers changed without a change of state (resized in place) are read again.
+        let refresh = self.cache.take_refresh_requests();
+        for id in refresh.values().flatten() {
+            inspector.containers.remove(id);
+        }
         let sandboxes = self
             .cri
             .list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
@@ -244,6 +250,7 @@ impl Pleg {
         }
         let mut changed = changed_pods(previous, &snapshot);
         changed.extend(inspector.failed.drain());
+        changed.extend(refresh.into_keys());
         changed.sort();
         changed.dedup();
         let empty = Listed::default();

@@ -5,6 +5,10 @@
 //! the cache records the start of the last relist that completed for every pod. A worker that acted at
 //! time `t` asks for a state newer than `t` ([`PodCache::get_newer_than`]) and so never decides twice on
 //! a picture taken before its own actions.
+//!
+//! The PLEG reads a container's status again only when its state changes; a worker that changed a
+//! container without changing its state (an in-place resize) asks for it to be read again
+//! ([`PodCache::request_refresh`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,6 +35,8 @@ struct Inner {
     /// Every pod not in `pods` had nothing in the runtime as of this instant, and every entry in
     /// `pods` was still current then.
     complete_at: Option<Instant>,
+    /// Containers to read again at the next relist, by pod UID.
+    refresh: HashMap<String, Vec<String>>,
 }
 
 /// Shared between the PLEG (writer) and the pod workers (readers). Cheap to clone.
@@ -143,6 +149,23 @@ impl PodCache {
         }
     }
 
+    /// Asks for the status of container `id` of pod `uid` to be read again at the next relist, though
+    /// its state did not change.
+    pub fn request_refresh(&self, uid: &str, id: &str) {
+        self.with(|inner| {
+            inner
+                .refresh
+                .entry(uid.to_string())
+                .or_default()
+                .push(id.to_string());
+        });
+    }
+
+    /// The refreshes asked for since the last call: container IDs by pod UID.
+    pub fn take_refresh_requests(&self) -> HashMap<String, Vec<String>> {
+        self.with(|inner| std::mem::take(&mut inner.refresh))
+    }
+
     /// The UIDs the cache holds an entry for.
     #[cfg(test)]
     fn uids(&self) -> Vec<String> {
@@ -193,6 +216,25 @@ mod tests {
         let got = reader.await.expect("reader");
         assert_eq!(*got.observed, one_sandbox());
         assert_eq!(got.read_at, t0);
+    }
+
+    #[test]
+    fn refresh_requests_are_handed_out_once() {
+        let cache = PodCache::default();
+        cache.request_refresh("a", "c1");
+        cache.request_refresh("a", "c2");
+        cache.request_refresh("b", "c3");
+        let mut taken: Vec<(String, Vec<String>)> =
+            cache.take_refresh_requests().into_iter().collect();
+        taken.sort();
+        assert_eq!(
+            taken,
+            vec![
+                ("a".to_string(), vec!["c1".to_string(), "c2".to_string()]),
+                ("b".to_string(), vec!["c3".to_string()]),
+            ]
+        );
+        assert!(cache.take_refresh_requests().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

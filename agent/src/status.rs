@@ -1,5 +1,6 @@
 //! Pod status: computing a v1 `PodStatus` from the spec and what the runtime holds (after kubelet's
-//! `generateAPIPodStatus`), and the status manager, the single owner of every pod's latest status.
+//! `generateAPIPodStatus`), and the status manager, the single owner of every pod's latest status
+//! (with the `PodResizePending` condition the sync loop sets).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -11,8 +12,15 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::admission::PendingReason;
 use crate::kuberuntime::observe::{ContainerState, ObservedContainer, ObservedPod, SandboxState};
 use crate::qos;
+use crate::sync::resize::{self, Resize};
+
+/// The pod condition of a resize being carried out (kubelet's `PodResizeInProgress`).
+pub const RESIZE_IN_PROGRESS: &str = "PodResizeInProgress";
+/// The pod condition of a resize not admitted (kubelet's `PodResizePending`).
+pub const RESIZE_PENDING: &str = "PodResizePending";
 
 /// Why a container is not running, as the pod worker last saw it (kubelet's reason cache):
 /// `ErrImagePull`, `ImagePullBackOff`, `CrashLoopBackOff`, `CreateContainerError`, ...
@@ -33,6 +41,8 @@ pub struct StatusContext<'a> {
     pub terminating: bool,
     /// Probe results by container name (started, ready); a running container absent here is ready.
     pub probes: &'a HashMap<String, (bool, bool)>,
+    /// Why the last in-place resize of a container failed, while it still has to be done.
+    pub resize_error: Option<&'a str>,
 }
 
 fn time(ns: i64) -> Option<Time> {
@@ -97,6 +107,15 @@ fn container_status(
     status.restart_count = latest.restart_count;
     status.image_id = latest.image_ref.clone();
     status.container_id = Some(format!("{}://{}", ctx.runtime_name, latest.id));
+    // kubelet's convertContainerStatusResources: what a running container runs with (cpu and the
+    // memory limit as applied, the rest as allocated); the allocation otherwise.
+    status.allocated_resources = spec.resources.as_ref().and_then(|r| r.requests.clone());
+    status.resources = Some(match latest.resources {
+        Some(applied) if latest.state() == ContainerState::Running => {
+            applied.to_status(spec.resources.as_ref())
+        }
+        _ => spec.resources.clone().unwrap_or_default(),
+    });
     let previous = observed
         .previous(&spec.name)
         .filter(|p| p.state() == ContainerState::Exited);
@@ -222,6 +241,28 @@ fn condition(
     }
 }
 
+/// True while a running container (an app container or a native sidecar) runs with other cpu or
+/// memory settings than its allocated resources give: an in-place resize is being carried out.
+pub fn resize_in_progress(pod: &Pod, observed: &ObservedPod) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    spec.containers
+        .iter()
+        .chain(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .filter(|c| crate::sync::actions::is_sidecar(c)),
+        )
+        .any(|c| {
+            observed
+                .latest(&c.name)
+                .filter(|o| o.state() == ContainerState::Running)
+                .is_some_and(|running| resize::decide(pod, c, running) != Resize::Keep)
+        })
+}
+
 /// Computes the pod's status. `previous` keeps condition transition times stable.
 pub fn compute(
     pod: &Pod,
@@ -295,7 +336,7 @@ pub fn compute(
     } else {
         "ContainersNotReady"
     };
-    let conditions = vec![
+    let mut conditions = vec![
         condition(
             "PodReadyToStartContainers",
             sandbox_ready,
@@ -334,6 +375,18 @@ pub fn compute(
         ),
         condition("PodScheduled", true, None, &now_time, previous),
     ];
+    if !finished && resize_in_progress(pod, observed) {
+        let mut in_progress = condition(RESIZE_IN_PROGRESS, true, None, &now_time, previous);
+        if let Some(error) = ctx.resize_error {
+            in_progress.reason = Some("Error".into());
+            in_progress.message = Some(error.to_string());
+        }
+        conditions.push(in_progress);
+    }
+    let generation = pod.metadata.generation;
+    for c in &mut conditions {
+        c.observed_generation = generation;
+    }
     let ips: Vec<String> = if spec.host_network.unwrap_or(false) {
         ctx.host_ip.map(String::from).into_iter().collect()
     } else {
@@ -356,15 +409,17 @@ pub fn compute(
         pod_ips: (!ips.is_empty()).then(|| ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
         qos_class: Some(qos::qos_class(pod).as_str().into()),
         start_time: Some(Time(ctx.start_time)),
+        observed_generation: generation,
         ..Default::default()
     }
 }
 
-/// The single owner of the pods' statuses. Pod workers write; the HTTP server and the API status
-/// syncer read, the latter woken through [`StatusManager::changes`].
+/// The single owner of the pods' statuses. Pod workers write; the sync loop adds the
+/// `PodResizePending` condition of a resize it did not admit; the HTTP server and the API status syncer
+/// read (that condition merged in), the latter woken through [`StatusManager::changes`].
 #[derive(Clone)]
 pub struct StatusManager {
-    inner: Arc<RwLock<StatusMap>>,
+    inner: Arc<RwLock<Inner>>,
     version: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
@@ -377,8 +432,35 @@ pub struct PodEntry {
     pub terminated: bool,
 }
 
-/// Pod UID → entry.
-type StatusMap = BTreeMap<String, PodEntry>;
+/// A resize the sync loop did not admit, for the pod generation that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingResize {
+    pub reason: PendingReason,
+    pub message: String,
+    pub generation: Option<i64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Pod UID → entry.
+    entries: BTreeMap<String, PodEntry>,
+    /// Pod UID → its `PodResizePending` condition.
+    resize_pending: BTreeMap<String, PodCondition>,
+}
+
+impl Inner {
+    /// The entry as read: with its pending resize, unless the pod is terminal.
+    fn read(&self, uid: &str, entry: &PodEntry) -> PodEntry {
+        let mut entry = entry.clone();
+        let terminal = matches!(entry.status.phase.as_deref(), Some("Succeeded" | "Failed"));
+        if let Some(pending) = self.resize_pending.get(uid).filter(|_| !terminal) {
+            let conditions = entry.status.conditions.get_or_insert_with(Vec::new);
+            conditions.retain(|c| c.type_ != RESIZE_PENDING);
+            conditions.push(pending.clone());
+        }
+        entry
+    }
+}
 
 impl Default for StatusManager {
     fn default() -> Self {
@@ -396,9 +478,9 @@ impl StatusManager {
 
     pub fn set(&self, pod: Arc<Pod>, status: PodStatus) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        if let Ok(mut map) = self.inner.write() {
-            let terminated = map.get(&uid).is_some_and(|e| e.terminated);
-            map.insert(
+        if let Ok(mut inner) = self.inner.write() {
+            let terminated = inner.entries.get(&uid).is_some_and(|e| e.terminated);
+            inner.entries.insert(
                 uid,
                 PodEntry {
                     pod,
@@ -410,10 +492,49 @@ impl StatusManager {
         self.bump();
     }
 
+    /// Sets (or with `None` clears) the pod's `PodResizePending` condition. Returns whether it
+    /// changed; its transition time is kept while it stays set.
+    pub fn set_resize_pending(&self, uid: &str, pending: Option<&PendingResize>) -> bool {
+        let changed = self.inner.write().is_ok_and(|mut inner| {
+            let Some(pending) = pending else {
+                return inner.resize_pending.remove(uid).is_some();
+            };
+            let previous = inner.resize_pending.get(uid);
+            let same = previous.is_some_and(|c| {
+                c.reason.as_deref() == Some(pending.reason.as_str())
+                    && c.message.as_deref() == Some(pending.message.as_str())
+                    && c.observed_generation == pending.generation
+            });
+            if same {
+                return false;
+            }
+            let since = previous
+                .and_then(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| Time(Timestamp::now()));
+            inner.resize_pending.insert(
+                uid.to_string(),
+                PodCondition {
+                    type_: RESIZE_PENDING.into(),
+                    status: "True".into(),
+                    reason: Some(pending.reason.as_str().into()),
+                    message: Some(pending.message.clone()),
+                    observed_generation: pending.generation,
+                    last_transition_time: Some(since),
+                    last_probe_time: None,
+                },
+            );
+            true
+        });
+        if changed {
+            self.bump();
+        }
+        changed
+    }
+
     /// Records that the pod's worker stopped all its containers.
     pub fn mark_terminated(&self, uid: &str) {
-        if let Ok(mut map) = self.inner.write()
-            && let Some(entry) = map.get_mut(uid)
+        if let Ok(mut inner) = self.inner.write()
+            && let Some(entry) = inner.entries.get_mut(uid)
         {
             entry.terminated = true;
         }
@@ -421,12 +542,14 @@ impl StatusManager {
     }
 
     pub fn get(&self, uid: &str) -> Option<PodStatus> {
-        self.inner.read().ok()?.get(uid).map(|e| e.status.clone())
+        let inner = self.inner.read().ok()?;
+        inner.entries.get(uid).map(|e| inner.read(uid, e).status)
     }
 
     pub fn remove(&self, uid: &str) {
-        if let Ok(mut map) = self.inner.write() {
-            map.remove(uid);
+        if let Ok(mut inner) = self.inner.write() {
+            inner.entries.remove(uid);
+            inner.resize_pending.remove(uid);
         }
         self.bump();
     }
@@ -435,7 +558,13 @@ impl StatusManager {
     pub fn entries(&self) -> Vec<PodEntry> {
         self.inner
             .read()
-            .map(|map| map.values().cloned().collect())
+            .map(|inner| {
+                inner
+                    .entries
+                    .iter()
+                    .map(|(uid, e)| inner.read(uid, e))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -103,11 +103,6 @@ pub fn check(pod: &Pod) -> Unsupported {
                 "{path}.lifecycle.stopSignal (the image's STOPSIGNAL or SIGTERM is used)"
             ));
         }
-        if c.resize_policy.as_ref().is_some_and(|r| !r.is_empty()) {
-            out.ignored.push(format!(
-                "{path}.resizePolicy (in-place resize is not supported)"
-            ));
-        }
     }
     out
 }

@@ -4,7 +4,8 @@
 # conflist (bridge name, network name and /24 subnet derived from STATEDIR, so instances don't collide),
 # host-local IPAM data, network namespaces (netns_mounts_under_state_dir); the subnet is also claimed in
 # /run/mini-kubelet-e2e/<hash>.subnet so that concurrent instances pick different ones. Then imports the
-# local pause and busybox images into the k8s.io namespace and prints the CRI endpoint
+# local pause and busybox images into the k8s.io namespace (busybox also as
+# mini-kubelet.local/busybox:1.36-b) and prints the CRI endpoint
 # unix://STATEDIR/containerd.sock as the last line on stdout (progress goes to stderr). Idempotent: an instance already running for
 # STATEDIR is reused. Stop it with containerd-down.sh STATEDIR.
 # Usage: containerd-up.sh STATEDIR [IMAGEDIR]
@@ -141,7 +142,9 @@ EOF
         fi
       done
     fi
-    if ctr -a "$sock" version >/dev/null 2>&1; then
+    # Up once it answers and its pid is known (on a loaded machine it could answer before the
+    # /proc scan above found it, which left no pid file).
+    if [[ -n $pid ]] && ctr -a "$sock" version >/dev/null 2>&1; then
       break
     fi
     if ! kill -0 "$launched" 2>/dev/null && { [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; }; then
@@ -156,6 +159,8 @@ EOF
     tail -n 30 "$log" >&2
     exit 1
   fi
+  # setsid execs in place (the caller is no group leader): the launched pid is the daemon's.
+  [[ -f $pidfile ]] || echo "$launched" >"$pidfile"
   say "containerd up (pid $(<"$pidfile")) in $((($(date +%s%N) - started) / 1000000)) ms"
 fi
 
@@ -165,5 +170,8 @@ fi
 for image in pause busybox; do
   ctr -a "$sock" -n k8s.io images import "$imagedir/$image.tar" >&2
 done
+# A second tag of the same busybox, for the tests that roll a workload to a "new" image.
+ctr -a "$sock" -n k8s.io images tag --force mini-kubelet.local/busybox:1.36 \
+  mini-kubelet.local/busybox:1.36-b >&2
 say "images: $(ctr -a "$sock" -n k8s.io images ls -q | tr '\n' ' ')"
 echo "unix://$sock"

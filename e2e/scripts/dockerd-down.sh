@@ -25,6 +25,12 @@ if ! [[ -d $1 ]]; then
   exit 0
 fi
 statedir=$(cd "$1" && pwd -P)
+if [[ -z $(ls -A "$statedir") ]]; then
+  # dockerd-up.sh never ran in it (the caller made the directory, then failed earlier).
+  rmdir "$statedir"
+  say "removed empty $statedir"
+  exit 0
+fi
 marker=$statedir/dockerd-up.env
 sock=$statedir/docker.sock
 config=$statedir/daemon.json

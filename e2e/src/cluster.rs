@@ -1,26 +1,116 @@
-//! The API server the cluster tests talk to: the cluster `KUBECONFIG` names when it is set (the same
-//! tests then run against a real cluster), otherwise a stand-in API server started in-process.
+//! The API server the cluster tests talk to, in this order:
+//! - the real control plane `e2e/scripts/controlplane-up.sh` started, when `MK_E2E_CONTROLPLANE` names
+//!   its state directory (what `e2e/run-tests.sh` does): the tests act as its admin, and each agent
+//!   joins as a node would (its own `system:node:<name>` identity, so the Node authorizer and
+//!   NodeRestriction apply to everything it does);
+//! - the cluster `KUBECONFIG` names, when it is set (the agent then uses that kubeconfig too);
+//! - otherwise a stand-in API server started in-process, which the tests can also compact and
+//!   restart (fault injection a real API server does not offer).
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube_standin::{Standin, StandinHandle, StandinOptions};
+
+/// The environment variable naming a `controlplane-up.sh` state directory.
+pub const CONTROLPLANE_VAR: &str = "MK_E2E_CONTROLPLANE";
+
+/// A control plane started by `controlplane-up.sh`, as its `controlplane.env` describes it.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub admin_kubeconfig: PathBuf,
+    pub bootstrap_kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+    pub ca_cert: PathBuf,
+}
+
+impl ControlPlane {
+    /// The control plane `MK_E2E_CONTROLPLANE` names, if it is set.
+    pub fn from_env() -> Result<Option<Self>> {
+        match std::env::var(CONTROLPLANE_VAR) {
+            Ok(dir) if !dir.is_empty() => Self::read(Path::new(&dir)).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn read(dir: &Path) -> Result<Self> {
+        let file = dir.join("controlplane.env");
+        let text = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "reading {} ({CONTROLPLANE_VAR} must name a directory controlplane-up.sh set up)",
+                file.display()
+            )
+        })?;
+        let vars: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+        let var = |name: &str| {
+            vars.get(name)
+                .map(PathBuf::from)
+                .with_context(|| format!("{} lacks {name}", file.display()))
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            admin_kubeconfig: var("ADMIN_KUBECONFIG")?,
+            bootstrap_kubeconfig: var("BOOTSTRAP_KUBECONFIG")?,
+            kubectl: var("KUBECTL")?,
+            ca_cert: var("CA_CERT")?,
+        })
+    }
+}
+
+/// How an agent joins the cluster.
+#[derive(Debug, Clone)]
+pub enum Join {
+    /// With this kubeconfig (the stand-in's, or `KUBECONFIG`'s).
+    Kubeconfig(PathBuf),
+    /// As a node of the real control plane, the way kubeadm joins one: the agent starts with the
+    /// cluster's bootstrap kubeconfig (a bootstrap token), gets its `system:node:<name>` client
+    /// certificate through a CertificateSigningRequest the controller-manager approves and signs,
+    /// and writes `kubeconfig` to use it; `client_ca` verifies the API server's client certificate
+    /// on the kubelet port. The harness removes the Node (as the admin) when the agent is dropped:
+    /// dead nodes left behind would put the cluster's zone into disruption mode, where the node
+    /// lifecycle controller stops tainting and evicting.
+    Node {
+        kubeconfig: PathBuf,
+        bootstrap_kubeconfig: PathBuf,
+        client_ca: PathBuf,
+        control_plane: ControlPlane,
+    },
+}
 
 pub struct Cluster {
     pub client: kube::Client,
+    /// The tests' (administrator's) kubeconfig.
     pub kubeconfig: PathBuf,
+    pub control_plane: Option<ControlPlane>,
     standin: Option<StandinHandle>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// Connects to `KUBECONFIG`'s cluster, or starts a stand-in on a free loopback port.
+    /// Connects to the real control plane of `MK_E2E_CONTROLPLANE`, or to `KUBECONFIG`'s cluster, or
+    /// starts a stand-in on a free loopback port.
     pub async fn start() -> Result<Self> {
         let dir = tempfile::tempdir()?;
+        if let Some(control_plane) = ControlPlane::from_env()? {
+            let kubeconfig = control_plane.admin_kubeconfig.clone();
+            let config = Kubeconfig::read_from(&kubeconfig)?;
+            let config =
+                kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default()).await?;
+            return Ok(Self {
+                client: kube::Client::try_from(config)?,
+                kubeconfig,
+                control_plane: Some(control_plane),
+                standin: None,
+                _dir: dir,
+            });
+        }
         if let Ok(path) = std::env::var("KUBECONFIG")
             && !path.is_empty()
         {
@@ -31,10 +121,20 @@ impl Cluster {
             return Ok(Self {
                 client,
                 kubeconfig,
+                control_plane: None,
                 standin: None,
                 _dir: dir,
             });
         }
+        Self::start_standin_in(dir).await
+    }
+
+    /// Always a stand-in, for the tests that need its fault injection ([`Cluster::restart_api`]).
+    pub async fn start_standin() -> Result<Self> {
+        Self::start_standin_in(tempfile::tempdir()?).await
+    }
+
+    async fn start_standin_in(dir: tempfile::TempDir) -> Result<Self> {
         let options = StandinOptions {
             bookmark_interval: Duration::from_secs(1),
             service_account_admission: false,
@@ -48,9 +148,45 @@ impl Cluster {
         Ok(Self {
             client,
             kubeconfig,
+            control_plane: None,
             standin: Some(standin),
             _dir: dir,
         })
+    }
+
+    /// How the agent of node `node`, whose files live in `dir`, joins this cluster.
+    pub fn join(&self, dir: &Path) -> Join {
+        match &self.control_plane {
+            Some(cp) => Join::Node {
+                kubeconfig: dir.join("kubelet.kubeconfig"),
+                bootstrap_kubeconfig: cp.bootstrap_kubeconfig.clone(),
+                client_ca: cp.ca_cert.clone(),
+                control_plane: cp.clone(),
+            },
+            None => Join::Kubeconfig(self.kubeconfig.clone()),
+        }
+    }
+
+    /// Runs the control plane's kubectl as its admin; returns its stdout, or fails with its stderr.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let Some(cp) = &self.control_plane else {
+            bail!("kubectl needs the real control plane ({CONTROLPLANE_VAR})");
+        };
+        let out = std::process::Command::new(&cp.kubectl)
+            .arg("--kubeconfig")
+            .arg(&cp.admin_kubeconfig)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", cp.kubectl.display()))?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// True when the tests run against the stand-in (which they can compact and restart).

@@ -6,9 +6,11 @@
 //! only manages objects labelled with its node), and everything a test created is removed when its
 //! [`Agent`] is dropped, even after a failed assertion.
 
+pub mod bench;
 pub mod cluster;
 pub mod cri_checks;
 pub mod periods;
+pub mod real_cluster;
 
 pub use periods::{Periods, periods};
 
@@ -182,7 +184,8 @@ pub struct Agent {
     pub healthz_port: u16,
     /// The kubelet port (TLS): served when the config's authorization allows it.
     pub kubelet_port: u16,
-    pub kubeconfig: Option<PathBuf>,
+    /// How it joins a cluster, if it does.
+    pub join: Option<cluster::Join>,
     child: Option<Child>,
     http: reqwest::Client,
 }
@@ -195,6 +198,21 @@ impl Agent {
 
     /// Starts an agent joined to the cluster of `kubeconfig`, with extra KubeletConfiguration lines.
     pub fn start_with(prefix: &str, kubeconfig: Option<&Path>, extra_config: &str) -> Result<Self> {
+        Self::start_joined(prefix, extra_config, |_| {
+            kubeconfig.map(|k| cluster::Join::Kubeconfig(k.to_path_buf()))
+        })
+    }
+
+    /// Starts an agent joined to `cluster` as its node (see [`cluster::Cluster::join`]).
+    pub fn join(prefix: &str, cluster: &cluster::Cluster, extra_config: &str) -> Result<Self> {
+        Self::start_joined(prefix, extra_config, |dir| Some(cluster.join(dir)))
+    }
+
+    fn start_joined(
+        prefix: &str,
+        extra_config: &str,
+        join: impl FnOnce(&Path) -> Option<cluster::Join>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("mk-e2e-agent-").tempdir()?;
         std::fs::create_dir_all(dir.path().join("manifests"))?;
         let mut agent = Agent {
@@ -203,7 +221,7 @@ impl Agent {
             port: free_port(),
             healthz_port: free_port(),
             kubelet_port: free_port(),
-            kubeconfig: None,
+            join: None,
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -224,8 +242,30 @@ impl Agent {
             periods::HARNESS.file_check.as_secs(),
             periods::HARNESS.sync.as_secs(),
         );
-        std::fs::write(agent.dir.path().join("kubelet.yaml"), config)?;
-        agent.kubeconfig = kubeconfig.map(Path::to_path_buf);
+        // The agents share this machine's disk with its build caches: kubelet's default
+        // `nodefs.available<10%` put them under DiskPressure on a large, well-used disk (24 GiB
+        // free of 252), which the real scheduler honours (the node's disk-pressure taint) and
+        // the tests did not ask for. A test about eviction sets its own thresholds.
+        let eviction = if extra_config.contains("evictionHard:") {
+            ""
+        } else {
+            "evictionHard:\n  memory.available: 100Mi\n  nodefs.available: 1Gi\n  \
+             imagefs.available: 1Gi\n  nodefs.inodesFree: 1%\n"
+        };
+        let config = format!("{config}{eviction}");
+        agent.join = join(agent.dir.path());
+        let client_ca = match &agent.join {
+            // The API server reaches the port with a client certificate of the cluster's CA.
+            Some(cluster::Join::Node { client_ca, .. }) => format!(
+                "authentication:\n  x509:\n    clientCAFile: {}\n",
+                client_ca.display()
+            ),
+            _ => String::new(),
+        };
+        std::fs::write(
+            agent.dir.path().join("kubelet.yaml"),
+            format!("{config}{client_ca}"),
+        )?;
         agent.spawn()?;
         Ok(agent)
     }
@@ -273,8 +313,28 @@ impl Agent {
                 None => command.arg("--network-plugin").arg("bridge"),
             };
         }
-        if let Some(kubeconfig) = &self.kubeconfig {
-            command.arg("--kubeconfig").arg(kubeconfig);
+        match &self.join {
+            Some(cluster::Join::Kubeconfig(kubeconfig)) => {
+                command.arg("--kubeconfig").arg(kubeconfig);
+            }
+            Some(cluster::Join::Node {
+                kubeconfig,
+                bootstrap_kubeconfig,
+                ..
+            }) => {
+                // TLS bootstrap, with rotation, as a kubeadm node; the real API server reaches the
+                // kubelet port at the node's InternalIP: the address the agent serves on (the
+                // harness's `address`), not the default route's.
+                command
+                    .arg("--kubeconfig")
+                    .arg(kubeconfig)
+                    .arg("--bootstrap-kubeconfig")
+                    .arg(bootstrap_kubeconfig)
+                    .arg("--rotate-certificates")
+                    .arg("--node-ip")
+                    .arg("127.0.0.1");
+            }
+            None => {}
         }
         let child = command
             .arg("--config")
@@ -582,6 +642,22 @@ impl Drop for Agent {
             return;
         }
         let node = self.node.clone();
+        if let Some(cluster::Join::Node { control_plane, .. }) = &self.join {
+            // Best effort: a Node left behind only stays NotReady in a throwaway cluster.
+            let _ = std::process::Command::new(&control_plane.kubectl)
+                .arg("--kubeconfig")
+                .arg(&control_plane.admin_kubeconfig)
+                .args([
+                    "delete",
+                    "node",
+                    "--wait=false",
+                    "--ignore-not-found",
+                    &node,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         // Drop cannot await: clean up on a thread with its own runtime.
         let cleanup = std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
@@ -590,6 +666,29 @@ impl Drop for Agent {
                 .map(|rt| rt.block_on(remove_node_objects(&node)))
         });
         let _ = cleanup.join();
+        unmount_under(self.dir.path());
+    }
+}
+
+/// Unmounts what a killed agent left mounted under `dir` (its pods' tmpfs volumes: secrets,
+/// projected service-account tokens), deepest first, so that the directory can be removed.
+fn unmount_under(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return;
+    };
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        // Best effort: what stays mounted only keeps its directory from being removed.
+        let _ = Command::new("umount")
+            .arg(point)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

@@ -31,7 +31,12 @@
 //! - the crash-loop and image-pull back-off, 10 s doubling to 300 s: `agent/src/backoff.rs`;
 //! - the retry after a failed sync (2 s): `ERROR_RETRY` in `agent/src/pod_workers.rs`;
 //! - the status and mirror-pod resyncs (10 s): `agent/src/apiserver/{status_sync,mirror_pods}.rs`;
-//! - housekeeping (2 s), which removes what is left of deleted pods: `agent/src/agent.rs`.
+//! - housekeeping (2 s), which removes what is left of deleted pods: `agent/src/agent.rs`;
+//! - how long the kubelet port remembers a denied SubjectAccessReview (30 s): `DENIED_TTL` in
+//!   `agent/src/server/auth.rs`.
+//!
+//! The tests against the real control plane also wait on its controllers, whose periods are in
+//! [`control_plane`].
 
 use std::time::Duration;
 
@@ -63,6 +68,27 @@ pub mod work {
     pub const API_CALL: Duration = Duration::from_millis(500);
     /// Pulling a small image from the loopback registry.
     pub const PULL: Duration = Duration::from_secs(1);
+    /// One kubectl invocation against the real control plane: starting its 130 MB binary, discovery
+    /// (`apply`, `rollout`), and its requests.
+    pub const KUBECTL: Duration = Duration::from_secs(2);
+}
+
+/// The periods of the real control plane's controllers that the tests against it wait on:
+/// kube-controller-manager v1.37's defaults, which `e2e/scripts/controlplane-up.sh` does not
+/// override. Like the agent's periods they are timers, never stretched by the load allowance.
+pub mod control_plane {
+    use std::time::Duration;
+
+    /// `--node-monitor-grace-period`: how long a node may go without a heartbeat (Lease renewal or
+    /// status update) before the node lifecycle controller marks it Unknown (kubectl: NotReady)
+    /// and queues the `node.kubernetes.io/unreachable` taint. 50 s since v1.32
+    /// (`pkg/controller/nodelifecycle/config/v1alpha1/defaults.go`).
+    pub const NODE_MONITOR_GRACE: Duration = Duration::from_secs(50);
+    /// `--node-monitor-period`: how often that controller looks at the nodes' heartbeats (same file).
+    pub const NODE_MONITOR_PERIOD: Duration = Duration::from_secs(5);
+    /// The Job controller's delay before it replaces a failed pod (the first one; it doubles):
+    /// `DefaultJobPodFailureBackOff` in `pkg/controller/job/job_controller.go`.
+    pub const JOB_POD_FAILURE_BACKOFF: Duration = Duration::from_secs(10);
 }
 
 /// `work` as a loaded machine may take it.
@@ -102,6 +128,8 @@ pub struct Periods {
     pub backoff_max: Duration,
     /// kubelet's `minimumGracePeriodInSeconds`.
     pub min_grace: Duration,
+    /// How long the kubelet port keeps a denied authorization before it asks the API server again.
+    pub authz_denied_ttl: Duration,
 }
 
 /// What the harness runs every agent with.
@@ -120,6 +148,7 @@ pub const HARNESS: Periods = Periods {
     backoff_initial: Duration::from_secs(10),
     backoff_max: Duration::from_secs(300),
     min_grace: Duration::from_secs(2),
+    authz_denied_ttl: Duration::from_secs(30),
 };
 
 /// The periods of the agents the tests start.
@@ -350,6 +379,120 @@ impl Periods {
     /// Docker adapter directly.
     pub fn runtime_call(&self, limit: Duration) -> Duration {
         limit + allow(work::CRI_CALL * 2)
+    }
+
+    /// One kubectl command that talks to the API server only has answered.
+    pub fn kubectl(&self) -> Duration {
+        allow(work::KUBECTL)
+    }
+
+    /// One kubectl command that the API server forwards to the agent's port (logs, exec, attach,
+    /// port-forward) has answered or set its stream up: the agent's authorization of the API
+    /// server (a SubjectAccessReview), then the runtime's part (an exec, a log read).
+    pub fn kubectl_to_node(&self) -> Duration {
+        allow(work::KUBECTL + work::API_CALL * 2 + work::CRI_CALL * 2)
+    }
+
+    /// A namespace just created has its `default` ServiceAccount (the ServiceAccount controller
+    /// makes it; pods cannot be created in the namespace before).
+    pub fn namespace_ready(&self) -> Duration {
+        allow(work::API_CALL * 4)
+    }
+
+    /// A pod the scheduler places on the node (by nodeSelector) runs and its status reached the
+    /// API server: [`Periods::api_pod_start`] plus the scheduler's binding.
+    pub fn scheduled_pod_start(&self) -> Duration {
+        self.api_pod_start() + allow(work::API_CALL * 2)
+    }
+
+    /// `n` pods a controller (Deployment, DaemonSet, StatefulSet) creates at once are scheduled,
+    /// run and are Ready in the API: one pod's start, then the runtime and the API server taking
+    /// each of the others in turn (a sandbox and a container through CRI; the controller's create,
+    /// the scheduler's binding and the agent's status patch).
+    pub fn controller_pods_ready(&self, n: u32) -> Duration {
+        self.scheduled_pod_start() + allow((work::CRI_CALL + work::API_CALL * 3) * n)
+    }
+
+    /// `n` pods whose containers exit on SIGTERM within `grace`, deleted at once by a controller,
+    /// are gone from the API: one pod's deletion, then the runtime and the API server taking each
+    /// of the others in turn (stop and remove through CRI; the agent's final delete).
+    pub fn controller_pods_deleted(&self, n: u32, grace: Duration) -> Duration {
+        self.api_pod_deleted(grace) + allow((work::CRI_CALL * 2 + work::API_CALL) * n)
+    }
+
+    /// A rolling update replacing `n` pods in `waves` steps (the Deployment's maxSurge and
+    /// maxUnavailable decide them) completed: all new pods started, all old ones deleted, and at
+    /// each step the controller waited for the step's pods to start and stop.
+    pub fn rollout(&self, n: u32, waves: u32, grace: Duration) -> Duration {
+        self.controller_pods_ready(n)
+            + self.controller_pods_deleted(n, grace)
+            + (grace + self.pleg_relist + allow(work::API_CALL * 2)) * waves
+    }
+
+    /// A Job whose pods all fail ended Failed after `failures` pods (its backoffLimit + 1): each
+    /// pod started and failed in turn, the controller waiting its failure back-off (10 s,
+    /// doubling) before each replacement.
+    pub fn job_failed(&self, failures: u32) -> Duration {
+        let mut backoffs = Duration::ZERO;
+        let mut backoff = control_plane::JOB_POD_FAILURE_BACKOFF;
+        for _ in 1..failures {
+            backoffs += backoff;
+            backoff *= 2;
+        }
+        (self.api_pod_complete() + allow(work::API_CALL * 2)) * failures
+            + backoffs
+            + allow(work::API_CALL * 2)
+    }
+
+    /// An agent stopped (killed) has its node marked Unknown (kubectl: NotReady), counted from the
+    /// kill: its last heartbeat was before the kill, the controller noticed it within one monitor
+    /// period, waited the grace period, and acts at its next pass.
+    pub fn node_unreachable(&self) -> Duration {
+        control_plane::NODE_MONITOR_GRACE
+            + control_plane::NODE_MONITOR_PERIOD * 2
+            + allow(work::API_CALL * 2)
+    }
+
+    /// A node marked Unknown got the `node.kubernetes.io/unreachable` NoExecute taint (queued at
+    /// the same pass; the first node of a zone is not rate-limited), or a node Ready again lost it.
+    pub fn node_taint_changed(&self) -> Duration {
+        control_plane::NODE_MONITOR_PERIOD + allow(work::API_CALL * 2)
+    }
+
+    /// A pod that tolerates a NoExecute taint for 0 s was deleted by the taint-eviction
+    /// controller once the taint is on its node.
+    pub fn taint_eviction(&self) -> Duration {
+        allow(work::API_CALL * 3)
+    }
+
+    /// A client newly granted access to the kubelet port is let in: the agent asks again once its
+    /// remembered denial expired.
+    pub fn authz_denial_expired(&self) -> Duration {
+        self.authz_denied_ttl + allow(work::API_CALL * 2)
+    }
+
+    /// An in-place resize patched into a running pod was applied and reported: the pod's update
+    /// reaches the agent and its worker (UpdateContainerResources), the next relist sees the
+    /// container's new resources, the status patch carries them.
+    pub fn resize_applied(&self) -> Duration {
+        self.pleg_relist * 2 + allow(work::API_CALL * 3 + work::CRI_CALL * 2)
+    }
+
+    /// A resize the agent does not admit is reported PodResizePending.
+    pub fn resize_refused(&self) -> Duration {
+        self.pleg_relist + allow(work::API_CALL * 3)
+    }
+
+    /// A joined agent's serving CertificateSigningRequest (`serverTLSBootstrap`) exists, counted
+    /// from node Ready (it is sent once the client identity is in place, before registration).
+    pub fn serving_csr_sent(&self) -> Duration {
+        allow(work::API_CALL * 2)
+    }
+
+    /// An approved CertificateSigningRequest was signed by the controller-manager and the agent
+    /// took the certificate (it watches its request).
+    pub fn csr_issued(&self) -> Duration {
+        allow(work::API_CALL * 4)
     }
 
     /// A runtime's own asynchronous work (a container's output in its log, a port that starts

@@ -66,7 +66,7 @@ async fn joined(prefix: &str) -> anyhow::Result<(Cluster, Agent)> {
     // Fail before starting anything when the registry is not configured.
     registry();
     let cluster = Cluster::start().await?;
-    let agent = Agent::start_with(prefix, Some(&cluster.kubeconfig), "")?;
+    let agent = Agent::join(prefix, &cluster, "")?;
     Ok((cluster, agent))
 }
 

@@ -26,7 +26,7 @@ fn status_of(p: &Pod, name: &str) -> Option<ContainerStatus> {
 
 async fn joined(prefix: &str, extra: &str) -> anyhow::Result<(Cluster, Agent)> {
     let cluster = Cluster::start().await?;
-    let agent = Agent::start_with(prefix, Some(&cluster.kubeconfig), extra)?;
+    let agent = Agent::join(prefix, &cluster, extra)?;
     Ok((cluster, agent))
 }
 

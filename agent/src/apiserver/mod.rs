@@ -21,6 +21,11 @@ pub enum ClientError {
 
 /// A client from a kubeconfig file, with kube's standard loading rules for its contents.
 pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<kube::Client, ClientError> {
+    Ok(kube::Client::try_from(config_from_kubeconfig(path).await?)?)
+}
+
+/// The client configuration a kubeconfig file gives.
+pub async fn config_from_kubeconfig(path: &std::path::Path) -> Result<kube::Config, ClientError> {
     let kubeconfig = Kubeconfig::read_from(path).map_err(|source| ClientError::Kubeconfig {
         path: path.display().to_string(),
         source,
@@ -31,7 +36,7 @@ pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<kube::Clie
             path: path.display().to_string(),
             source,
         })?;
-    Ok(kube::Client::try_from(config)?)
+    Ok(config)
 }
 
 /// The HTTP status code of an API error, if it is one.

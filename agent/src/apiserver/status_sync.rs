@@ -1,5 +1,6 @@
 //! Pushes pod statuses from the status manager to the API server: `pods/status` is patched only when
-//! a pod's status changed (strategic merge, the pod's UID as precondition), static pods report through
+//! a pod's status changed (strategic merge, the pod's UID as precondition; the resize conditions the
+//! agent no longer sets are deleted explicitly, as a merge keeps what it is not told), static pods report through
 //! their mirror pods, and pods the API is deleting are deleted for good (grace 0, UID precondition) once
 //! their worker has stopped every container.
 
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api_code;
 use crate::sources::{CONFIG_MIRROR_ANNOTATION, is_static};
-use crate::status::{PodEntry, StatusManager};
+use crate::status::{PodEntry, RESIZE_IN_PROGRESS, RESIZE_PENDING, StatusManager};
 
 const RESYNC: Duration = Duration::from_secs(10);
 
@@ -50,9 +51,26 @@ fn target(
         .and_then(|m| Some((namespace, name, m.metadata.uid.clone()?)))
 }
 
-/// The strategic merge patch kubelet sends: the status, with the UID as precondition.
+/// The strategic merge patch kubelet sends: the status, with the UID as precondition. Conditions
+/// are merged by type, so the resize conditions the status lacks get a `$patch: delete` (a no-op
+/// where the API server has none).
 pub fn status_patch(uid: &str, status: &PodStatus) -> serde_json::Value {
-    serde_json::json!({"metadata": {"uid": uid}, "status": status})
+    let mut patch = serde_json::json!({"metadata": {"uid": uid}, "status": status});
+    let present = |kind: &str| status.conditions.iter().flatten().any(|c| c.type_ == kind);
+    let deletions: Vec<serde_json::Value> = [RESIZE_PENDING, RESIZE_IN_PROGRESS]
+        .into_iter()
+        .filter(|kind| !present(kind))
+        .map(|kind| serde_json::json!({"type": kind, "$patch": "delete"}))
+        .collect();
+    if let Some(status) = patch.get_mut("status").and_then(|s| s.as_object_mut()) {
+        let conditions = status
+            .entry("conditions")
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let Some(list) = conditions.as_array_mut() {
+            list.extend(deletions);
+        }
+    }
+    patch
 }
 
 pub async fn run(
@@ -197,5 +215,35 @@ mod tests {
         let p = status_patch("u1", &status);
         assert_eq!(p["metadata"]["uid"], "u1");
         assert_eq!(p["status"]["phase"], "Running");
+    }
+
+    #[test]
+    fn patch_deletes_the_resize_conditions_the_status_lacks() {
+        let condition = |kind: &str| k8s_openapi::api::core::v1::PodCondition {
+            type_: kind.into(),
+            status: "True".into(),
+            ..Default::default()
+        };
+        let status = PodStatus {
+            conditions: Some(vec![condition("Ready"), condition(RESIZE_IN_PROGRESS)]),
+            ..Default::default()
+        };
+        let p = status_patch("u1", &status);
+        assert_eq!(
+            p["status"]["conditions"],
+            serde_json::json!([
+                {"type": "Ready", "status": "True"},
+                {"type": "PodResizeInProgress", "status": "True"},
+                {"type": "PodResizePending", "$patch": "delete"},
+            ])
+        );
+        let p = status_patch("u1", &PodStatus::default());
+        assert_eq!(
+            p["status"]["conditions"],
+            serde_json::json!([
+                {"type": "PodResizePending", "$patch": "delete"},
+                {"type": "PodResizeInProgress", "$patch": "delete"},
+            ])
+        );
     }
 }

@@ -66,11 +66,26 @@ pub fn container_labels(pod: &Pod, container: &str, node_name: &str) -> HashMap<
     ])
 }
 
-/// A hash of the container's spec; a running container whose hash differs is restarted.
-pub fn container_hash(container: &Container) -> String {
+fn hash_of(container: &Container) -> String {
     let mut hasher = Md5::new();
     hasher.update(serde_json::to_vec(container).unwrap_or_default());
     hex::encode(&hasher.finalize()[..8])
+}
+
+/// A hash of the container's spec without its resources and their resize policy, which an in-place
+/// resize changes without a restart; a running container whose hash differs is restarted.
+pub fn container_hash(container: &Container) -> String {
+    let mut hashed = container.clone();
+    hashed.resources = None;
+    hashed.resize_policy = None;
+    hash_of(&hashed)
+}
+
+/// True when a container's hash annotation is that of `container`: its hash, or the one agents
+/// before in-place resize recorded (of the whole spec, resources included), so that upgrading the
+/// agent restarts nothing. A container of such an agent is restarted by its first resize.
+pub fn hash_matches(hash: &str, container: &Container) -> bool {
+    hash == container_hash(container) || hash == hash_of(container)
 }
 
 /// True when this agent may manage an object carrying `labels`.
@@ -104,5 +119,22 @@ mod tests {
         let b: Container = serde_json::from_str(r#"{"name":"c","image":"x:2"}"#).expect("c");
         assert_eq!(container_hash(&a), container_hash(&a.clone()));
         assert_ne!(container_hash(&a), container_hash(&b));
+    }
+
+    #[test]
+    fn hash_leaves_resources_out_and_accepts_the_old_whole_spec_hash() {
+        let a: Container = serde_json::from_str(r#"{"name":"c","image":"x:1"}"#).expect("c");
+        let resized: Container = serde_json::from_str(
+            r#"{"name":"c","image":"x:1","resources":{"limits":{"cpu":"1"}},
+                "resizePolicy":[{"resourceName":"cpu","restartPolicy":"NotRequired"}]}"#,
+        )
+        .expect("c");
+        assert_eq!(container_hash(&a), container_hash(&resized));
+        // An agent before in-place resize hashed the whole spec.
+        let old = hash_of(&resized);
+        assert_ne!(old, container_hash(&resized));
+        assert!(hash_matches(&old, &resized));
+        assert!(hash_matches(&container_hash(&a), &resized));
+        assert!(!hash_matches(&old, &a), "the old hash of other resources");
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use mk_cri::api;
 
 use super::labels;
+use super::resources::ContainerResources;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SandboxState {
@@ -75,6 +76,9 @@ pub struct ObservedContainer {
     /// The pod's terminationGracePeriodSeconds when the container was created (for pods the agent
     /// no longer has the spec of).
     pub grace_period: Option<i64>,
+    /// The cpu and memory settings applied to it: as the runtime reports them, else as the agent
+    /// last applied them; `None` when neither is known.
+    pub resources: Option<ContainerResources>,
 }
 
 impl ObservedContainer {
@@ -208,6 +212,7 @@ pub fn from_status(status: api::ContainerStatus, sandbox_id: &str) -> ObservedCo
         grace_period: annotation(labels::POD_TERMINATION_GRACE_PERIOD)
             .parse()
             .ok(),
+        resources: ContainerResources::reported(status.resources.as_ref()),
         id: status.id,
     }
 }

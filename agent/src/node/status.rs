@@ -317,9 +317,14 @@ pub fn node_status(
         kube_proxy_version: String::new(),
         operating_system: OPERATING_SYSTEM.into(),
         architecture: settings.architecture.clone(),
-        swap: host.swap_bytes.map(|bytes| NodeSwapStatus {
-            capacity: Some(i64::try_from(bytes).unwrap_or(i64::MAX)),
-        }),
+        // Kubelet leaves `swap` out on a host without swap: the API server refuses a capacity of 0
+        // ("must be greater than zero").
+        swap: host
+            .swap_bytes
+            .filter(|bytes| *bytes > 0)
+            .map(|bytes| NodeSwapStatus {
+                capacity: Some(i64::try_from(bytes).unwrap_or(i64::MAX)),
+            }),
         ..previous_info
     });
 
@@ -633,6 +638,21 @@ mod tests {
             .flatten()
             .find(|c| c.type_ == kind)
             .unwrap_or_else(|| panic!("no {kind} condition"))
+    }
+
+    #[test]
+    fn swap_is_left_out_without_swap_and_reported_with_it() {
+        let mut observed = observation();
+        let node = node_for_registration(&settings(), &observed, at(0));
+        let info = node.status.and_then(|s| s.node_info).expect("nodeInfo");
+        assert_eq!(info.swap, None, "a host without swap reports none");
+        observed.host.swap_bytes = Some(2 * GIB);
+        let node = node_for_registration(&settings(), &observed, at(0));
+        let info = node.status.and_then(|s| s.node_info).expect("nodeInfo");
+        assert_eq!(
+            info.swap.and_then(|s| s.capacity),
+            Some(i64::try_from(2 * GIB).expect("fits"))
+        );
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub struct WorkerState {
     pub started: tokio::time::Instant,
     /// Why the agent failed the pod (activeDeadlineSeconds), once it did.
     pub failure: Option<sync::PodFailure>,
+    /// Why the last in-place resize failed, while one is still to be done.
+    pub resize_error: Option<String>,
+    /// Whether the last status showed a resize being carried out.
+    pub resizing: bool,
 }
 
 impl Default for WorkerState {
@@ -56,6 +60,8 @@ impl Default for WorkerState {
             pull_failed_at: HashMap::new(),
             started: tokio::time::Instant::now(),
             failure: None,
+            resize_error: None,
+            resizing: false,
         }
     }
 }
@@ -97,6 +103,10 @@ pub async fn sync_pod(
 ) -> SyncOutcome {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let rt = &ctx.runtime;
+    // The resources applied to each container: as the runtime reports them, else as last applied.
+    let mut observed = observed.clone();
+    rt.applied.fill(&mut observed);
+    let observed = &observed;
     let (probe_failures, grace_overrides) = probe_failures(ctx, pod, observed);
     let Some(volumes) = set_up_volumes(ctx, pod, state).await else {
         publish_status(ctx, pod, observed, state, false);
@@ -153,6 +163,11 @@ pub async fn sync_pod(
     for (key, finished_at) in &executed.restarts {
         state.backoff.next(key, *finished_at);
     }
+    for id in &executed.resized {
+        // Its state did not change: the PLEG reads it again for the resources the runtime reports.
+        ctx.cache.request_refresh(&uid, id);
+    }
+    record_resize_error(ctx, pod, state, &actions, &executed);
     for name in &executed.started {
         state.reasons.remove(name);
         state.pull_failed_at.remove(name);
@@ -214,6 +229,35 @@ pub async fn sync_pod(
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|p| p == "Succeeded" || p == "Failed");
     SyncOutcome { next, terminal }
+}
+
+/// Keeps the error of a failed in-place resize for the `PodResizeInProgress` condition (with a
+/// `ResizeError` event when it changes) until no resize is left to do.
+fn record_resize_error(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    state: &mut WorkerState,
+    actions: &sync::PodActions,
+    executed: &Executed,
+) {
+    if actions.update_resources.is_empty() {
+        state.resize_error = None;
+        return;
+    }
+    let error = executed.resize_errors.first().cloned();
+    if let Some(message) = error
+        .as_ref()
+        .filter(|e| state.resize_error.as_ref() != Some(*e))
+    {
+        ctx.runtime.events.record(
+            pod,
+            None,
+            EventType::Warning,
+            "ResizeError",
+            format!("Pod resize error: {message}"),
+        );
+    }
+    state.resize_error = error;
 }
 
 /// Sets up (or refreshes) the pod's volumes before anything starts, as kubelet's WaitForAttachAndMount.
@@ -442,18 +486,20 @@ pub fn publish_status(
     }
     let mut observed = observed.clone();
     fill_termination_messages(ctx, pod, &mut observed);
+    ctx.runtime.applied.fill(&mut observed);
     let observed = &observed;
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let probes: HashMap<String, (bool, bool)> = observed
-        .containers
-        .iter()
-        .map(|c| {
+    // By name, from each container's newest instance (the list is newest first; an instance
+    // that exited before a restart must not decide the running one's readiness).
+    let mut probes: HashMap<String, (bool, bool)> = HashMap::new();
+    for c in &observed.containers {
+        probes.entry(c.name.clone()).or_insert_with(|| {
             let s = ctx
                 .prober
                 .status(&uid, &c.name, c.state() == ContainerState::Running);
-            (c.name.clone(), (s.started, s.ready))
-        })
-        .collect();
+            (s.started, s.ready)
+        });
+    }
     let status_ctx = StatusContext {
         probes: &probes,
         runtime_name: &ctx.runtime_name,
@@ -461,6 +507,7 @@ pub fn publish_status(
         host_ip: ctx.runtime.host_ip.as_deref(),
         start_time: state.start_time,
         terminating,
+        resize_error: state.resize_error.as_deref(),
     };
     let mut status = crate::status::compute(
         pod,
@@ -489,8 +536,46 @@ pub fn publish_status(
         ctx.metrics.started_pods.inc();
         tracing::info!(pod = %pod_key(pod), seconds = state.first_seen.elapsed().as_secs_f64(), "pod started");
     }
+    note_resize_progress(ctx, pod, state, &status, terminating);
     if state.last_status.as_ref() != Some(&status) {
         ctx.status.set(Arc::new(pod.clone()), status.clone());
         state.last_status = Some(status);
     }
+}
+
+/// Logs when the status starts and stops showing a resize being carried out, with kubelet's
+/// `ResizeCompleted` event at the end.
+fn note_resize_progress(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    state: &mut WorkerState,
+    status: &PodStatus,
+    terminating: bool,
+) {
+    let resizing = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == crate::status::RESIZE_IN_PROGRESS);
+    if resizing == state.resizing {
+        return;
+    }
+    state.resizing = resizing;
+    let generation = pod.metadata.generation.unwrap_or_default();
+    if resizing {
+        tracing::info!(pod = %pod_key(pod), generation, "pod resize in progress");
+        return;
+    }
+    if terminating {
+        return;
+    }
+    let summary = crate::allocation::summary(pod);
+    tracing::info!(pod = %pod_key(pod), generation, resources = %summary, "pod resize completed");
+    ctx.runtime.events.record(
+        pod,
+        None,
+        EventType::Normal,
+        "ResizeCompleted",
+        format!("Pod resize completed: {summary}"),
+    );
 }

@@ -5,6 +5,7 @@
 //! after its worker finished, and holds back a static pod's new UID until every older pod of the same
 //! full name has finished (kubelet's `allowStaticPodStart`: never two copies of one static pod).
 
+pub mod applied;
 pub mod flows;
 pub mod runtime_manager;
 pub mod worker;
@@ -265,9 +266,10 @@ impl PodWorkers {
 
 /// True when a new version of a pod asks for something different. Status-only updates (the echo of
 /// the agent's own status writes) and resourceVersion bumps are not: they would only cause a useless
-/// turn. The readiness-gate conditions other controllers set in the status do count.
+/// turn. The readiness-gate conditions other controllers set in the status do count, and so does a
+/// new generation (its status reports `observedGeneration`, also for a resize still pending).
 fn meaningful_change(old: &Pod, new: &Pod) -> bool {
-    if old.spec != new.spec {
+    if old.spec != new.spec || old.metadata.generation != new.metadata.generation {
         return true;
     }
     let (a, b) = (&old.metadata, &new.metadata);

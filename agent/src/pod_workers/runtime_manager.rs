@@ -1,6 +1,6 @@
 //! The runtime manager (kubelet's `kuberuntime_manager`): carries out what the sync core decided
-//! through CRI — sandboxes, image pulls, container configs, starts, hooks, stops and removals — and
-//! records the events that go with them. It decides nothing itself.
+//! through CRI — sandboxes, image pulls, container configs, starts, hooks, in-place resizes, stops
+//! and removals — and records the events that go with them. It decides nothing itself.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -9,16 +9,18 @@ use k8s_openapi::api::core::v1::{Container, Node, Pod};
 use mk_cri::{CriClient, api};
 use tokio::sync::watch;
 
+use super::applied::AppliedResources;
 use crate::envvars;
 use crate::events::{EventRecorder, EventType};
 use crate::images::ImageManager;
 use crate::kuberuntime::observe::{
     ContainerState, ObservedContainer, ObservedPod, SandboxState, sandbox_ips,
 };
+use crate::kuberuntime::resources::ContainerResources;
 use crate::kuberuntime::{container_config, lifecycle, pod_files, sandbox_config, security};
 use crate::metrics::{ContainerErrorLabels, ContainerTypeLabels, Metrics};
 use crate::sources::pod_key;
-use crate::sync::{self, PodActions};
+use crate::sync::{self, PodActions, ResourceUpdate};
 use crate::volumes::{PodVolumes, VolumeManager};
 
 /// kubelet's `minimumGracePeriodInSeconds`.
@@ -51,6 +53,8 @@ pub struct RuntimeManager {
     pub dns: security::DnsSettings,
     /// The Node as last read (allocatable, for the downward API).
     pub node: watch::Receiver<Option<Node>>,
+    /// What the agent applied to each container's cpu and memory.
+    pub applied: AppliedResources,
 }
 
 /// What became of the containers a turn tried to start.
@@ -62,6 +66,10 @@ pub struct Executed {
     pub started: Vec<String>,
     /// Back-off keys of containers created to replace a finished instance, with when it finished.
     pub restarts: Vec<(String, i64)>,
+    /// IDs of the containers resized in place.
+    pub resized: Vec<String>,
+    /// Why an in-place resize failed, per failure.
+    pub resize_errors: Vec<String>,
 }
 
 pub fn container_spec<'a>(pod: &'a Pod, name: &str) -> Option<(&'a Container, bool)> {
@@ -141,8 +149,14 @@ pub async fn execute(
             "Back-off restarting failed container",
         );
     }
+    let mut result = Ok(());
+    for update in &actions.update_resources {
+        if let Err(retry) = resize_container(ctx, pod, update, executed).await {
+            result = Err(retry);
+        }
+    }
     if actions.start.is_empty() {
-        return Ok(());
+        return result;
     }
     let sandbox_request = sandbox_config::build(
         pod,
@@ -178,7 +192,7 @@ pub async fn execute(
             }
         },
         (Some(id), None) => id.clone(),
-        (None, None) => return Ok(()),
+        (None, None) => return result,
     };
     let pod_ips = match ctx
         .cri
@@ -191,7 +205,6 @@ pub async fn execute(
         Ok(resp) => sandbox_ips(resp.status),
         Err(_) => Vec::new(),
     };
-    let mut result = Ok(());
     for start in &actions.start {
         let Some((container, init)) = container_spec(pod, &start.name) else {
             continue;
@@ -209,6 +222,51 @@ pub async fn execute(
         }
     }
     result
+}
+
+/// Changes a running container's cpu and memory settings through CRI UpdateContainerResources, with
+/// the LinuxContainerResources its creation would get now, and records what was applied.
+async fn resize_container(
+    ctx: &RuntimeManager,
+    pod: &Pod,
+    update: &ResourceUpdate,
+    executed: &mut Executed,
+) -> Result<(), Duration> {
+    let Some((container, _)) = container_spec(pod, &update.name) else {
+        return Ok(());
+    };
+    let linux = security::container_resources(pod, container, node_memory_capacity(ctx));
+    tracing::info!(
+        pod = %pod_key(pod),
+        container = %update.name,
+        id = %update.id,
+        from = %update.from,
+        to = %update.to,
+        "resizing container in place"
+    );
+    let request = api::UpdateContainerResourcesRequest {
+        container_id: update.id.clone(),
+        linux: Some(linux),
+        ..Default::default()
+    };
+    match ctx.cri.update_container_resources(request).await {
+        Ok(_) => {
+            tracing::info!(pod = %pod_key(pod), container = %update.name, id = %update.id, resources = %update.to, "container resized in place");
+            ctx.applied.record(&update.id, update.to);
+            executed.resized.push(update.id.clone());
+            Ok(())
+        }
+        Err(e) => {
+            let message = format!(
+                "updating the resources of container {}: {}",
+                update.name,
+                e.message()
+            );
+            tracing::warn!(pod = %pod_key(pod), container = %update.name, id = %update.id, error = %e, "in-place resize failed; will retry");
+            executed.resize_errors.push(message);
+            Err(ERROR_RETRY)
+        }
+    }
 }
 
 /// The sandbox a container is started in.
@@ -434,12 +492,21 @@ async fn start_container(
     let container_type = if init { "init_container" } else { "container" };
     let result = async {
         let request = prepare_container(ctx, pod, container, start, sandbox).await?;
+        let resources = request
+            .config
+            .as_ref()
+            .and_then(|c| c.linux.as_ref())
+            .and_then(|l| l.resources.as_ref())
+            .map(ContainerResources::from);
         let id = ctx
             .cri
             .create_container(request)
             .await
             .map_err(|e| StartError::new("CreateContainerError", e.message(), ERROR_RETRY))?
             .container_id;
+        if let Some(resources) = resources {
+            ctx.applied.record(&id, resources);
+        }
         ctx.events.record(
             pod,
             Some(&container.name),
@@ -583,6 +650,7 @@ pub async fn remove_container(ctx: &RuntimeManager, id: &str) {
         "remove container",
         id,
     );
+    ctx.applied.forget(id);
 }
 
 pub async fn remove_sandbox(ctx: &RuntimeManager, id: &str) {

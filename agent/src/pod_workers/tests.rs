@@ -178,6 +178,7 @@ impl Agent {
                     host_resolv_conf: String::new(),
                 },
                 node: node_rx,
+                applied: Default::default(),
             },
             cache: cache.clone(),
             status: status.clone(),
@@ -838,5 +839,40 @@ async fn an_idle_node_costs_two_cri_calls_per_relist_and_none_per_worker_turn() 
     assert!(turns >= 110, "every pod resynced: {turns} turns");
     assert_eq!(rt.fake.call_count(Op::ListContainers), relists);
     assert_eq!(in_turns, 0, "worker turns made CRI calls");
+    agent.kill().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_container_is_ready_and_started_like_its_running_instance() {
+    let rt = Runtime::start();
+    let pod = static_pod("restarts", "sleep infinity", 2);
+    let agent = rt.agent(&[&pod]);
+    eventually("the pod runs", CONVERGE, || rt.is_running(&uid(&pod))).await;
+    let first = rt.running_containers_of(&uid(&pod));
+    assert_eq!(first.len(), 1);
+    rt.fake
+        .exit_container(&first[0].id, 1, None)
+        .expect("exit the container");
+    // Restarted at once (the first restart has no back-off); the exited instance stays listed
+    // beside the running one, and must not decide its status.
+    let ready_again = |agent: &Agent| {
+        agent
+            .status
+            .get(&uid(&pod))
+            .and_then(|s| s.container_statuses)
+            .and_then(|cs| cs.into_iter().next())
+            .is_some_and(|c| {
+                c.restart_count == 1
+                    && c.ready
+                    && c.started == Some(true)
+                    && c.state.and_then(|s| s.running).is_some()
+            })
+    };
+    eventually(
+        "the restarted container is reported ready and started",
+        CONVERGE * 2,
+        || ready_again(&agent),
+    )
+    .await;
     agent.kill().await;
 }

@@ -261,11 +261,41 @@ fn now_ns() -> i64 {
         .unwrap_or_default()
 }
 
-/// Kubelet's streaming options (`stdin`, `stdout`, `stderr`, `tty`: "1" or "true").
+/// A streaming option set to "1" or "true".
 fn flag(query: &[(String, String)], name: &str) -> bool {
     query
         .iter()
         .any(|(k, v)| k == name && matches!(v.as_str(), "1" | "true" | "True"))
+}
+
+/// Which streams an exec or attach asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Streams {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+}
+
+/// Kubelet's streaming options as the API server sends them when it proxies `pods/exec` and
+/// `pods/attach` (`input`, `output`, `error`, `tty`), or as the user-facing API names them (`stdin`,
+/// `stdout`, `stderr`), which direct clients of the port use. With a TTY there is no separate
+/// stderr (kubelet drops it); at least one stream must be asked for.
+fn streams(query: &[(String, String)]) -> Result<Streams, Failure> {
+    let tty = flag(query, "tty");
+    let streams = Streams {
+        stdin: flag(query, "input") || flag(query, "stdin"),
+        stdout: flag(query, "output") || flag(query, "stdout"),
+        stderr: !tty && (flag(query, "error") || flag(query, "stderr")),
+        tty,
+    };
+    if !(streams.stdin || streams.stdout || streams.stderr) {
+        return Err(Failure(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least 1 of stdin, stdout, stderr".into(),
+        ));
+    }
+    Ok(streams)
 }
 
 fn parse_query(raw: Option<String>) -> Vec<(String, String)> {
@@ -321,12 +351,15 @@ async fn stream_exec(
         Ok(id) => id,
         Err(f) => return f.into_response(),
     };
-    let (stdin, stdout, stderr, tty) = (
-        flag(&query, "stdin"),
-        flag(&query, "stdout"),
-        flag(&query, "stderr"),
-        flag(&query, "tty"),
-    );
+    let Streams {
+        stdin,
+        stdout,
+        stderr,
+        tty,
+    } = match streams(&query) {
+        Ok(s) => s,
+        Err(f) => return f.into_response(),
+    };
     let url = if is_exec {
         let cmd: Vec<String> = query
             .iter()
@@ -541,16 +574,40 @@ async fn proxy_upgrade(url: &str, mut req: Request) -> Response {
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let mut client = TokioIo::new(upgraded);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
-            }
+            Ok(upgraded) => splice(TokioIo::new(upgraded), backend).await,
             Err(e) => tracing::debug!(error = %e, "streaming upgrade from the client failed"),
         }
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     response.headers_mut().extend(headers);
     response
+}
+
+/// Copies an upgraded session both ways until the runtime's side ends, then closes the client's
+/// (as kubelet's upgrade-aware proxy does): the runtime ends a session once the command has exited
+/// and its status was sent, and waiting for the client to close first — as a bidirectional copy
+/// does — left `kubectl exec -it` hanging behind the API server's proxy when that proxy waits
+/// for us to close. The client closing its side only ends what it sends (stdin).
+async fn splice<C>(client: C, backend: tokio::net::TcpStream)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut backend_read, mut backend_write) = backend.into_split();
+    let upstream = async {
+        let _ = tokio::io::copy(&mut client_read, &mut backend_write).await;
+        let _ = backend_write.shutdown().await;
+        // Nothing more to send; the session lasts until the runtime ends it.
+        std::future::pending::<()>().await;
+    };
+    let downstream = async {
+        let _ = tokio::io::copy(&mut backend_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+    };
+    tokio::select! {
+        () = upstream => {}
+        () = downstream => {}
+    }
 }
 
 /// Reads an HTTP/1.1 response head byte by byte (the upgraded stream follows it directly).
@@ -587,6 +644,35 @@ async fn read_head(tcp: &mut tokio::net::TcpStream) -> std::io::Result<(StatusCo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_session_ends_when_the_runtime_ends_it_though_the_client_keeps_its_side_open() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let runtime = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut typed = [0u8; 5];
+            conn.read_exact(&mut typed).await.expect("stdin");
+            conn.write_all(b"exit status").await.expect("status");
+            // The runtime closes once the command has exited.
+            typed
+        });
+        let backend = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut user, proxied) = tokio::io::duplex(1024);
+        let session = tokio::spawn(splice(proxied, backend));
+        user.write_all(b"exit\n").await.expect("type");
+        let mut seen = Vec::new();
+        // The user's side stays open; it still reads the end of the session.
+        tokio::time::timeout(Duration::from_secs(5), user.read_to_end(&mut seen))
+            .await
+            .expect("the session ended")
+            .expect("read");
+        assert_eq!(seen, b"exit status");
+        assert_eq!(&runtime.await.expect("runtime"), b"exit\n");
+        session.await.expect("splice");
+    }
 
     fn pod_with_status(status: serde_json::Value) -> Pod {
         serde_json::from_value(serde_json::json!({
@@ -626,5 +712,49 @@ mod tests {
         assert!(flag(&q, "tty"));
         assert!(!flag(&q, "stderr"));
         assert!(!flag(&q, "stdout"));
+    }
+
+    fn query(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn streams_take_the_api_servers_parameters_and_the_user_facing_ones() {
+        // What kube-apiserver sends for `kubectl exec -i` (its proxy to the node's port).
+        let proxied = query(&[
+            ("command", "sh"),
+            ("input", "1"),
+            ("output", "1"),
+            ("error", "1"),
+        ]);
+        let want = Streams {
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        };
+        assert_eq!(streams(&proxied).ok(), Some(want));
+        let direct = query(&[("stdin", "true"), ("stdout", "1"), ("stderr", "1")]);
+        assert_eq!(streams(&direct).ok(), Some(want));
+        // A TTY merges stderr into stdout, as kubelet does.
+        let tty = query(&[
+            ("input", "1"),
+            ("output", "1"),
+            ("error", "1"),
+            ("tty", "1"),
+        ]);
+        assert_eq!(
+            streams(&tty).ok(),
+            Some(Streams {
+                stderr: false,
+                tty: true,
+                ..want
+            })
+        );
+        let none = streams(&query(&[("command", "ls"), ("tty", "1")])).expect_err("no stream");
+        assert_eq!(none.0, StatusCode::BAD_REQUEST);
     }
 }

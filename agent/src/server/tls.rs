@@ -1,6 +1,8 @@
-//! The kubelet port's TLS: the serving certificate from `tlsCertFile` / `tlsPrivateKeyFile`, or —
-//! as the kubelet does without them — a self-signed one kept in `<cert dir>/kubelet.crt` and
-//! `kubelet.key` (made once, reused after restarts); client certificates are asked for and, with
+//! The kubelet port's TLS: the serving certificate from `tlsCertFile` / `tlsPrivateKeyFile`; else,
+//! with `serverTLSBootstrap`, the current one issued through a CertificateSigningRequest (handshakes
+//! fail until there is one); else — as the kubelet does — a self-signed one kept in
+//! `<cert dir>/kubelet.crt` and `kubelet.key` (made once, reused after restarts); client
+//! certificates are asked for and, with
 //! `authentication.x509.clientCAFile`, verified (a client without one may still authenticate
 //! another way).
 
@@ -8,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::RootCertStore;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -35,7 +38,7 @@ pub enum TlsError {
 }
 
 /// Where the serving certificate comes from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TlsSettings {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -44,6 +47,8 @@ pub struct TlsSettings {
     /// The names and addresses a self-signed certificate is made for.
     pub hostnames: Vec<String>,
     pub client_ca_file: Option<PathBuf>,
+    /// The issued serving certificate (`serverTLSBootstrap`), used when no files are given.
+    pub issued: Option<Arc<dyn ResolvesServerCert>>,
 }
 
 fn pem_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
@@ -116,9 +121,18 @@ fn restrict(path: &Path) -> Result<(), TlsError> {
 /// The server's TLS configuration.
 pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let (cert_path, key_path) = serving_files(settings)?;
-    let certs = read_certs(&cert_path)?;
-    let key = read_key(&key_path)?;
+    let explicit = settings.cert_file.is_some() && settings.key_file.is_some();
+    let resolver: Arc<dyn ResolvesServerCert> = match &settings.issued {
+        Some(issued) if !explicit => issued.clone(),
+        _ => {
+            let (cert_path, key_path) = serving_files(settings)?;
+            let certs = read_certs(&cert_path)?;
+            let key = read_key(&key_path)?;
+            let key = CertifiedKey::from_der(certs, key, &provider)
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            Arc::new(SingleCertAndKey::from(key))
+        }
+    };
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -136,9 +150,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -172,6 +184,7 @@ mod tests {
             cert_dir: dir.path().join("pki"),
             hostnames: vec!["node-a".into(), "127.0.0.1".into()],
             client_ca_file: None,
+            issued: None,
         };
         server_config(&settings).expect("config");
         let cert = std::fs::read(dir.path().join("pki/kubelet.crt")).expect("cert");

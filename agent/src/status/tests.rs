@@ -65,6 +65,7 @@ fn status(pod: &Pod, o: &ObservedPod, reasons: &HashMap<String, WaitingReason>) 
         start_time: Timestamp::UNIX_EPOCH,
         terminating: false,
         probes: &HashMap::new(),
+        resize_error: None,
     };
     compute(pod, o, &ctx, None, Timestamp::UNIX_EPOCH)
 }
@@ -236,6 +237,7 @@ fn transition_times_stay_while_status_is_unchanged() {
         start_time: Timestamp::UNIX_EPOCH,
         terminating: false,
         probes: &probes,
+        resize_error: None,
     };
     let first = compute(&p, &o, &ctx, None, Timestamp::UNIX_EPOCH);
     let later = Timestamp::from_second(100).expect("ts");
@@ -259,6 +261,7 @@ fn readiness_probe_results_drive_ready() {
         start_time: Timestamp::UNIX_EPOCH,
         terminating: false,
         probes: &probes,
+        resize_error: None,
     };
     let s = compute(&p, &o, &ctx, None, Timestamp::UNIX_EPOCH);
     assert!(!s.container_statuses.as_ref().expect("cs")[0].ready);

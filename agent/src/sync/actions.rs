@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+use super::resize::{self, Resize, ResourceUpdate};
 use crate::backoff::Backoff;
-use crate::kuberuntime::labels::container_hash;
+use crate::kuberuntime::labels::{container_hash, hash_matches};
 use crate::kuberuntime::observe::{ContainerState, ObservedContainer, ObservedPod, SandboxState};
 
 /// A container to create and start.
@@ -46,6 +47,9 @@ pub struct PodActions {
     pub sandbox_id: Option<String>,
     pub kill: Vec<KillContainer>,
     pub start: Vec<ContainerStart>,
+    /// Running containers resized in place (their resize policy needs no restart), the ones that
+    /// lower something first. A restart a resize policy asks for is a kill and a start instead.
+    pub update_resources: Vec<ResourceUpdate>,
     pub backoff: Vec<Waiting>,
     /// Dead containers beyond the newest two per name (kubelet keeps one dead instance for lastState).
     pub remove_containers: Vec<String>,
@@ -107,6 +111,7 @@ impl PodActions {
             && self.create_sandbox.is_none()
             && self.kill.is_empty()
             && self.start.is_empty()
+            && self.update_resources.is_empty()
             && self.remove_containers.is_empty()
             && self.remove_sandboxes.is_empty()
             && self.fail_pod.is_none()
@@ -161,6 +166,32 @@ fn next_attempt(latest: Option<&ObservedContainer>) -> u32 {
 }
 
 /// Plans a start, or a back-off wait when the previous instance failed too recently.
+/// Stops `running` and plans its successor: a changed definition, or a resize whose policy asks
+/// for a restart.
+fn replace(
+    actions: &mut PodActions,
+    inputs: &SyncInputs<'_>,
+    container: &Container,
+    init: bool,
+    running: &ObservedContainer,
+    reason: String,
+) {
+    actions.kill.push(KillContainer {
+        id: running.id.clone(),
+        name: container.name.clone(),
+        reason,
+    });
+    let SyncInputs {
+        pod,
+        observed,
+        backoff,
+        now,
+        ..
+    } = *inputs;
+    let latest = observed.latest(&container.name);
+    plan_start(actions, pod, container, init, latest, backoff, now);
+}
+
 fn plan_start(
     actions: &mut PodActions,
     pod: &Pod,
@@ -298,6 +329,9 @@ pub fn compute_with(inputs: &SyncInputs<'_>) -> PodActions {
     match observed.latest_sandbox() {
         Some(sandbox) if ready == 1 && sandbox.state == SandboxState::Ready => {
             in_kept_sandbox(&mut actions, inputs, &sandbox.id);
+            actions
+                .update_resources
+                .sort_by_key(|u| !u.from.shrinks_to(&u.to));
         }
         latest => in_new_sandbox(&mut actions, inputs, latest.map(|s| s.attempt + 1)),
     }
@@ -430,7 +464,10 @@ fn in_kept_sandbox(actions: &mut PodActions, inputs: &SyncInputs<'_>, sandbox_id
             actions.kill_pod = true;
             return;
         }
-        InitProgress::Running => return,
+        InitProgress::Running => {
+            resize_sidecars(actions, inputs, sandbox_id);
+            return;
+        }
         InitProgress::Next(init) => {
             if let Some(c) = current(&init.name).filter(|c| c.state() == ContainerState::Unknown) {
                 actions.kill.push(KillContainer {
@@ -448,6 +485,7 @@ fn in_kept_sandbox(actions: &mut PodActions, inputs: &SyncInputs<'_>, sandbox_id
                 backoff,
                 now,
             );
+            resize_sidecars(actions, inputs, sandbox_id);
             return;
         }
         InitProgress::Done => {}
@@ -459,24 +497,10 @@ fn in_kept_sandbox(actions: &mut PodActions, inputs: &SyncInputs<'_>, sandbox_id
         match latest.map(|l| l.state()) {
             Some(ContainerState::Running) => {
                 let running = latest.expect("matched Some");
-                if !running.hash.is_empty() && running.hash != container_hash(c) {
-                    actions.kill.push(KillContainer {
-                        id: running.id.clone(),
-                        name: c.name.clone(),
-                        reason: format!(
-                            "Container {} definition changed, will be restarted",
-                            c.name
-                        ),
-                    });
-                    plan_start(
-                        actions,
-                        pod,
-                        c,
-                        false,
-                        observed.latest(&c.name),
-                        backoff,
-                        now,
-                    );
+                if !running.hash.is_empty() && !hash_matches(&running.hash, c) {
+                    let reason =
+                        format!("Container {} definition changed, will be restarted", c.name);
+                    replace(actions, inputs, c, false, running, reason);
                 } else if let Some(failure) = probe_failure(running) {
                     pending += 1;
                     actions.kill.push(KillContainer {
@@ -485,7 +509,17 @@ fn in_kept_sandbox(actions: &mut PodActions, inputs: &SyncInputs<'_>, sandbox_id
                         reason: failure.message.clone(),
                     });
                 } else {
-                    keep += 1;
+                    match resize::decide(pod, c, running) {
+                        Resize::Keep => keep += 1,
+                        Resize::Update(update) => {
+                            keep += 1;
+                            actions.update_resources.push(update);
+                        }
+                        Resize::Restart => {
+                            let reason = resize::restart_reason(&c.name);
+                            replace(actions, inputs, c, false, running, reason);
+                        }
+                    }
                 }
             }
             state => {
@@ -516,6 +550,40 @@ fn in_kept_sandbox(actions: &mut PodActions, inputs: &SyncInputs<'_>, sandbox_id
         // Every container is dead and none will restart: the pod is done, stop its sandbox.
         actions.kill_pod = true;
         actions.kill.clear();
+        return;
+    }
+    resize_sidecars(actions, inputs, sandbox_id);
+}
+
+/// Running native sidecars in the kept sandbox are resized as app containers are (kubelet resizes
+/// restartable init containers too). One being stopped already (a failed probe) is left to that.
+fn resize_sidecars(actions: &mut PodActions, inputs: &SyncInputs<'_>, sandbox_id: &str) {
+    let SyncInputs { pod, observed, .. } = *inputs;
+    let Some(spec) = pod.spec.as_ref() else {
+        return;
+    };
+    for init in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| is_sidecar(c))
+    {
+        let Some(running) = latest_in(observed, &init.name, sandbox_id)
+            .filter(|c| c.state() == ContainerState::Running)
+        else {
+            continue;
+        };
+        if actions.kill.iter().any(|k| k.id == running.id) {
+            continue;
+        }
+        match resize::decide(pod, init, running) {
+            Resize::Keep => {}
+            Resize::Update(update) => actions.update_resources.push(update),
+            Resize::Restart => {
+                let reason = resize::restart_reason(&init.name);
+                replace(actions, inputs, init, true, running, reason);
+            }
+        }
     }
 }
 

@@ -5,109 +5,12 @@
 //! Run it through `e2e/scripts/bench-static-start.sh` (which starts containerd and builds release
 //! binaries); `MK_E2E_CRI_ENDPOINT` names the runtime, `MK_E2E_AGENT_BIN` the agent binary.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use mk_cri::api;
-use mk_e2e::{Agent, BUSYBOX, NODE_LABEL, busybox_pod, cri};
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn summary(name: &str, mut ms: Vec<f64>) {
-    ms.sort_by(f64::total_cmp);
-    println!(
-        "{name:<44} n={:<3} median {:>7.1} ms   p99 {:>7.1} ms   min {:>7.1} ms   max {:>7.1} ms",
-        ms.len(),
-        percentile(&ms, 50.0),
-        percentile(&ms, 99.0),
-        ms.first().copied().unwrap_or(f64::NAN),
-        ms.last().copied().unwrap_or(f64::NAN),
-    );
-}
-
-/// One pod started by hand through CRI, as the floor any agent pays.
-async fn raw_cri_pod(i: usize, logs: &std::path::Path) -> Result<f64> {
-    let cri = cri();
-    let uid = format!("bench-raw-{}-{i}", std::process::id());
-    let labels = HashMap::from([(NODE_LABEL.to_string(), "bench-raw".to_string())]);
-    let sandbox_config = api::PodSandboxConfig {
-        metadata: Some(api::PodSandboxMetadata {
-            name: uid.clone(),
-            uid: uid.clone(),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        hostname: format!("raw{i}"),
-        log_directory: logs.join(&uid).to_string_lossy().into_owned(),
-        labels: labels.clone(),
-        linux: Some(api::LinuxPodSandboxConfig {
-            cgroup_parent: format!("/kubepods/besteffort/pod{uid}"),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let started = Instant::now();
-    let sandbox = cri
-        .run_pod_sandbox(api::RunPodSandboxRequest {
-            config: Some(sandbox_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .pod_sandbox_id;
-    let container = cri
-        .create_container(api::CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(api::ContainerConfig {
-                metadata: Some(api::ContainerMetadata {
-                    name: "main".into(),
-                    attempt: 0,
-                }),
-                image: Some(api::ImageSpec {
-                    image: BUSYBOX.into(),
-                    ..Default::default()
-                }),
-                command: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "trap 'exit 0' TERM; while true; do sleep 1; done".into(),
-                ],
-                log_path: "main/0.log".into(),
-                labels,
-                ..Default::default()
-            }),
-            sandbox_config: Some(sandbox_config),
-        })
-        .await?
-        .container_id;
-    cri.start_container(api::StartContainerRequest {
-        container_id: container,
-    })
-    .await?;
-    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-    cri.stop_pod_sandbox(api::StopPodSandboxRequest {
-        pod_sandbox_id: sandbox.clone(),
-    })
-    .await?;
-    cri.remove_pod_sandbox(api::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    })
-    .await?;
-    for controller in [
-        "cpu", "cpuacct", "memory", "pids", "blkio", "devices", "freezer", "cpuset", "systemd",
-    ] {
-        let _ = std::fs::remove_dir(format!(
-            "/sys/fs/cgroup/{controller}/kubepods/besteffort/pod{uid}"
-        ));
-    }
-    Ok(elapsed)
-}
+use mk_e2e::bench::{rss_kib, start_raw_pod, summary};
+use mk_e2e::{Agent, busybox_pod};
 
 async fn running_container_of(agent: &Agent, pod_name: &str) -> Result<bool> {
     let full = format!("{pod_name}-{}", agent.node);
@@ -115,12 +18,6 @@ async fn running_container_of(agent: &Agent, pod_name: &str) -> Result<bool> {
         c.state == api::ContainerState::ContainerRunning as i32
             && c.labels.get("io.kubernetes.pod.name") == Some(&full)
     }))
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[tokio::main]
@@ -140,7 +37,9 @@ async fn main() -> Result<()> {
 
     let mut raw = Vec::new();
     for i in 0..n {
-        raw.push(raw_cri_pod(i, logs.path()).await?);
+        let pod = start_raw_pod(i, logs.path()).await?;
+        raw.push(pod.elapsed_ms);
+        pod.remove().await?;
     }
 
     let agent = Agent::start("bench")?;

@@ -106,6 +106,15 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if r.behaviour == crate::resources::Behaviour::CertificateSigningRequest {
+            resources.push(json!({
+                "name": format!("{}/approval", r.plural),
+                "singularName": "",
+                "namespaced": false,
+                "kind": r.kind,
+                "verbs": ["get", "update"],
+            }));
+        }
         if r.plural == "serviceaccounts" && r.group.is_empty() {
             resources.push(json!({
                 "name": "serviceaccounts/token",

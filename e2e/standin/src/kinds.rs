@@ -64,7 +64,7 @@ fn roundtrip<T: DeserializeOwned + Serialize>(
 /// Decode an object through its typed form and re-encode it. Returns the normalized object
 /// and the paths of unknown fields (which are dropped).
 pub fn normalize(res: &ResourceDef, obj: Value) -> Result<(Value, Vec<String>), ApiError> {
-    use k8s_openapi::api::{coordination, core::v1 as core, events};
+    use k8s_openapi::api::{certificates, coordination, core::v1 as core, events};
     let name = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -82,6 +82,9 @@ pub fn normalize(res: &ResourceDef, obj: Value) -> Result<(Value, Vec<String>), 
         Behaviour::Service => roundtrip::<core::Service>(obj),
         Behaviour::Endpoints => roundtrip::<core::Endpoints>(obj),
         Behaviour::Lease => roundtrip::<coordination::v1::Lease>(obj),
+        Behaviour::CertificateSigningRequest => {
+            roundtrip::<certificates::v1::CertificateSigningRequest>(obj)
+        }
     };
     r.map_err(|e| match e {
         DecodeError::Missing { path, field } => {
@@ -609,6 +612,16 @@ fn name_causes(res: &ResourceDef, name: &str) -> Vec<Cause> {
         Behaviour::Namespace => (
             is_dns_label(name),
             "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
+        ),
+        // kube-apiserver checks CertificateSigningRequest names as path segments only (kubelet's
+        // `node-csr-<base64url digest>` has upper case letters and underscores).
+        Behaviour::CertificateSigningRequest => (
+            !name.is_empty()
+                && name != "."
+                && name != ".."
+                && !name.contains('/')
+                && !name.contains('%'),
+            "may not be '.' or '..' and may not contain '/' or '%'",
         ),
         Behaviour::Service => (
             is_dns1035_label(name),

@@ -28,6 +28,8 @@ pub enum Behaviour {
     Endpoints,
     /// coordination.k8s.io/v1 Lease.
     Lease,
+    /// certificates.k8s.io/v1 CertificateSigningRequest (with the `approval` subresource).
+    CertificateSigningRequest,
 }
 
 /// Static description of one served resource.
@@ -306,6 +308,22 @@ pub static RESOURCES: &[ResourceDef] = &[
         fields: &[],
         behaviour: Behaviour::Lease,
     },
+    ResourceDef {
+        group: "certificates.k8s.io",
+        version: "v1",
+        plural: "certificatesigningrequests",
+        singular: "certificatesigningrequest",
+        kind: "CertificateSigningRequest",
+        namespaced: false,
+        short_names: &["csr"],
+        categories: &[],
+        status_subresource: true,
+        allow_create_on_update: false,
+        allow_unconditional_update: true,
+        return_deleted_object: false,
+        fields: &["spec.signerName"],
+        behaviour: Behaviour::CertificateSigningRequest,
+    },
 ];
 
 /// The resource served at `group/version/plural`.
@@ -358,7 +376,11 @@ mod tests {
         assert!(find("", "v1", "nope").is_none());
         assert_eq!(
             groups(),
-            vec![("events.k8s.io", "v1"), ("coordination.k8s.io", "v1")]
+            vec![
+                ("events.k8s.io", "v1"),
+                ("coordination.k8s.io", "v1"),
+                ("certificates.k8s.io", "v1")
+            ]
         );
     }
 }

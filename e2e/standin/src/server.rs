@@ -208,7 +208,8 @@ fn resource_target(group: &str, version: &str, rest: &[&str]) -> Result<Target, 
     }
     if let Some(s) = sub {
         let ok = (s == "status" && def.status_subresource)
-            || (s == "token" && def.behaviour == Behaviour::ServiceAccount);
+            || (s == "token" && def.behaviour == Behaviour::ServiceAccount)
+            || (s == "approval" && def.behaviour == Behaviour::CertificateSigningRequest);
         if !ok {
             return Err(ApiError::path_not_found());
         }
@@ -332,6 +333,11 @@ async fn dispatch(
                     Method::GET => ctx.get(name),
                     Method::PUT => ctx.update(name, true),
                     Method::PATCH => ctx.patch(name, true),
+                    _ => Err(ApiError::method_not_allowed()),
+                },
+                (Some(name), Some("approval")) => match *method {
+                    Method::GET => ctx.get(name),
+                    Method::PUT => ctx.update_approval(name),
                     _ => Err(ApiError::method_not_allowed()),
                 },
                 (Some(name), Some(_token)) => match *method {
@@ -575,6 +581,26 @@ impl Ctx<'_> {
             StatusCode::OK
         };
         self.write_response(r, code)
+    }
+
+    /// PUT of a CertificateSigningRequest's `approval`: as kube-apiserver's approval strategy,
+    /// only the conditions change; the spec and the issued certificate stay as stored.
+    fn update_approval(&self, name: &str) -> Result<Response, ApiError> {
+        let opts = self.q.write_opts()?;
+        let mut body = self.body_value()?;
+        let current = self.state.store.get(self.res, self.ns, name)?;
+        let issued = current.pointer("/status/certificate").cloned();
+        if let Some(status) = body.get_mut("status").and_then(Value::as_object_mut) {
+            match issued {
+                Some(certificate) => status.insert("certificate".into(), certificate),
+                None => status.remove("certificate"),
+            };
+        }
+        let r =
+            self.state
+                .store
+                .update(self.res, self.ns, name, UpdateBody::Put(body), true, opts)?;
+        self.write_response(r, StatusCode::OK)
     }
 
     fn patch(&self, name: &str, status: bool) -> Result<Response, ApiError> {

@@ -829,6 +829,13 @@ impl Inner {
                 }
             }
             Behaviour::Secret => kinds::fold_string_data(obj),
+            // A new request has no status: approval and the certificate come later, through the
+            // `approval` and `status` subresources.
+            Behaviour::CertificateSigningRequest => {
+                if let Some(m) = obj.as_object_mut() {
+                    m.remove("status");
+                }
+            }
             Behaviour::Service => {
                 let needs_ip = obj.pointer("/spec/type").and_then(Value::as_str)
                     != Some("ExternalName")

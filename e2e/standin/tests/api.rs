@@ -782,6 +782,64 @@ async fn status_subresource_isolation() {
 }
 
 #[tokio::test]
+async fn certificate_signing_requests_approval_and_status() {
+    const CSRS: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+    let api = Api::start().await;
+    let r = api
+        .post(
+            CSRS,
+            json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+                   "metadata": {"generateName": "csr-"},
+                   "spec": {"request": "LS0tLQ==", "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+                            "usages": ["digital signature", "client auth"]},
+                   "status": {"certificate": "Zm9yZ2Vk"}}),
+        )
+        .await;
+    assert_eq!(r.code, 201, "{}", r.body);
+    let name = r.body["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("csr-"), "{name}");
+    assert!(
+        r.body["status"].get("certificate").is_none(),
+        "a new request has no certificate: {}",
+        r.body
+    );
+    // The approval subresource takes the conditions only.
+    let mut body = r.body.clone();
+    body["status"] = json!({"conditions": [{"type": "Approved", "status": "True", "reason": "Test"}],
+                            "certificate": "Zm9yZ2Vk"});
+    body["spec"]["signerName"] = json!("example.com/other");
+    let r = api.put(&format!("{CSRS}/{name}/approval"), body).await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(r.body["status"]["conditions"][0]["type"], "Approved");
+    assert!(r.body["status"].get("certificate").is_none(), "{}", r.body);
+    assert_eq!(
+        r.body["spec"]["signerName"],
+        "kubernetes.io/kube-apiserver-client-kubelet"
+    );
+    // The status subresource sets the certificate.
+    let mut body = r.body.clone();
+    body["status"]["certificate"] = json!("aXNzdWVk");
+    let r = api.put(&format!("{CSRS}/{name}/status"), body).await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(r.body["status"]["certificate"], "aXNzdWVk");
+    let r = api
+        .get(&format!(
+            "{CSRS}?fieldSelector=spec.signerName%3Dkubernetes.io%2Fkube-apiserver-client-kubelet"
+        ))
+        .await;
+    assert_eq!(names(&r.body), vec![name]);
+    // kubelet's digested names are path segments, not DNS subdomains.
+    let r = api
+        .post(
+            CSRS,
+            json!({"metadata": {"name": "node-csr-Q1otU6AvLyUOK_Tqbpx-A"},
+                   "spec": {"request": "LS0tLQ==", "signerName": "kubernetes.io/kube-apiserver-client-kubelet"}}),
+        )
+        .await;
+    assert_eq!(r.code, 201, "{}", r.body);
+}
+
+#[tokio::test]
 async fn pods_get_defaults_admission_and_drop_unknown_fields() {
     let api = Api::start().await;
     let r = api

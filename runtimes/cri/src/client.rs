@@ -149,6 +149,11 @@ impl CriClient {
     unary!(container_status, runtime, "container_status",
         api::ContainerStatusRequest => api::ContainerStatusResponse);
     unary!(
+        /// Changes a container's cpu and memory settings in place (kubelet's metric label
+        /// `update_container`).
+        update_container_resources, runtime, "update_container",
+        api::UpdateContainerResourcesRequest => api::UpdateContainerResourcesResponse);
+    unary!(
         /// The streaming URL of an exec session (served by the runtime's streaming server).
         exec, runtime, "exec", api::ExecRequest => api::ExecResponse);
     unary!(

@@ -171,6 +171,22 @@ async fn a_pod_lifecycle_works_and_is_counted() {
         .expect("list");
     assert_eq!(listed.containers.len(), 1);
 
+    let resized = api::LinuxContainerResources {
+        cpu_shares: 307,
+        cpu_quota: 30_000,
+        cpu_period: 100_000,
+        memory_limit_in_bytes: 128 << 20,
+        ..Default::default()
+    };
+    client
+        .update_container_resources(api::UpdateContainerResourcesRequest {
+            container_id: container.clone(),
+            linux: Some(resized.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("update resources");
+
     let exec = client
         .exec_sync(api::ExecSyncRequest {
             container_id: container.clone(),
@@ -202,6 +218,11 @@ async fn a_pod_lifecycle_works_and_is_counted() {
         .expect("status");
     assert_eq!(status.state, api::ContainerState::ContainerExited as i32);
     assert_eq!(status.exit_code, 137);
+    assert_eq!(
+        status.resources.and_then(|r| r.linux),
+        Some(resized),
+        "the runtime reports the updated resources"
+    );
     assert_eq!(
         status.log_path,
         "/var/log/pods/default_web_uid-web/app/0.log"
@@ -242,6 +263,7 @@ async fn a_pod_lifecycle_works_and_is_counted() {
         "create_container",
         "start_container",
         "list_containers",
+        "update_container",
         "exec_sync",
         "stop_container",
         "container_status",

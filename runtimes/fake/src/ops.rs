@@ -80,14 +80,17 @@ impl FromStr for Op {
     type Err = UnknownOp;
 
     /// Accepts the gRPC method name (`RunPodSandbox`) as well as snake-case spellings, including
-    /// kubelet's metric labels (`run_podsandbox`, `podsandbox_status`, `image_fs_info`): case and
-    /// underscores are ignored.
+    /// kubelet's metric labels (`run_podsandbox`, `podsandbox_status`, `image_fs_info`, and
+    /// `update_container` for UpdateContainerResources): case and underscores are ignored.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let wanted: String = s
             .chars()
             .filter(|c| *c != '_')
             .map(|c| c.to_ascii_lowercase())
             .collect();
+        if wanted == "updatecontainer" {
+            return Ok(Op::UpdateContainerResources);
+        }
         Op::ALL
             .iter()
             .copied()
@@ -107,6 +110,7 @@ mod tests {
         assert_eq!("podsandbox_status".parse(), Ok(Op::PodSandboxStatus));
         assert_eq!("image_fs_info".parse(), Ok(Op::ImageFsInfo));
         assert_eq!("exec_sync".parse(), Ok(Op::ExecSync));
+        assert_eq!("update_container".parse(), Ok(Op::UpdateContainerResources));
         assert!("run_pod".parse::<Op>().is_err());
         assert_eq!(Op::PullImage.to_string(), "PullImage");
     }

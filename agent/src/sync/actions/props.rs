@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::{ContainerResizePolicy, PodSpec, ResourceRequirements};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
 use super::*;
 use crate::kuberuntime::observe::{ObservedSandbox, SandboxState};
+use crate::kuberuntime::resources::ContainerResources;
 
 const S: i64 = 1_000_000_000;
 const NOW: i64 = 1_000 * S;
@@ -47,20 +48,57 @@ impl Case {
     }
 }
 
+/// The resources a generated container may have: none, or one of a few request / limit sets.
+fn resource_profiles() -> Vec<Option<ResourceRequirements>> {
+    let set = |json: serde_json::Value| Some(serde_json::from_value(json).expect("resources"));
+    vec![
+        None,
+        set(serde_json::json!({"requests": {"cpu": "100m", "memory": "64Mi"}})),
+        set(serde_json::json!({"limits": {"cpu": "200m", "memory": "128Mi"}})),
+        set(
+            serde_json::json!({"requests": {"cpu": "300m"}, "limits": {"cpu": "500m", "memory": "256Mi"}}),
+        ),
+    ]
+}
+
+/// The resize policies a generated container may have.
+fn resize_policies() -> Vec<Option<Vec<ContainerResizePolicy>>> {
+    let policy = |resource: &str, restart: &str| ContainerResizePolicy {
+        resource_name: resource.into(),
+        restart_policy: restart.into(),
+    };
+    vec![
+        None,
+        Some(vec![policy("cpu", "RestartContainer")]),
+        Some(vec![policy("memory", "RestartContainer")]),
+        Some(vec![
+            policy("cpu", "NotRequired"),
+            policy("memory", "NotRequired"),
+        ]),
+    ]
+}
+
 /// 1–3 app containers, 0–2 init containers (each maybe a native sidecar), any restart policy, an
-/// optional active deadline.
+/// optional active deadline; each container with some resources and resize policy.
 fn pods() -> impl Strategy<Value = Pod> {
     (
         1..=3usize,
         prop::collection::vec(any::<bool>(), 0..=2),
         prop::sample::select(vec!["Always", "OnFailure", "Never"]),
         prop::option::of(0..120i64),
+        prop::collection::vec((0..4usize, 0..4usize), 5),
     )
-        .prop_map(|(apps, sidecars, policy, deadline)| {
-            let container = |name: String| Container {
-                name,
-                image: Some("busybox:1.36".into()),
-                ..Default::default()
+        .prop_map(|(apps, sidecars, policy, deadline, resources)| {
+            let mut resources = resources.into_iter();
+            let mut container = |name: String| {
+                let (profile, resize) = resources.next().unwrap_or_default();
+                Container {
+                    name,
+                    image: Some("busybox:1.36".into()),
+                    resources: resource_profiles()[profile].clone(),
+                    resize_policy: resize_policies()[resize].clone(),
+                    ..Default::default()
+                }
             };
             let inits: Vec<Container> = sidecars
                 .iter()
@@ -90,8 +128,9 @@ fn pods() -> impl Strategy<Value = Pod> {
 }
 
 /// One container instance: which spec name, state, exit code, sandbox, creation time, attempt,
-/// whether it runs an outdated spec, and how long ago it finished.
-type InstanceSeed = (Index, usize, i32, Index, i64, u32, bool, i64);
+/// whether it runs an outdated spec, how long ago it finished, and the resources applied to it
+/// (unknown, or those of a resource profile).
+type InstanceSeed = (Index, usize, i32, Index, i64, u32, bool, i64, Option<usize>);
 
 fn instance_seeds() -> impl Strategy<Value = Vec<InstanceSeed>> {
     prop::collection::vec(
@@ -104,6 +143,7 @@ fn instance_seeds() -> impl Strategy<Value = Vec<InstanceSeed>> {
             0..5u32,
             prop::bool::weighted(0.15),
             0..400i64,
+            prop::option::of(0..4usize),
         ),
         0..=6,
     )
@@ -161,8 +201,18 @@ fn cases() -> impl Strategy<Value = Case> {
                         .into_iter()
                         .enumerate()
                         .map(
-                            |(i, (name, state, exit, sandbox, created, attempt, stale, ago))| {
+                            |(
+                                i,
+                                (name, state, exit, sandbox, created, attempt, stale, ago, applied),
+                            )| {
                                 let spec = name.get(&all);
+                                let applied = applied.map(|profile| {
+                                    let created = Container {
+                                        resources: resource_profiles()[profile].clone(),
+                                        ..spec.clone()
+                                    };
+                                    ContainerResources::desired(&pod, &created)
+                                });
                                 let state = states[state];
                                 let exited = state == ContainerState::Exited;
                                 ObservedContainer {
@@ -181,6 +231,7 @@ fn cases() -> impl Strategy<Value = Case> {
                                         container_hash(spec)
                                     },
                                     restart_count: i32::try_from(attempt).expect("small"),
+                                    resources: applied,
                                     ..Default::default()
                                 }
                             },
@@ -343,6 +394,84 @@ proptest! {
         ids.sort_unstable();
         ids.dedup();
         prop_assert_eq!(ids.len(), actions.kill.len(), "an instance killed twice: {:?}", actions);
+    }
+
+    /// An in-place update only ever targets the running, newest instance of a container in the kept
+    /// sandbox, one not stopped in the same turn nor replaced by a start, in a pod that keeps running;
+    /// and each container is updated at most once.
+    #[test]
+    fn updates_target_only_running_kept_instances(case in cases()) {
+        let actions = compute_with(&case.inputs());
+        if actions.update_resources.is_empty() {
+            return Ok(());
+        }
+        prop_assert!(!actions.kill_pod && actions.fail_pod.is_none(), "{:?}", actions);
+        let sandbox = actions.sandbox_id.as_deref();
+        prop_assert!(sandbox.is_some(), "an update with no kept sandbox: {:?}", actions);
+        let sandbox = sandbox.expect("checked");
+        let mut names: Vec<&str> = Vec::new();
+        for u in &actions.update_resources {
+            let current = latest_in(&case.observed, &u.name, sandbox);
+            prop_assert!(
+                current.is_some_and(|c| c.id == u.id && c.state() == ContainerState::Running),
+                "update of {} which is not the running instance: {:?}", u.id, actions
+            );
+            prop_assert!(!actions.kill.iter().any(|k| k.id == u.id), "updated and killed: {:?}", actions);
+            prop_assert!(!actions.start.iter().any(|s| s.name == u.name), "updated and started: {:?}", actions);
+            prop_assert!(u.from != u.to, "an update that changes nothing: {:?}", u);
+            names.push(&u.name);
+        }
+        names.sort_unstable();
+        names.dedup();
+        prop_assert_eq!(names.len(), actions.update_resources.len(), "{:?}", actions);
+    }
+
+    /// A resize only restarts a container whose resize policy says `RestartContainer` for a resource
+    /// that changed: a `NotRequired` change never kills.
+    #[test]
+    fn a_not_required_resize_never_kills(case in cases()) {
+        let actions = compute_with(&case.inputs());
+        let spec = case.spec();
+        for k in actions.kill.iter().filter(|k| k.reason.ends_with("resize requires restart")) {
+            let container = spec.containers.iter().chain(case.inits()).find(|c| c.name == k.name);
+            let instance = case.observed.containers.iter().find(|c| c.id == k.id);
+            prop_assert!(container.is_some() && instance.is_some(), "{:?}", k);
+            let (container, instance) = (container.expect("checked"), instance.expect("checked"));
+            let applied = instance.resources.expect("a resize needs known resources");
+            let desired = ContainerResources::desired(&case.pod, container);
+            let restarts = |resource: &str| {
+                container.resize_policy.iter().flatten().any(|p| {
+                    p.resource_name == resource && p.restart_policy == "RestartContainer"
+                })
+            };
+            prop_assert!(
+                (applied.cpu_differs(&desired) && restarts("cpu"))
+                    || (applied.memory_differs(&desired) && restarts("memory")),
+                "{} restarted for a resize its policy does not restart for: {:?}", k.name, actions
+            );
+        }
+    }
+
+    /// Once the runtime holds what an update applied, the next turn has nothing more to update.
+    #[test]
+    fn an_applied_update_is_not_repeated(case in cases()) {
+        let actions = compute_with(&case.inputs());
+        if actions.update_resources.is_empty() {
+            return Ok(());
+        }
+        let mut after = case.clone();
+        for c in &mut after.observed.containers {
+            if let Some(u) = actions.update_resources.iter().find(|u| u.id == c.id) {
+                c.resources = Some(u.to);
+            }
+        }
+        let again = compute_with(&after.inputs());
+        for u in &again.update_resources {
+            prop_assert!(
+                !actions.update_resources.iter().any(|done| done.id == u.id),
+                "{} updated twice: {:?} then {:?}", u.id, actions, again
+            );
+        }
     }
 
     /// Same inputs, same decision; and `compute` is `compute_with` without probes or a deadline.

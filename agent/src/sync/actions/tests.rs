@@ -3,6 +3,7 @@
 use super::*;
 use crate::kuberuntime::labels::container_hash;
 use crate::kuberuntime::observe::{ObservedSandbox, SandboxState};
+use crate::kuberuntime::resources::ContainerResources;
 
 const S: i64 = 1_000_000_000;
 const NOW: i64 = 1_000 * S;
@@ -719,4 +720,223 @@ fn instance_left_running_in_an_old_sandbox_is_stopped_not_duplicated() {
     );
     assert_eq!(starts(&a), vec![("a", 2)]);
     assert!(!a.kill_pod, "{a:?}");
+}
+
+/// Sets a container's resources and resize policy (as JSON) in `p`.
+fn resized(mut p: Pod, name: &str, resources: serde_json::Value, policy: serde_json::Value) -> Pod {
+    let spec = p.spec.as_mut().expect("spec");
+    let c = spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+        .find(|c| c.name == name)
+        .expect("container");
+    c.resources = Some(serde_json::from_value(resources).expect("resources"));
+    c.resize_policy = Some(serde_json::from_value(policy).expect("policy"));
+    p
+}
+
+/// The container's settings as the runtime would hold them had it been created with `resources`.
+fn applied_as(p: &Pod, name: &str, resources: serde_json::Value) -> ContainerResources {
+    let created = resized(p.clone(), name, resources, serde_json::json!([]));
+    let (c, _) = crate::pod_workers::runtime_manager::container_spec(&created, name).expect("c");
+    ContainerResources::desired(&created, c)
+}
+
+fn small() -> serde_json::Value {
+    serde_json::json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}})
+}
+
+fn big() -> serde_json::Value {
+    serde_json::json!({"requests": {"cpu": "300m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}})
+}
+
+fn restart_on(resource: &str) -> serde_json::Value {
+    serde_json::json!([{"resourceName": resource, "restartPolicy": "RestartContainer"}])
+}
+
+#[test]
+fn a_resize_without_restart_updates_the_running_container_in_place() {
+    let p = resized(
+        pod("Always", &["a"], &[]),
+        "a",
+        big(),
+        serde_json::json!([]),
+    );
+    let mut running = container(&p, "a", "s1", 0, Running, 0);
+    running.resources = Some(applied_as(&p, "a", small()));
+    let o = observed(vec![sandbox("s1", 0, true, S)], vec![running]);
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert_eq!(
+        a.update_resources,
+        vec![ResourceUpdate {
+            id: "a-0".into(),
+            name: "a".into(),
+            from: applied_as(&p, "a", small()),
+            to: applied_as(&p, "a", big()),
+        }]
+    );
+    assert!(
+        a.kill.is_empty() && a.start.is_empty() && !a.kill_pod,
+        "{a:?}"
+    );
+    assert!(!a.changes_nothing());
+}
+
+#[test]
+fn resize_policy_table() {
+    // (policy, new resources, restarted?, updated?)
+    let cpu_only = serde_json::json!({"requests": {"cpu": "300m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "128Mi"}});
+    let memory_only = serde_json::json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "256Mi"}});
+    let memory_request_only = serde_json::json!({"requests": {"cpu": "100m", "memory": "100Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}});
+    let table = [
+        (serde_json::json!([]), big(), false, true),
+        (restart_on("cpu"), cpu_only.clone(), true, false),
+        (restart_on("cpu"), memory_only.clone(), false, true),
+        (restart_on("memory"), memory_only.clone(), true, false),
+        (restart_on("memory"), cpu_only, false, true),
+        (restart_on("memory"), big(), true, false),
+        (restart_on("memory"), small(), false, false),
+        // A memory request is not applied to a container: nothing to do, whatever the policy.
+        (restart_on("memory"), memory_request_only, false, false),
+    ];
+    for (policy, resources, restarted, updated) in table {
+        let p = resized(
+            pod("Always", &["a", "b"], &[]),
+            "a",
+            resources.clone(),
+            policy.clone(),
+        );
+        let mut a0 = container(&p, "a", "s1", 0, Running, 0);
+        a0.resources = Some(applied_as(&p, "a", small()));
+        let o = observed(
+            vec![sandbox("s1", 0, true, S)],
+            vec![a0, container(&p, "b", "s1", 0, Running, 0)],
+        );
+        let a = compute(&p, &o, &Backoff::default(), NOW);
+        let case = format!("policy {policy} resources {resources}: {a:?}");
+        assert_eq!(!a.update_resources.is_empty(), updated, "{case}");
+        if restarted {
+            assert_eq!(
+                kills(&a),
+                vec![("a-0", "Container a resize requires restart")],
+                "{case}"
+            );
+            assert_eq!(starts(&a), vec![("a", 1)], "{case}");
+            assert_eq!(a.start[0].replaces_finished_at, None, "no back-off");
+        } else {
+            assert!(a.kill.is_empty() && a.start.is_empty(), "{case}");
+        }
+        assert!(!a.kill_pod, "{case}");
+    }
+}
+
+#[test]
+fn only_a_running_container_with_known_resources_is_updated() {
+    let p = resized(
+        pod("Always", &["a"], &[]),
+        "a",
+        big(),
+        serde_json::json!([]),
+    );
+    // The runtime reports nothing and the agent applied nothing it remembers: left alone.
+    let unknown = container(&p, "a", "s1", 0, Running, 0);
+    let o = observed(vec![sandbox("s1", 0, true, S)], vec![unknown]);
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert!(a.changes_nothing(), "{a:?}");
+    // An exited instance is not updated: it is restarted, with the new resources.
+    let mut exited = container(&p, "a", "s1", 0, Exited, 1);
+    exited.resources = Some(applied_as(&p, "a", small()));
+    let o = observed(vec![sandbox("s1", 0, true, S)], vec![exited]);
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert!(a.update_resources.is_empty());
+    assert_eq!(starts(&a), vec![("a", 1)]);
+    // A dead sandbox: everything starts again, nothing is updated.
+    let mut running = container(&p, "a", "s1", 0, Running, 0);
+    running.resources = Some(applied_as(&p, "a", small()));
+    let o = observed(vec![sandbox("s1", 0, false, S)], vec![running]);
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert!(a.kill_pod && a.update_resources.is_empty(), "{a:?}");
+}
+
+#[test]
+fn a_resized_container_is_not_restarted_for_its_changed_spec() {
+    // The container was created with other resources (its hash annotation is of the spec without
+    // them, so it still matches), and with an agent before in-place resize (whole-spec hash).
+    let created = resized(
+        pod("Always", &["a"], &[]),
+        "a",
+        small(),
+        serde_json::json!([]),
+    );
+    let p = resized(created.clone(), "a", big(), serde_json::json!([]));
+    let mut running = container(&created, "a", "s1", 0, Running, 0);
+    running.resources = Some(applied_as(&p, "a", big()));
+    let o = observed(vec![sandbox("s1", 0, true, S)], vec![running.clone()]);
+    assert!(compute(&p, &o, &Backoff::default(), NOW).changes_nothing());
+    let spec = created.spec.as_ref().expect("spec");
+    running.hash = {
+        use md5::{Digest, Md5};
+        let mut hasher = Md5::new();
+        hasher.update(serde_json::to_vec(&spec.containers[0]).expect("json"));
+        hex::encode(&hasher.finalize()[..8])
+    };
+    let o = observed(vec![sandbox("s1", 0, true, S)], vec![running]);
+    assert!(
+        compute(&created, &o, &Backoff::default(), NOW)
+            .kill
+            .is_empty(),
+        "an old agent's hash of the same spec matches"
+    );
+}
+
+#[test]
+fn running_sidecars_are_resized_too() {
+    let mut p = pod("Always", &["app"], &["sidecar"]);
+    p.spec
+        .as_mut()
+        .expect("spec")
+        .init_containers
+        .as_mut()
+        .expect("inits")[0]
+        .restart_policy = Some("Always".into());
+    let p = resized(p, "sidecar", big(), serde_json::json!([]));
+    let mut sidecar = container(&p, "sidecar", "s1", 0, Running, 0);
+    sidecar.resources = Some(applied_as(&p, "sidecar", small()));
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![sidecar.clone(), container(&p, "app", "s1", 0, Running, 0)],
+    );
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    let updated: Vec<&str> = a.update_resources.iter().map(|u| u.id.as_str()).collect();
+    assert_eq!(updated, vec!["sidecar-0"]);
+    assert!(a.kill.is_empty() && a.start.is_empty());
+    // With RestartContainer it is stopped and started again in the same turn, as an init container.
+    let p = resized(p, "sidecar", big(), restart_on("cpu"));
+    let o = observed(
+        vec![sandbox("s1", 0, true, S)],
+        vec![sidecar, container(&p, "app", "s1", 0, Running, 0)],
+    );
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    assert_eq!(
+        kills(&a),
+        vec![("sidecar-0", "Container sidecar resize requires restart")]
+    );
+    assert_eq!(starts(&a), vec![("sidecar", 1)]);
+    assert!(a.start[0].init);
+}
+
+#[test]
+fn updates_that_lower_something_go_first() {
+    let p = pod("Always", &["grow", "shrink"], &[]);
+    let p = resized(p, "grow", big(), serde_json::json!([]));
+    let p = resized(p, "shrink", small(), serde_json::json!([]));
+    let mut grow = container(&p, "grow", "s1", 0, Running, 0);
+    grow.resources = Some(applied_as(&p, "grow", small()));
+    let mut shrink = container(&p, "shrink", "s1", 0, Running, 0);
+    shrink.resources = Some(applied_as(&p, "shrink", big()));
+    let o = observed(vec![sandbox("s1", 0, true, S)], vec![grow, shrink]);
+    let a = compute(&p, &o, &Backoff::default(), NOW);
+    let order: Vec<&str> = a.update_resources.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(order, vec!["shrink", "grow"]);
 }
