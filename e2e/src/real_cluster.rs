@@ -456,7 +456,13 @@ while time.monotonic() < deadline:
         if not data:
             break
         shown += data
-done, status = os.waitpid(pid, os.WNOHANG)
+# The terminal ends (EIO) when kubectl's files are closed, which is before kubectl is a zombie
+# that waitpid can reap: wait for its exit up to the same deadline instead of looking once.
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done != 0 or time.monotonic() >= deadline:
+        break
+    time.sleep(0.02)
 if done == 0:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
