@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Stops the control plane controlplane-up.sh started for STATEDIR — scheduler, controller-manager,
-# API server, then etcd, each by its pid file (TERM, then KILL after 10 s) — and removes STATEDIR.
+# Stops the control plane controlplane-up.sh started for STATEDIR — metrics-server, scheduler,
+# controller-manager, API server, then etcd, each by its pid file (TERM, then KILL after 10 s) — and removes STATEDIR.
 # Safe to run when nothing is running or STATEDIR is already gone.
 # Usage: controlplane-down.sh STATEDIR
 set -euo pipefail
@@ -32,7 +32,7 @@ alive() {
   [[ -n $state && $state != Z ]]
 }
 
-for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do
+for name in metrics-server kube-scheduler kube-controller-manager kube-apiserver etcd; do
   pidfile=$statedir/$name.pid
   [[ -f $pidfile ]] || continue
   pid=$(<"$pidfile")

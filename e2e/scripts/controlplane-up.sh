@@ -9,7 +9,14 @@
 #   - --authorization-mode=Node,RBAC and the NodeRestriction admission plugin (plus the defaults);
 #   - a bootstrap token (group system:bootstrappers:kubeadm:default-node-token) allowed to create
 #     CSRs, with the controller-manager auto-approving node client CSRs (kubeadm's bindings); a
-#     bootstrap kubeconfig for nodes in STATEDIR/bootstrap-kubeconfig.
+#     bootstrap kubeconfig for nodes in STATEDIR/bootstrap-kubeconfig;
+#   - metrics-server (built beside the control plane) as the aggregated API metrics.k8s.io, for
+#     `kubectl top`: a front-proxy CA and client certificate for the aggregator (kubeadm's
+#     front-proxy-*), metrics-server's RBAC as its upstream manifest grants it, reached by the API
+#     server through an ExternalName Service `kube-system/metrics-server` (localhost; there is no
+#     Service network here) with the manifest's `insecureSkipTLSVerify`; it scrapes every node's
+#     /metrics/resource every 15 s with its own client certificate, skipping verification of the
+#     nodes' serving certificates (`--kubelet-insecure-tls`, as kind and minikube set it up).
 # Waits until the API server is ready, the scheduler and controller-manager are healthy and the
 # `default` ServiceAccount exists, then prints the admin kubeconfig path as the last line on stdout
 # (progress goes to stderr). STATEDIR/controlplane.env records ports, the kubectl path and the
@@ -46,7 +53,7 @@ running() {
 }
 
 if [[ -f $envfile ]] && running etcd && running kube-apiserver && running kube-controller-manager &&
-  running kube-scheduler; then
+  running kube-scheduler && running metrics-server; then
   say "control plane already running for $statedir"
   echo "$admin"
   exit 0
@@ -68,6 +75,7 @@ etcd_peer_port=$(free_port)
 api_port=$(free_port)
 cm_port=$(free_port)
 sched_port=$(free_port)
+ms_port=$(free_port)
 server=https://127.0.0.1:$api_port
 
 # --- certificates -------------------------------------------------------------------------------
@@ -92,14 +100,21 @@ keyUsage = critical, digitalSignature, keyEncipherment
 extendedKeyUsage = serverAuth
 subjectAltName = IP:127.0.0.1, IP:10.96.0.1, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local
 CNF
-openssl req -x509 -new -newkey rsa:2048 -nodes -days 3650 -config "$pki/openssl.cnf" \
-  -extensions ca -subj "/CN=mini-kubelet-e2e-ca" -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
-# cert NAME SUBJECT EXTENSIONS: a key and a certificate signed by the CA.
+# ca NAME SUBJECT: a self-signed CA.
+ca() {
+  openssl req -x509 -new -newkey rsa:2048 -nodes -days 3650 -config "$pki/openssl.cnf" \
+    -extensions ca -subj "$2" -keyout "$pki/$1.key" -out "$pki/$1.crt" 2>/dev/null
+}
+ca ca "/CN=mini-kubelet-e2e-ca"
+ca front-proxy-ca "/CN=mini-kubelet-e2e-front-proxy-ca"
+# cert NAME SUBJECT EXTENSIONS [CA]: a key and a certificate signed by CA (default: the cluster CA).
 cert() {
+  local signer=${4:-ca}
   openssl req -new -newkey rsa:2048 -nodes -config "$pki/openssl.cnf" -subj "$2" \
     -keyout "$pki/$1.key" -out "$pki/$1.csr" 2>/dev/null
-  openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
-    -days 365 -extfile "$pki/openssl.cnf" -extensions "$3" -out "$pki/$1.crt" 2>/dev/null
+  openssl x509 -req -in "$pki/$1.csr" -CA "$pki/$signer.crt" -CAkey "$pki/$signer.key" \
+    -CAcreateserial -days 365 -extfile "$pki/openssl.cnf" -extensions "$3" -out "$pki/$1.crt" \
+    2>/dev/null
   rm -f "$pki/$1.csr"
 }
 cert apiserver "/CN=kube-apiserver" server
@@ -107,6 +122,9 @@ cert apiserver-kubelet-client "/CN=kube-apiserver-kubelet-client" client
 cert admin "/O=system:masters/CN=kubernetes-admin" client
 cert controller-manager "/CN=system:kube-controller-manager" client
 cert scheduler "/CN=system:kube-scheduler" client
+cert metrics-server "/CN=system:metrics-server" client
+# The aggregator's client towards metrics-server, which trusts front-proxy-ca for it.
+cert front-proxy-client "/CN=front-proxy-client" client front-proxy-ca
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 chmod 600 "$pki"/*.key
@@ -137,6 +155,7 @@ KC
 kubeconfig "$admin" kubernetes-admin admin
 kubeconfig "$statedir/controller-manager.kubeconfig" system:kube-controller-manager controller-manager
 kubeconfig "$statedir/scheduler.kubeconfig" system:kube-scheduler scheduler
+kubeconfig "$statedir/metrics-server.kubeconfig" system:metrics-server metrics-server
 
 # A bootstrap token as kubeadm makes one: [a-z0-9]{6}.[a-z0-9]{16}.
 token_id=$(tr -dc 'a-z0-9' </dev/urandom | head -c 6 || true)
@@ -196,6 +215,7 @@ ETCD_PORT=$etcd_port
 API_PORT=$api_port
 CONTROLLER_MANAGER_PORT=$cm_port
 SCHEDULER_PORT=$sched_port
+METRICS_SERVER_PORT=$ms_port
 KUBECTL=$kubectl
 ADMIN_KUBECONFIG=$admin
 BOOTSTRAP_KUBECONFIG=$statedir/bootstrap-kubeconfig
@@ -228,7 +248,13 @@ start kube-apiserver "$bindir/kube-apiserver" \
   --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
   --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
   --kubelet-preferred-address-types InternalIP,Hostname \
-  --endpoint-reconciler-type none
+  --endpoint-reconciler-type none \
+  --requestheader-client-ca-file "$pki/front-proxy-ca.crt" \
+  --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
+  --proxy-client-cert-file "$pki/front-proxy-client.crt" \
+  --proxy-client-key-file "$pki/front-proxy-client.key"
 wait_for kube-apiserver 300 curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
   "$server/readyz"
 
@@ -320,10 +346,97 @@ subjects:
 - apiGroup: rbac.authorization.k8s.io
   kind: User
   name: kube-apiserver-kubelet-client
+---
+# metrics-server, as its upstream manifest (components.yaml) grants it, to its certificate's user.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: system:metrics-server
+rules:
+- apiGroups: [""]
+  resources: [nodes/metrics]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [pods, nodes]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: system:metrics-server
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:metrics-server
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: system:metrics-server
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: metrics-server:system:auth-delegator
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:auth-delegator
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: system:metrics-server
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: metrics-server-auth-reader
+  namespace: kube-system
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: extension-apiserver-authentication-reader
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: system:metrics-server
+---
+# No Service network here: the aggregator resolves an ExternalName Service to its name.
+apiVersion: v1
+kind: Service
+metadata:
+  name: metrics-server
+  namespace: kube-system
+spec:
+  type: ExternalName
+  externalName: localhost
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata:
+  name: v1beta1.metrics.k8s.io
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  insecureSkipTLSVerify: true
+  service:
+    name: metrics-server
+    namespace: kube-system
+    port: $ms_port
 YAML
+
+start metrics-server "$bindir/metrics-server" \
+  --kubeconfig "$statedir/metrics-server.kubeconfig" \
+  --authentication-kubeconfig "$statedir/metrics-server.kubeconfig" \
+  --authorization-kubeconfig "$statedir/metrics-server.kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port "$ms_port" --cert-dir "$pki/metrics-server" \
+  --kubelet-preferred-address-types InternalIP --kubelet-use-node-status-port \
+  --kubelet-insecure-tls --metric-resolution 15s
 
 wait_for kube-controller-manager 300 curl -sfk "https://127.0.0.1:$cm_port/healthz"
 wait_for kube-scheduler 300 curl -sfk "https://127.0.0.1:$sched_port/healthz"
+wait_for metrics-server 300 curl -sfk "https://127.0.0.1:$ms_port/livez"
 # Pods need their namespace's `default` ServiceAccount, which a controller makes.
 wait_for kube-controller-manager 300 k get serviceaccount default -n default
 say "ready: $server (admin kubeconfig $admin, bootstrap kubeconfig $statedir/bootstrap-kubeconfig)"

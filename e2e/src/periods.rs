@@ -89,6 +89,10 @@ pub mod control_plane {
     /// The Job controller's delay before it replaces a failed pod (the first one; it doubles):
     /// `DefaultJobPodFailureBackOff` in `pkg/controller/job/job_controller.go`.
     pub const JOB_POD_FAILURE_BACKOFF: Duration = Duration::from_secs(10);
+    /// metrics-server's `--metric-resolution` as `e2e/scripts/controlplane-up.sh` sets it (its
+    /// upstream manifest's; it must exceed the 10 s scrape timeout): how often it scrapes every
+    /// node's `/metrics/resource`.
+    pub const METRICS_RESOLUTION: Duration = Duration::from_secs(15);
 }
 
 /// `work` as a loaded machine may take it.
@@ -493,6 +497,14 @@ impl Periods {
     /// took the certificate (it watches its request).
     pub fn csr_issued(&self) -> Duration {
         allow(work::API_CALL * 4)
+    }
+
+    /// `kubectl top` shows a running pod (and its node): metrics-server scraped the node twice
+    /// (CPU is a rate between two samples; a container younger than one resolution needs one),
+    /// the first scrape up to one resolution away, and the API server's aggregator and kubectl
+    /// answered.
+    pub fn top_shows_pod(&self) -> Duration {
+        control_plane::METRICS_RESOLUTION * 3 + self.kubectl_to_node() + self.kubectl()
     }
 
     /// A runtime's own asynchronous work (a container's output in its log, a port that starts

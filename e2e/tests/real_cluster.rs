@@ -511,6 +511,113 @@ async fn resource_metrics_are_served_to_whom_rbac_allows() -> Result<()> {
     Ok(())
 }
 
+/// A `kubectl top` quantity: CPU in millicores ("249m", "1"), memory in MiB ("33Mi", "1Gi").
+fn top_quantity(text: &str) -> Option<u64> {
+    let (digits, scale) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let n: u64 = digits.parse().ok()?;
+    match scale {
+        "" => Some(n * 1000),
+        "m" | "Mi" => Some(n),
+        "Ki" => Some(n / 1024),
+        "Gi" => Some(n * 1024),
+        _ => None,
+    }
+}
+
+/// Runs `kubectl ARGS` (a `kubectl top`) until `pick` finds the CPU and memory columns in its one
+/// row, and returns them in millicores and MiB. metrics-server answers "metrics not available yet"
+/// until it has scraped enough samples.
+async fn wait_top(
+    rc: &RealCluster,
+    args: &[&str],
+    pick: impl for<'a> Fn(&[&'a str]) -> Option<(&'a str, &'a str)>,
+) -> Result<(u64, u64)> {
+    wait_until(
+        format!("kubectl {}", args.join(" ")),
+        periods().top_shows_pod(),
+        || async {
+            let shown = match rc.kubectl(args).await {
+                Ok(out) => out,
+                Err(e) => return Ok(ControlFlow::Continue(format!("{e:#}"))),
+            };
+            let row: Vec<&str> = shown.split_whitespace().collect();
+            let figures = pick(&row)
+                .and_then(|(cpu, memory)| Some((top_quantity(cpu)?, top_quantity(memory)?)));
+            Ok(match figures {
+                Some(figures) => ControlFlow::Break(figures),
+                None => ControlFlow::Continue(shown),
+            })
+        },
+    )
+    .await
+}
+
+/// `kubectl top pod` and `kubectl top node` through the real metrics-server, which scrapes the
+/// node's `/metrics/resource` with its own identity (RBAC `nodes/metrics`, judged by the agent
+/// with a real SubjectAccessReview) and serves `metrics.k8s.io` behind the API server's
+/// aggregator: the figures are what the container really uses — a busy loop capped at 250m by its
+/// CPU limit, and a shell holding a 32 MiB string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_top_shows_what_the_pod_and_node_use() -> Result<()> {
+    let (rc, space, agent) = RealCluster::with_node("rc-top").await?;
+    let ns = space.name.as_str();
+    let burn = "x=$(head -c 33554432 /dev/zero | tr '\\0' a); trap 'exit 0' TERM; \
+                while true; do :; done";
+    let mut spec = pod_spec(&agent.node, "Always", burn);
+    spec["containers"][0]["resources"] = json!({"limits": {"cpu": "250m", "memory": "256Mi"}});
+    rc.apply(&pod(ns, "burn", spec)).await?;
+    wait_pod(
+        &rc,
+        &agent,
+        ns,
+        "burn",
+        periods().scheduled_pod_start(),
+        running_ready,
+    )
+    .await?;
+
+    let args = [
+        "top",
+        "pod",
+        "burn",
+        "-n",
+        ns,
+        "--containers",
+        "--no-headers",
+    ];
+    let (cpu, memory) = wait_top(&rc, &args, |row| match row {
+        ["burn", "main", cpu, memory] => Some((*cpu, *memory)),
+        _ => None,
+    })
+    .await?;
+    ensure!(
+        (50..=300).contains(&cpu),
+        "kubectl top pod: {cpu}m CPU for a busy loop capped at 250m"
+    );
+    ensure!(
+        (32..=256).contains(&memory),
+        "kubectl top pod: {memory}Mi for a shell holding 32 MiB"
+    );
+
+    // The node's CPU is a rate between two scrapes too (there is no start time to count from).
+    let args = ["top", "node", &agent.node, "--no-headers"];
+    let (node_cpu, node_memory) = wait_top(&rc, &args, |row| match row {
+        [name, cpu, _, memory, _] if *name == agent.node => Some((*cpu, *memory)),
+        _ => None,
+    })
+    .await?;
+    println!("kubectl top: pod {cpu}m {memory}Mi, node {node_cpu}m {node_memory}Mi");
+    // The node's figures are the whole machine's (its root cgroup), which holds the pod.
+    ensure!(
+        node_cpu >= cpu / 2 && node_memory >= memory,
+        "kubectl top node: {node_cpu}m CPU, {node_memory}Mi beside the pod's {cpu}m, {memory}Mi"
+    );
+    Ok(())
+}
+
 /// `kubectl rollout status` of `object`, bounded by `timeout`.
 async fn rollout_status(
     rc: &RealCluster,

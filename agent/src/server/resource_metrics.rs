@@ -1,10 +1,11 @@
 //! `/metrics/resource`: the kubelet's resource metrics, what metrics-server scrapes for
 //! `kubectl top` and the Horizontal Pod Autoscaler — node, pod and container CPU time and memory
 //! working set, with the sample time, in the Prometheus text format and kubelet's metric names.
-//! Containers' figures come from the runtime (CRI ListContainerStats); a pod's are the sum of its
+//! Containers' figures come from the runtime (CRI ListContainerStats, and ListContainers for their
+//! start times, as kubelet's CRI stats provider takes them); a pod's are the sum of its
 //! containers'; the node's are the root cgroup's (cgroup v1 or v2).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -20,6 +21,8 @@ pub struct ContainerSample {
     pub timestamp_ns: i64,
     pub cpu_ns: Option<u64>,
     pub working_set: Option<u64>,
+    /// When the container was created (nanoseconds since the epoch), if the runtime listed it.
+    pub started_ns: Option<i64>,
 }
 
 /// The node's sample (root cgroup).
@@ -79,7 +82,22 @@ pub async fn container_samples(cri: &CriClient) -> Result<Vec<ContainerSample>, 
         .list_container_stats(api::ListContainerStatsRequest { filter: None })
         .await?
         .stats;
-    Ok(stats.iter().filter_map(sample_of).collect())
+    let created: HashMap<String, i64> = cri
+        .list_containers(api::ListContainersRequest { filter: None })
+        .await?
+        .containers
+        .into_iter()
+        .map(|c| (c.id, c.created_at))
+        .collect();
+    Ok(stats
+        .iter()
+        .filter_map(|s| {
+            let mut sample = sample_of(s)?;
+            let id = s.attributes.as_ref().map(|a| a.id.as_str());
+            sample.started_ns = id.and_then(|id| created.get(id)).copied();
+            Some(sample)
+        })
+        .collect())
 }
 
 fn sample_of(stats: &api::ContainerStats) -> Option<ContainerSample> {
@@ -101,6 +119,7 @@ fn sample_of(stats: &api::ContainerStats) -> Option<ContainerSample> {
         working_set: memory
             .and_then(|m| m.working_set_bytes.as_ref())
             .map(|v| v.value),
+        started_ns: None,
     })
 }
 
@@ -156,6 +175,22 @@ pub fn render(node: &NodeSample, containers: &[ContainerSample], scrape_error: b
         containers
             .iter()
             .filter_map(|c| Some((container_labels(c), c.working_set? as f64, c.timestamp_ns)))
+            .collect(),
+    );
+    // Stamped with the start time itself, as kubelet does.
+    family(
+        "container_start_time_seconds",
+        "gauge",
+        "Start time of the container since unix epoch in seconds",
+        containers
+            .iter()
+            .filter_map(|c| {
+                let started = c.started_ns.filter(|&ns| ns > 0)?;
+                // Whole seconds and the fraction apart: exact where a plain division is not.
+                let secs =
+                    (started / 1_000_000_000) as f64 + (started % 1_000_000_000) as f64 / 1e9;
+                Some((container_labels(c), secs, started))
+            })
             .collect(),
     );
     family(
@@ -231,6 +266,7 @@ mod tests {
             timestamp_ns: 1_700_000_000_123_000_000,
             cpu_ns: Some(cpu),
             working_set: Some(ws),
+            started_ns: Some(1_699_999_990_250_000_000),
         }
     }
 
@@ -258,6 +294,9 @@ mod tests {
         assert!(
             text.contains("pod_memory_working_set_bytes{namespace=\"default\",pod=\"web\"} 150 ")
         );
+        assert!(text.contains(
+            "container_start_time_seconds{container=\"app\",namespace=\"default\",pod=\"web\"} 1699999990.25 1699999990250\n"
+        ), "{text}");
         assert!(text.contains("node_cpu_usage_seconds_total 2.5 1700000000500\n"));
         assert!(text.contains("node_memory_working_set_bytes 1024 1700000000500\n"));
         assert!(text.contains("# TYPE container_memory_working_set_bytes gauge\n"));
