@@ -54,8 +54,13 @@ pub fn rotating_client(
         inner: http,
         identity,
     });
+    // HTTP/1.1 has one request per connection at a time: a burst of pod starts (token requests,
+    // config maps, status patches) opens many, and each idle one keeps its TLS and HTTP buffers.
+    // A few are kept for reuse; the rest close when done.
     let client: hyper_util::client::legacy::Client<_, kube::client::Body> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(IDLE_CONNECTIONS)
+            .build(connector);
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer()?)
@@ -63,6 +68,9 @@ pub fn rotating_client(
         .service(client);
     Ok(kube::Client::new(service, config.default_namespace.clone()))
 }
+
+/// How many idle connections to the API server are kept for reuse.
+const IDLE_CONNECTIONS: usize = 4;
 
 /// Connects with `inner`; each connection ends at the identity's next swap.
 #[derive(Debug, Clone)]

@@ -97,7 +97,7 @@ pub fn is_live(observed: &ObservedPod) -> bool {
 /// actions carried out, and the status published.
 pub async fn sync_pod(
     ctx: &WorkerContext,
-    pod: &Pod,
+    pod: &Arc<Pod>,
     observed: &ObservedPod,
     state: &mut WorkerState,
 ) -> SyncOutcome {
@@ -371,7 +371,7 @@ pub fn termination_grace(pod: &Pod, observed: &ObservedPod) -> i64 {
 /// i.e. termination is complete on this observed state.
 pub async fn sync_terminating(
     ctx: &WorkerContext,
-    pod: &Pod,
+    pod: &Arc<Pod>,
     observed: &ObservedPod,
     state: &mut WorkerState,
 ) -> bool {
@@ -475,7 +475,7 @@ fn fill_termination_messages(ctx: &WorkerContext, pod: &Pod, observed: &mut Obse
 /// changed.
 pub fn publish_status(
     ctx: &WorkerContext,
-    pod: &Pod,
+    pod: &Arc<Pod>,
     observed: &ObservedPod,
     state: &mut WorkerState,
     terminating: bool,
@@ -538,7 +538,7 @@ pub fn publish_status(
     }
     note_resize_progress(ctx, pod, state, &status, terminating);
     if state.last_status.as_ref() != Some(&status) {
-        ctx.status.set(Arc::new(pod.clone()), status.clone());
+        ctx.status.set(Arc::clone(pod), status.clone());
         state.last_status = Some(status);
     }
 }

@@ -145,11 +145,12 @@ impl PodWorkers {
                             tracing::info!(pod = %pod_key(pod), uid, "pod added again while terminating; it restarts once terminated");
                             return false;
                         }
-                        if !meaningful_change(&current.pod, pod) {
-                            return false;
-                        }
+                        // The newest object is kept either way (the worker takes it at its next
+                        // turn; holding on to an older one kept two copies of the pod alive), but
+                        // only a change that matters to the pod's sync wakes the worker.
+                        let wake = meaningful_change(&current.pod, pod);
                         current.pod = pod.clone();
-                        true
+                        wake
                     });
                 }
                 None => self.start_if_allowed(uid, pod),

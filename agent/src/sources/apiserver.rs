@@ -96,7 +96,12 @@ pub async fn run(
     let config = watcher::Config::default()
         .fields(&format!("spec.nodeName={node_name}"))
         .any_semantic();
-    let mut stream = watcher(api, config).default_backoff().boxed();
+    // Nothing here reads managedFields, often the largest part of a pod object: kept, they were
+    // held in every copy of every pod.
+    let mut stream = watcher(api, config)
+        .default_backoff()
+        .modify(|pod| pod.metadata.managed_fields = None)
+        .boxed();
     let mut published = PodSet::default();
     let mut pending = None;
     let mut mirrors = BTreeMap::new();

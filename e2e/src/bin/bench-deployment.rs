@@ -6,7 +6,8 @@
 //!    the real scheduler, created by the real ReplicaSet controller: each pod's time from its creation
 //!    (its ADDED event on a watch) to `phase: Running` seen on the same watch (median, p99), next to
 //!    the raw CRI floor for N pods started at once on the same containerd, measured in the same run;
-//! 3. the agent's resident memory with the N pods running.
+//! 3. the agent's resident memory with the N pods running: when the last one ran, and after the
+//!    node rested 100 s.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -20,6 +21,10 @@ use kube::api::{DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use mk_e2e::bench::{raw_floor_at_once, rss_kib, summary};
 use mk_e2e::cluster::Cluster;
 use mk_e2e::{Agent, BUSYBOX};
+
+/// How long the node rests with a Deployment's pods running before its memory is read again: past
+/// the HTTP client's idle connections (90 s in hyper's pool) and three status resyncs.
+const SETTLE: Duration = Duration::from_secs(100);
 
 /// How long a benchmark step may take before it is called failed.
 const STEP: Duration = Duration::from_secs(600);
@@ -233,23 +238,29 @@ async fn main() -> Result<()> {
     for &n in &sizes {
         let agent_ms = run_deployment(&cluster, &mut agent, &ns, n).await?;
         let rss = agent.pid().and_then(rss_kib);
+        // The node at rest with the pods: the start burst's connections and buffers are gone.
+        tokio::time::sleep(SETTLE).await;
+        agent.assert_alive();
+        let settled = agent.pid().and_then(rss_kib);
         remove_deployment(&cluster, &mut agent, &ns, n).await?;
         let raw = raw_floor_at_once(n, logs.path()).await?;
-        rows.push((n, agent_ms, raw, rss));
+        rows.push((n, agent_ms, raw, rss, settled));
     }
     println!();
-    for (n, agent_ms, raw, rss) in rows {
+    let mib =
+        |kib: Option<u64>| kib.map_or("?".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
+    for (n, agent_ms, raw, rss, settled) in rows {
         summary(&format!("raw CRI floor, {n} pods at once"), raw);
         summary(
             &format!("Deployment of {n}: pod created -> Running"),
             agent_ms,
         );
-        if let Some(kib) = rss {
-            println!(
-                "agent resident memory with the {n} pods running: {:.1} MiB",
-                kib as f64 / 1024.0
-            );
-        }
+        println!(
+            "agent resident memory with the {n} pods running: {} MiB when the last one ran, {} MiB {} s later",
+            mib(rss),
+            mib(settled),
+            SETTLE.as_secs()
+        );
     }
     Api::<Namespace>::all(cluster.client.clone())
         .delete(&ns, &DeleteParams::default())
