@@ -104,7 +104,17 @@ pub struct KubeletConfiguration {
     pub server_tls_bootstrap: bool,
     pub authentication: Authentication,
     pub authorization: Authorization,
+    /// Feature gates by name. The agent knows `EventedPLEG` (on unless set false here: follow the
+    /// runtime's container events where it serves them); any other gate is reported at start-up
+    /// and ignored.
+    pub feature_gates: BTreeMap<String, bool>,
 }
+
+/// The feature gates the agent knows.
+pub const KNOWN_FEATURE_GATES: &[&str] = &[EVENTED_PLEG];
+/// Follow the runtime's container events instead of relisting every second (kubelet's alpha gate
+/// of that name; on by default here).
+pub const EVENTED_PLEG: &str = "EventedPLEG";
 
 /// `authentication` (the kubelet port's), with KubeletConfiguration v1beta1's defaults.
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -211,6 +221,7 @@ impl Default for KubeletConfiguration {
             server_tls_bootstrap: false,
             authentication: Authentication::default(),
             authorization: Authorization::default(),
+            feature_gates: BTreeMap::new(),
         }
     }
 }
@@ -223,6 +234,23 @@ pub struct Loaded {
 }
 
 impl KubeletConfiguration {
+    /// Whether the PLEG follows the runtime's container events where it serves them.
+    pub fn evented_pleg(&self) -> bool {
+        self.feature_gates
+            .get(EVENTED_PLEG)
+            .copied()
+            .unwrap_or(true)
+    }
+
+    /// Feature gates set in the file that the agent does not know.
+    pub fn unknown_feature_gates(&self) -> Vec<&str> {
+        self.feature_gates
+            .keys()
+            .map(String::as_str)
+            .filter(|gate| !KNOWN_FEATURE_GATES.contains(gate))
+            .collect()
+    }
+
     /// How many image pulls may run at once: 1 when serialized, else maxParallelImagePulls.
     pub fn parallel_pull_limit(&self) -> Option<usize> {
         if self.serialize_image_pulls {
@@ -429,14 +457,24 @@ mod tests {
     }
 
     #[test]
+    fn evented_pleg_is_on_unless_its_gate_is_false() {
+        assert!(KubeletConfiguration::default().evented_pleg());
+        let loaded =
+            parse("featureGates: {EventedPLEG: false, NoSuchGate: true}\n").expect("valid");
+        assert!(!loaded.config.evented_pleg());
+        assert_eq!(loaded.config.unknown_feature_gates(), vec!["NoSuchGate"]);
+        assert!(loaded.unknown_fields.is_empty());
+    }
+
+    #[test]
     fn unknown_fields_are_reported_not_fatal() {
-        let loaded = parse("maxPods: 10\nclusterDNS: [10.0.0.10]\nfeatureGates: {Foo: true}\nimageGCHighThresholdPercent: 85\n")
+        let loaded = parse("maxPods: 10\nclusterDNS: [10.0.0.10]\nstaticPodURL: http://x\nimageGCHighThresholdPercent: 85\n")
             .expect("unknown fields are warnings");
         assert_eq!(loaded.config.max_pods, 10);
         assert_eq!(loaded.config.cluster_dns, vec!["10.0.0.10"]);
         assert_eq!(
             loaded.unknown_fields,
-            vec!["featureGates", "imageGCHighThresholdPercent"]
+            vec!["imageGCHighThresholdPercent", "staticPodURL"]
         );
     }
 

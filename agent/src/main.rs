@@ -24,7 +24,7 @@ struct Cli {
     #[arg(long, default_value = "unix:///var/run/docker.sock")]
     docker_endpoint: String,
     /// The pause image of Docker sandboxes, with --container-runtime docker.
-    #[arg(long, default_value = "mini-kubelet.local/pause:3.10")]
+    #[arg(long, default_value = mk_dockershim::DEFAULT_POD_INFRA_IMAGE)]
     pod_infra_container_image: String,
     #[command(flatten)]
     docker_adapter: DockerAdapterFlags,
@@ -192,7 +192,7 @@ enum Command {
         #[arg(long, default_value = "unix:///var/run/docker.sock")]
         docker_endpoint: String,
         /// The pause image of sandboxes.
-        #[arg(long, default_value = "mini-kubelet.local/pause:3.10")]
+        #[arg(long, default_value = mk_dockershim::DEFAULT_POD_INFRA_IMAGE)]
         pod_infra_container_image: String,
         #[command(flatten)]
         adapter: DockerAdapterFlags,
@@ -260,6 +260,9 @@ fn resolve(cli: &Cli) -> anyhow::Result<AgentOptions> {
             let loaded = KubeletConfiguration::load(path)?;
             for field in &loaded.unknown_fields {
                 tracing::warn!(file = %path.display(), field, "unknown or unsupported KubeletConfiguration field ignored");
+            }
+            for gate in loaded.config.unknown_feature_gates() {
+                tracing::warn!(file = %path.display(), gate, "feature gate unknown to this agent ignored");
             }
             loaded.config
         }

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub pod_worker_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
     pub pleg_relist_duration: Histogram,
     pub pleg_relist_interval: Histogram,
+    /// Container event streams opened and lost (kubelet's `evented_pleg_connection_*_count`).
+    pub evented_pleg_connection_success: Counter,
+    pub evented_pleg_connection_error: Counter,
     pub started_pods: Counter,
     pub started_containers: Family<ContainerTypeLabels, Counter>,
     pub started_containers_errors: Family<ContainerErrorLabels, Counter>,
@@ -68,6 +71,8 @@ impl Default for Metrics {
             pod_worker_duration: Family::new_with_constructor(operation_histogram),
             pleg_relist_duration: operation_histogram(),
             pleg_relist_interval: operation_histogram(),
+            evented_pleg_connection_success: Counter::default(),
+            evented_pleg_connection_error: Counter::default(),
             started_pods: Counter::default(),
             started_containers: Family::default(),
             started_containers_errors: Family::default(),
@@ -112,6 +117,16 @@ impl Metrics {
             "pleg_relist_interval_seconds",
             "Interval in seconds between relisting in PLEG.",
             self.pleg_relist_interval.clone(),
+        );
+        r.register(
+            "evented_pleg_connection_success_count",
+            "The number of times a streaming client was obtained to receive CRI Events.",
+            self.evented_pleg_connection_success.clone(),
+        );
+        r.register(
+            "evented_pleg_connection_error_count",
+            "The number of errors encountered during the establishment of streaming connection with the CRI runtime.",
+            self.evented_pleg_connection_error.clone(),
         );
         r.register(
             "started_pods",

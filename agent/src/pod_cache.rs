@@ -10,10 +10,10 @@
 //! container without changing its state (an in-place resize) asks for it to be read again
 //! ([`PodCache::request_refresh`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::kuberuntime::observe::ObservedPod;
@@ -37,6 +37,8 @@ struct Inner {
     complete_at: Option<Instant>,
     /// Containers to read again at the next relist, by pod UID.
     refresh: HashMap<String, Vec<String>>,
+    /// Pods a worker waits for a newer state of.
+    wanted: HashSet<String>,
 }
 
 /// Shared between the PLEG (writer) and the pod workers (readers). Cheap to clone.
@@ -45,6 +47,8 @@ pub struct PodCache {
     inner: Arc<Mutex<Inner>>,
     /// Bumped on every write, so waiting readers look again.
     version: Arc<watch::Sender<u64>>,
+    /// Signalled when a pod joins `wanted`.
+    wanted: Arc<Notify>,
 }
 
 impl Default for PodCache {
@@ -52,6 +56,7 @@ impl Default for PodCache {
         Self {
             inner: Arc::default(),
             version: Arc::new(watch::channel(0).0),
+            wanted: Arc::default(),
         }
     }
 }
@@ -66,21 +71,18 @@ impl PodCache {
         self.version.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Records a pod's state as read at `read_at`. An empty state removes the entry.
+    /// Records a pod's state as read at `read_at`. An empty state stays until a complete relist
+    /// says the same of every pod it does not hold.
     pub fn set(&self, uid: &str, observed: ObservedPod, read_at: Instant) {
         self.with(|inner| {
-            if observed == ObservedPod::default() {
-                inner.pods.remove(uid);
-            } else {
-                inner.pods.insert(
-                    uid.to_string(),
-                    CachedPod {
-                        observed: Arc::new(observed),
-                        error: None,
-                        read_at,
-                    },
-                );
-            }
+            inner.pods.insert(
+                uid.to_string(),
+                CachedPod {
+                    observed: Arc::new(observed),
+                    error: None,
+                    read_at,
+                },
+            );
         });
         self.bump();
     }
@@ -104,7 +106,12 @@ impl PodCache {
 
     /// Marks the whole cache current as of `at`: a relist that started then has completed.
     pub fn complete(&self, at: Instant) {
-        self.with(|inner| inner.complete_at = Some(at));
+        self.with(|inner| {
+            inner.complete_at = Some(at);
+            inner.pods.retain(|_, entry| {
+                entry.error.is_some() || entry.read_at > at || !entry.observed.is_empty()
+            });
+        });
         self.bump();
     }
 
@@ -133,10 +140,18 @@ impl PodCache {
     /// `None` asks for any complete state.
     pub async fn get_newer_than(&self, uid: &str, after: Option<Instant>) -> CachedPod {
         let mut changes = self.version.subscribe();
+        let mut asked = false;
         loop {
             changes.borrow_and_update();
             if let Some(entry) = self.get_if_newer(uid, after) {
                 return entry;
+            }
+            if !asked {
+                // A PLEG that follows the runtime's events lists this pod at once; one that
+                // relists every second serves it with its next relist.
+                self.with(|inner| inner.wanted.insert(uid.to_string()));
+                self.wanted.notify_one();
+                asked = true;
             }
             if changes.changed().await.is_err() {
                 // Unreachable while `self` holds the sender; answer what there is.
@@ -164,6 +179,16 @@ impl PodCache {
     /// The refreshes asked for since the last call: container IDs by pod UID.
     pub fn take_refresh_requests(&self) -> HashMap<String, Vec<String>> {
         self.with(|inner| std::mem::take(&mut inner.refresh))
+    }
+
+    /// Waits until a worker waits for a newer state of some pod.
+    pub async fn wanted(&self) {
+        self.wanted.notified().await;
+    }
+
+    /// The pods workers wait for a newer state of, since the last call.
+    pub fn take_wanted(&self) -> HashSet<String> {
+        self.with(|inner| std::mem::take(&mut inner.wanted))
     }
 
     /// The UIDs the cache holds an entry for.
@@ -244,10 +269,35 @@ mod tests {
         cache.complete(Instant::now());
         let got = cache.get_if_newer("x", None).expect("complete");
         assert_eq!(*got.observed, ObservedPod::default());
-        // Setting an empty state drops the entry.
+        // An empty state read for one pod answers a reader waiting for it...
+        let before = Instant::now();
+        tokio::time::advance(std::time::Duration::from_millis(1)).await;
         cache.set("a", one_sandbox(), Instant::now());
         cache.set("a", ObservedPod::default(), Instant::now());
+        let got = cache.get_if_newer("a", Some(before)).expect("read after");
+        assert!(got.observed.is_empty());
+        // ...and is dropped once a complete relist says as much of every pod it does not hold.
+        cache.complete(Instant::now());
         assert!(cache.uids().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_reader_asks_for_its_pod() {
+        let cache = PodCache::default();
+        let t0 = Instant::now();
+        cache.complete(t0);
+        tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        let reader = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get_newer_than("a", Some(t0)).await })
+        };
+        // The PLEG is told, and a state of that pod read now answers the reader.
+        cache.wanted().await;
+        assert_eq!(cache.take_wanted(), HashSet::from(["a".to_string()]));
+        cache.set("a", one_sandbox(), Instant::now());
+        let got = reader.await.expect("reader");
+        assert_eq!(*got.observed, one_sandbox());
+        assert!(cache.take_wanted().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

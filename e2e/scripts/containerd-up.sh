@@ -9,6 +9,9 @@
 # unix://STATEDIR/containerd.sock as the last line on stdout (progress goes to stderr). Idempotent: an instance already running for
 # STATEDIR is reused. Stop it with containerd-down.sh STATEDIR.
 # Usage: containerd-up.sh STATEDIR [IMAGEDIR]
+#   MK_CONTAINERD_BIN_DIR: a folder with containerd, containerd-shim-runc-v2, ctr and runc to run
+#   instead of Debian's (containerd2-up.sh passes its containerd 2.x build); a containerd 2.x gets the
+#   configuration schema of version 3 (its CRI plugin split into images and runtime plugins).
 #   IMAGEDIR (default $MK_E2E_IMAGE_DIR, else <repo>/target/e2e-images) holds pause.tar and busybox.tar;
 #   they are built there by build-images.sh when missing.
 set -euo pipefail
@@ -35,6 +38,10 @@ if ((${#sock} > 100)); then
   say "STATEDIR path too long for a unix socket: $sock"
   exit 1
 fi
+if [[ -n ${MK_CONTAINERD_BIN_DIR:-} ]]; then
+  # Its shim and runc first in PATH: containerd finds the shim there, the shim finds runc.
+  export PATH=$MK_CONTAINERD_BIN_DIR:$PATH
+fi
 for bin in containerd ctr runc /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/portmap; do
   if ! command -v "$bin" >/dev/null; then
     say "$bin missing: run e2e/scripts/install-deps.sh"
@@ -50,6 +57,130 @@ running_pid() {
   [[ $pid =~ ^[0-9]+$ ]] && [[ -r /proc/$pid/cmdline ]] || return 1
   { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "--config $config" || return 1
   echo "$pid"
+}
+
+# containerd 1.x: schema version 2.
+write_config_v2() {
+cat >"$config" <<EOF
+# Private containerd for mini-kubelet's end-to-end tests (written by e2e/scripts/containerd-up.sh).
+version = 2
+root = "$statedir/root"
+state = "$statedir/state"
+temp = "$statedir/tmp"
+disabled_plugins = [
+"io.containerd.snapshotter.v1.aufs",
+"io.containerd.snapshotter.v1.btrfs",
+"io.containerd.snapshotter.v1.devmapper",
+"io.containerd.snapshotter.v1.zfs",
+"io.containerd.tracing.processor.v1.otlp",
+"io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+address = "$sock"
+
+[ttrpc]
+address = "$statedir/containerd-ttrpc.sock"
+
+[debug]
+address = ""
+
+[metrics]
+address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+path = "$statedir/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+sandbox_image = "mini-kubelet.local/pause:3.10"
+# Root here lacks CAP_SYS_RESOURCE: sandboxes' oom_score_adj -998 would make every RunPodSandbox fail.
+restrict_oom_score_adj = true
+netns_mounts_under_state_dir = true
+stream_server_address = "127.0.0.1"
+stream_server_port = "0"
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = false
+      Root = "$statedir/runc"
+
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = "$statedir/cni"
+  max_conf_num = 1
+EOF
+}
+
+# containerd 2.x: schema version 3, where the CRI plugin is split into images and runtime plugins.
+write_config_v3() {
+cat >"$config" <<EOF
+# Private containerd 2.x for mini-kubelet's end-to-end tests (written by e2e/scripts/containerd-up.sh).
+version = 3
+root = "$statedir/root"
+state = "$statedir/state"
+temp = "$statedir/tmp"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+  "io.containerd.nri.v1.nri",
+]
+
+[grpc]
+  address = "$sock"
+
+[ttrpc]
+  address = "$statedir/containerd-ttrpc.sock"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$statedir/opt"
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "mini-kubelet.local/pause:3.10"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  # Root here lacks CAP_SYS_RESOURCE: sandboxes' oom_score_adj -998 would make every RunPodSandbox fail.
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  cdi_spec_dirs = []
+
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        BinaryName = "$(command -v runc)"
+        SystemdCgroup = false
+        Root = "$statedir/runc"
+
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "$statedir/cni"
+    max_conf_num = 1
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+EOF
 }
 
 if pid=$(running_pid) && ctr -a "$sock" version >/dev/null 2>&1; then
@@ -69,60 +200,12 @@ NETWORK=$netname
 SUBNET=$subnet
 EOF
   write_bridge_conflist "$statedir/cni/10-$netname.conflist" "$netname" "$bridge" "$subnet" "$statedir/cni-ipam"
-  cat >"$config" <<EOF
-# Private containerd for mini-kubelet's end-to-end tests (written by e2e/scripts/containerd-up.sh).
-version = 2
-root = "$statedir/root"
-state = "$statedir/state"
-temp = "$statedir/tmp"
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
-
-[grpc]
-  address = "$sock"
-
-[ttrpc]
-  address = "$statedir/containerd-ttrpc.sock"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$statedir/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "mini-kubelet.local/pause:3.10"
-  # Root here lacks CAP_SYS_RESOURCE: sandboxes' oom_score_adj -998 would make every RunPodSandbox fail.
-  restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = "$statedir/runc"
-
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$statedir/cni"
-    max_conf_num = 1
-EOF
+  major=$(containerd --version | sed -n 's/.* v\{0,1\}\([0-9][0-9]*\)\.[0-9][0-9]*\.[0-9].*/\1/p')
+  if ((${major:-1} >= 2)); then
+    write_config_v3
+  else
+    write_config_v2
+  fi
   say "starting containerd: config $config, log $log (bridge $bridge, subnet $subnet)"
   started=$(date +%s%N)
   # setsid: its own session, so a ctrl-c in the caller's terminal reaches the caller's EXIT trap

@@ -26,6 +26,9 @@ use k8s_openapi::api::core::v1::Pod;
 use mk_cri::{CriClient, CriMetrics, api};
 
 pub const BUSYBOX: &str = "mini-kubelet.local/busybox:1.36";
+/// The pause image `e2e/scripts/build-images.sh` builds; the tests pass it to the Docker adapter
+/// (whose default is upstream's `registry.k8s.io/pause`, which no registry here serves).
+pub const PAUSE: &str = mk_dockershim::LOCAL_TEST_POD_INFRA_IMAGE;
 pub const ENDPOINT_VAR: &str = "MK_E2E_CRI_ENDPOINT";
 pub const NODE_LABEL: &str = "io.mini-kubelet.node-name";
 pub const UID_LABEL: &str = "io.kubernetes.pod.uid";
@@ -136,6 +139,7 @@ pub fn docker_cni() -> Option<DockerCni> {
 pub fn docker_shim_config(instance: &str) -> mk_dockershim::DockerShimConfig {
     let config = mk_dockershim::DockerShimConfig {
         instance: instance.to_string(),
+        pod_infra_image: PAUSE.to_string(),
         ..mk_dockershim::DockerShimConfig::with_endpoint(docker_endpoint())
     };
     match docker_cni() {
@@ -299,7 +303,9 @@ impl Agent {
                 .arg("--container-runtime")
                 .arg("docker")
                 .arg("--docker-endpoint")
-                .arg(docker_endpoint());
+                .arg(docker_endpoint())
+                .arg("--pod-infra-container-image")
+                .arg(PAUSE);
             match docker_cni() {
                 Some(cni) => command
                     .arg("--network-plugin")

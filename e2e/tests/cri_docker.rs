@@ -70,6 +70,7 @@ impl Shim {
         // Tests share one dockerd: each shim only sees (and adopts) the pods of its own test.
         let config = DockerShimConfig {
             instance: unique("e2e"),
+            pod_infra_image: PAUSE.to_string(),
             ..DockerShimConfig::with_endpoint(docker_endpoint())
         };
         let config = match cni {

@@ -426,3 +426,107 @@ async fn restarted_agent_adopts_running_pods() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The value of an agent counter in its `/metrics` (OpenMetrics name, `_total` included).
+async fn counter(agent: &Agent, name: &str) -> anyhow::Result<u64> {
+    let text = agent.get("/metrics").await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0))
+}
+
+/// Whether the agent's runtime serves CRI container events: containerd 1.6 refuses the call at
+/// once (Unimplemented); containerd 2.x accepts it and answers with its first event; the Docker
+/// adapter answers at once.
+async fn runtime_serves_events(agent: &Agent) -> anyhow::Result<bool> {
+    let cri = agent.cri();
+    tokio::select! {
+        answer = cri.container_events() => match answer {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_unimplemented() => Ok(false),
+            Err(e) => Err(e.into()),
+        },
+        () = tokio::time::sleep(ESTABLISHED_AFTER) => Ok(true),
+    }
+}
+
+/// How long the agent waits before it counts a subscription that was neither refused nor
+/// answered as open (`ESTABLISHED_AFTER` in agent/src/pleg/events.rs).
+const ESTABLISHED_AFTER: Duration = Duration::from_secs(2);
+
+/// The PID of the process whose command line is exactly `argv`.
+fn pid_of(argv: &[&str]) -> Option<u32> {
+    let wanted: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            (std::fs::read(entry.path().join("cmdline")).ok()? == wanted).then_some(pid)
+        })
+}
+
+/// A container whose process is killed from outside (`kill -9`, as the OOM killer or an operator
+/// would) is restarted. With a runtime that serves container events the agent relists only every
+/// 300 s, so the restart can only come from the event: the relist count must not move. Without
+/// events it comes from the next 1 s relist. The kill-to-running time is printed for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_container_is_restarted_from_the_runtime_event() -> anyhow::Result<()> {
+    let mut agent = Agent::start("e2e-kill")?;
+    let events = runtime_serves_events(&agent).await?;
+    // A command line no other test runs.
+    let seconds = format!("{}", 400_000 + std::process::id() % 100_000);
+    let script = format!("exec sleep {seconds}");
+    agent.write_manifest("victim.yaml", &busybox_pod("victim", "Always", 2, &script))?;
+    let p = periods();
+    agent
+        .wait_pod("victim", p.static_pod_start(), running)
+        .await?;
+    let (success, errors) = (
+        "kubelet_evented_pleg_connection_success_count_total",
+        "kubelet_evented_pleg_connection_error_count_total",
+    );
+    let relists = "kubelet_pleg_relist_interval_seconds_count";
+    if events {
+        assert!(
+            counter(&agent, success).await? >= 1,
+            "the agent follows the events"
+        );
+    } else {
+        assert_eq!(counter(&agent, success).await?, 0);
+        assert!(
+            counter(&agent, errors).await? >= 1,
+            "the refusal was noticed"
+        );
+    }
+    let pid = pid_of(&["sleep", &seconds]).expect("the container's process is on this host");
+    let relists_before = counter(&agent, relists).await?;
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
+    assert!(status.success(), "kill -9 {pid}");
+    let killed = Instant::now();
+    agent
+        .wait_pod("victim", p.restart_immediate(), |pod| {
+            container_state(pod).filter(|(state, _, n)| state == "running" && *n == 1)
+        })
+        .await?;
+    let latency = killed.elapsed();
+    let mode = if events { "events" } else { "1 s relist" };
+    println!("kill -9 to running again: {latency:?} ({mode})");
+    if events {
+        assert_eq!(
+            counter(&agent, relists).await?,
+            relists_before,
+            "no relist ran between the kill and the restart: the event woke the worker"
+        );
+        assert!(
+            latency
+                < p.pleg_relist + mk_e2e::periods::allow(mk_e2e::periods::work::CONTAINER_START),
+            "{latency:?}"
+        );
+    }
+    agent.assert_alive();
+    Ok(())
+}

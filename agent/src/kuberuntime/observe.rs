@@ -95,6 +95,11 @@ pub struct ObservedPod {
 }
 
 impl ObservedPod {
+    /// True when the runtime holds nothing of the pod.
+    pub fn is_empty(&self) -> bool {
+        self.sandboxes.is_empty() && self.containers.is_empty()
+    }
+
     pub fn sort(&mut self) {
         self.sandboxes
             .sort_by_key(|s| std::cmp::Reverse((s.created_at, s.attempt)));

@@ -162,6 +162,7 @@ fn healthy_pleg(cri: &CriClient, cancel: &CancellationToken) -> PlegHealth {
         cri: cri.clone(),
         node_name: NODE.into(),
         period: Duration::from_millis(100),
+        evented: false,
         metrics: crate::metrics::Metrics::default(),
         health: health.clone(),
         cache: crate::pod_cache::PodCache::default(),

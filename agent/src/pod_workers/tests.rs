@@ -146,6 +146,11 @@ struct Agent {
 
 impl Agent {
     fn start(endpoint: &str, root: &Path, desired: PodSet) -> Agent {
+        Self::start_with(endpoint, root, desired, false)
+    }
+
+    /// `evented`: the PLEG follows the runtime's container events where it serves them.
+    fn start_with(endpoint: &str, root: &Path, desired: PodSet, evented: bool) -> Agent {
         let metrics = Metrics::default();
         let cri = CriClient::new(endpoint, CRI_TIMEOUT, metrics.cri.clone()).expect("endpoint");
         let events = EventRecorder::log_only();
@@ -195,6 +200,7 @@ impl Agent {
             cri,
             node_name: NODE.into(),
             period: RELIST,
+            evented,
             metrics: metrics.clone(),
             health: PlegHealth::default(),
             cache,
@@ -249,6 +255,16 @@ impl Agent {
             .clone()
     }
 
+    /// The value of a counter of the agent's metrics (OpenMetrics name, `_total` included).
+    fn counter(&self, name: &str) -> u64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.metrics.registry())
+            .expect("encode");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// How many worker turns (syncing, any outcome) ran: `kubelet_pod_worker_duration_seconds_count`.
     fn worker_turns(&self) -> u64 {
         let mut text = String::new();
@@ -296,6 +312,20 @@ impl Runtime {
 
     fn agent(&self, desired: &[&Arc<Pod>]) -> Agent {
         Agent::start(&self.endpoint(), self.dir.path(), set(desired))
+    }
+
+    /// An agent whose PLEG follows the runtime's container events.
+    fn evented_agent(&self, desired: &[&Arc<Pod>]) -> Agent {
+        Agent::start_with(&self.endpoint(), self.dir.path(), set(desired), true)
+    }
+
+    /// Full relists (unfiltered ListPodSandbox calls) in the call log.
+    fn full_relists(&self) -> usize {
+        self.fake
+            .calls()
+            .iter()
+            .filter(|c| c.op == Op::ListPodSandbox && c.target.is_empty())
+            .count()
     }
 
     async fn stop(&mut self) {
@@ -873,6 +903,93 @@ async fn a_restarted_container_is_ready_and_started_like_its_running_instance() 
         CONVERGE * 2,
         || ready_again(&agent),
     )
+    .await;
+    agent.kill().await;
+}
+
+/// With the runtime's container events, a container that dies is seen from its event: the PLEG
+/// lists nothing while the node is idle, and the restart comes well before any relist could.
+#[tokio::test(start_paused = true)]
+async fn with_container_events_a_dead_container_restarts_without_a_relist() {
+    let rt = Runtime::start();
+    rt.fake.enable_container_events();
+    let web = static_pod("web", RUN, 30);
+    let agent = rt.evented_agent(&[&web]);
+    eventually("web runs", CONVERGE, || rt.is_running(&uid(&web))).await;
+    eventually("the event stream is open", CONVERGE, || {
+        agent.counter("kubelet_evented_pleg_connection_success_count_total") == 1
+    })
+    .await;
+    // Past the relist that follows the stream's opening and the turns of the start.
+    tokio::time::sleep(CONVERGE).await;
+    rt.fake.clear_calls();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        rt.full_relists(),
+        0,
+        "an idle node is not relisted: {:?}",
+        rt.fake.calls()
+    );
+    let killed = rt.running_containers_of(&uid(&web))[0].id.clone();
+    rt.fake.exit_container(&killed, 137, None).expect("running");
+    // A relisting PLEG would need up to RELIST to see it; the event is seen at once.
+    eventually("web's container restarted", RELIST / 2, || {
+        rt.running_containers_of(&uid(&web))
+            .iter()
+            .any(|c| c.id != killed)
+    })
+    .await;
+    assert_eq!(rt.full_relists(), 0, "the restart came from the event");
+    agent.kill().await;
+}
+
+/// When the event stream breaks the PLEG relists every second, and it follows the events again
+/// once the runtime serves them.
+#[tokio::test(start_paused = true)]
+async fn a_broken_event_stream_falls_back_to_relisting_until_it_is_back() {
+    let rt = Runtime::start();
+    rt.fake.enable_container_events();
+    let web = static_pod("web", RUN, 30);
+    let agent = rt.evented_agent(&[&web]);
+    eventually("web runs", CONVERGE, || rt.is_running(&uid(&web))).await;
+    eventually("the event stream is open", CONVERGE, || {
+        agent.counter("kubelet_evented_pleg_connection_success_count_total") == 1
+    })
+    .await;
+
+    // The runtime drops the stream and, for a while, refuses a new one.
+    rt.fake.disable_container_events();
+    rt.fake.clear_calls();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let relists = rt.full_relists();
+    assert!(relists >= 9, "{relists} relists in 10 s without events");
+    let killed = rt.running_containers_of(&uid(&web))[0].id.clone();
+    rt.fake.exit_container(&killed, 137, None).expect("running");
+    eventually("restarted by the relisting PLEG", CONVERGE, || {
+        rt.running_containers_of(&uid(&web))
+            .iter()
+            .any(|c| c.id != killed)
+    })
+    .await;
+
+    // Served again: the PLEG asks again within its retry period and stops relisting.
+    rt.fake.enable_container_events();
+    eventually(
+        "the event stream is open again",
+        crate::pleg::UNIMPLEMENTED_RETRY + CONVERGE,
+        || agent.counter("kubelet_evented_pleg_connection_success_count_total") == 2,
+    )
+    .await;
+    tokio::time::sleep(CONVERGE).await;
+    rt.fake.clear_calls();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(rt.full_relists(), 0, "events again: no relisting");
+
+    // A stream that ends (a runtime restart) is opened again after a short pause.
+    rt.fake.restart_container_events();
+    eventually("the event stream is open a third time", CONVERGE, || {
+        agent.counter("kubelet_evented_pleg_connection_success_count_total") == 3
+    })
     .await;
     agent.kill().await;
 }

@@ -12,6 +12,8 @@ use crate::{CriError, CriMetrics, Endpoint, parse_endpoint};
 
 /// kubelet's `--runtime-request-timeout` default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The operation name of [`CriClient::container_events`] (kubelet's metric label).
+pub const CONTAINER_EVENTS: &str = "get_container_events";
 /// kubelet's maximum gRPC message size towards the runtime (16 MiB).
 const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
@@ -203,6 +205,24 @@ impl CriClient {
             Some(self.timeout + own),
             request,
             |r| async move { client.exec_sync(r).await },
+        )
+        .await
+    }
+
+    /// Subscribes to the runtime's container events (create, start, stop, delete of containers and
+    /// sandboxes). No deadline applies: the stream lasts as long as both sides do. tonic answers only
+    /// once the runtime sent the response headers, which a Go runtime does with its first event: the
+    /// future may stay pending until something happens. An error of the stream itself becomes
+    /// [`CriError`] with [`CriError::from_status`] and [`CONTAINER_EVENTS`].
+    pub async fn container_events(
+        &self,
+    ) -> Result<tonic::Streaming<api::ContainerEventResponse>, CriError> {
+        let mut client = self.runtime.clone();
+        self.call(
+            CONTAINER_EVENTS,
+            None,
+            api::GetEventsRequest {},
+            |r| async move { client.get_container_events(r).await },
         )
         .await
     }

@@ -23,7 +23,7 @@ pub enum CriError {
 }
 
 impl CriError {
-    pub(crate) fn from_status(op: &'static str, status: tonic::Status) -> Self {
+    pub fn from_status(op: &'static str, status: tonic::Status) -> Self {
         let message = status.message().to_string();
         match status.code() {
             tonic::Code::Unavailable => CriError::Unavailable { op, message },
@@ -45,6 +45,17 @@ impl CriError {
             CriError::Status { message, .. } => message.contains("not found"),
             _ => false,
         }
+    }
+
+    /// True when the runtime does not implement the call (containerd 1.6's GetContainerEvents).
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(
+            self,
+            CriError::Status {
+                code: tonic::Code::Unimplemented,
+                ..
+            }
+        )
     }
 
     /// True when the runtime could not be reached at all (socket missing, daemon down, timeout).

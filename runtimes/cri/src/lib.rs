@@ -11,7 +11,7 @@ mod error;
 mod metrics;
 pub mod server;
 
-pub use client::{CriClient, DEFAULT_TIMEOUT};
+pub use client::{CONTAINER_EVENTS, CriClient, DEFAULT_TIMEOUT};
 pub use endpoint::{Endpoint, parse_endpoint};
 pub use error::CriError;
 pub use metrics::CriMetrics;

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use crate::DockerShimError;
 
-/// The pause image of sandboxes unless configured otherwise (built locally by
-/// `e2e/scripts/build-images.sh`).
-pub const DEFAULT_POD_INFRA_IMAGE: &str = "mini-kubelet.local/pause:3.10";
+/// The pause image of sandboxes unless configured otherwise: the one kubeadm v1.37 and containerd
+/// 2.4 default to (`PauseVersion` 3.10.2). The tests pass their locally built image.
+pub const DEFAULT_POD_INFRA_IMAGE: &str = "registry.k8s.io/pause:3.10.2";
+/// The pause image the project's tests build (`e2e/scripts/build-images.sh`).
+pub const LOCAL_TEST_POD_INFRA_IMAGE: &str = "mini-kubelet.local/pause:3.10";
 /// Debian's (and everyone's) dockerd socket.
 pub const DEFAULT_DOCKER_ENDPOINT: &str = "unix:///var/run/docker.sock";
 

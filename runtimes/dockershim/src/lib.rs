@@ -103,7 +103,8 @@ use bollard::{API_DEFAULT_VERSION, Docker};
 
 pub use config::{
     DEFAULT_CNI_BIN_DIRS, DEFAULT_CNI_CACHE_DIR, DEFAULT_CNI_CONF_DIR, DEFAULT_DOCKER_ENDPOINT,
-    DEFAULT_POD_INFRA_IMAGE, DockerShimConfig, NetworkPlugin, UnknownNetworkPlugin, socket_path,
+    DEFAULT_POD_INFRA_IMAGE, DockerShimConfig, LOCAL_TEST_POD_INFRA_IMAGE, NetworkPlugin,
+    UnknownNetworkPlugin, socket_path,
 };
 pub use error::DockerShimError;
 pub use image::normalize_reference;

@@ -62,13 +62,15 @@
 //!   `UpdateRuntimeConfig`, `UpdateContainerResources` (stored, reported in ContainerStatus),
 //!   `ReopenContainerLog`, `ContainerStats` / `ListContainerStats` (all usage zero).
 //! * **Not implemented** (`Unimplemented`): `Exec`, `Attach`, `PortForward`, `PodSandboxStats`,
-//!   `ListPodSandboxStats`, `CheckpointContainer`, `GetContainerEvents`,
-//!   `ListMetricDescriptors`, `ListPodSandboxMetrics`.
+//!   `ListPodSandboxStats`, `CheckpointContainer`, `ListMetricDescriptors`,
+//!   `ListPodSandboxMetrics`; `GetContainerEvents` unless turned on by
+//!   [`FakeRuntime::enable_container_events`].
 //!
 //! Every RPC, implemented or not, is recorded in the call log and subject to
 //! [`FakeRuntime::set_latency`] and [`FakeRuntime::fail_next`].
 
 mod error;
+mod events;
 mod image;
 mod ops;
 mod server;
@@ -95,6 +97,8 @@ use state::State;
 #[derive(Clone, Default)]
 pub struct FakeRuntime {
     state: Arc<Mutex<State>>,
+    /// Set by [`FakeRuntime::enable_container_events`].
+    events: Arc<Mutex<Option<events::EventFeed>>>,
 }
 
 impl std::fmt::Debug for FakeRuntime {
@@ -118,7 +122,55 @@ impl FakeRuntime {
     pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.settle(state::now_ns());
-        f(&mut state)
+        let result = f(&mut state);
+        if let Some(feed) = self
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            feed.publish(&state);
+        }
+        result
+    }
+
+    /// Makes `GetContainerEvents` answer (it is `Unimplemented` otherwise, as on containerd 1.6):
+    /// from now on every change of a sandbox's or container's state is sent to the subscribers as
+    /// it is made, or, for auto-exits, when something next looks at the fake.
+    pub fn enable_container_events(&self) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut feed = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        if feed.is_none() {
+            *feed = Some(events::EventFeed::new(&state));
+        }
+    }
+
+    /// Ends every open `GetContainerEvents` stream (as a runtime restart would) and makes the call
+    /// `Unimplemented` again.
+    pub fn disable_container_events(&self) {
+        let _state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        *self.events.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Ends every open `GetContainerEvents` stream, as a runtime restart would; events stay on, so
+    /// subscribing again works.
+    pub fn restart_container_events(&self) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut feed = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        if feed.is_some() {
+            *feed = Some(events::EventFeed::new(&state));
+        }
+    }
+
+    /// A subscription to the events, when they are enabled.
+    pub(crate) fn subscribe_events(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<api::ContainerEventResponse>> {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(events::EventFeed::subscribe)
     }
 
     // ----- images -----

@@ -6,11 +6,15 @@ use std::time::Duration;
 use k8s_cri::v1 as api;
 use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::{FakeRuntime, Op};
 
 type Answer<T> = Result<Response<T>, Status>;
+
+/// The label kubelet puts a pod's UID in: a listing filtered by it is logged with that UID.
+const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
 
 impl FakeRuntime {
     /// Logs the call, applies the configured latency and any injected failure.
@@ -100,7 +104,11 @@ impl RuntimeService for FakeRuntime {
         request: Request<api::ListPodSandboxRequest>,
     ) -> Answer<api::ListPodSandboxResponse> {
         let filter = request.into_inner().filter;
-        self.begin(Op::ListPodSandbox, "").await?;
+        let target = filter
+            .as_ref()
+            .and_then(|f| f.label_selector.get(POD_UID_LABEL).cloned())
+            .unwrap_or_default();
+        self.begin(Op::ListPodSandbox, target).await?;
         Ok(Response::new(
             self.with_state(|s| s.list_pod_sandbox(filter)),
         ))
@@ -158,7 +166,11 @@ impl RuntimeService for FakeRuntime {
         request: Request<api::ListContainersRequest>,
     ) -> Answer<api::ListContainersResponse> {
         let filter = request.into_inner().filter;
-        self.begin(Op::ListContainers, "").await?;
+        let target = filter
+            .as_ref()
+            .and_then(|f| f.label_selector.get(POD_UID_LABEL).cloned())
+            .unwrap_or_default();
+        self.begin(Op::ListContainers, target).await?;
         Ok(Response::new(
             self.with_state(|s| s.list_containers(filter)),
         ))
@@ -296,14 +308,24 @@ impl RuntimeService for FakeRuntime {
         self.unimplemented(Op::CheckpointContainer).await
     }
 
-    type GetContainerEventsStream =
-        tokio_stream::Empty<Result<api::ContainerEventResponse, Status>>;
+    type GetContainerEventsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<api::ContainerEventResponse, Status>> + Send>,
+    >;
 
     async fn get_container_events(
         &self,
         _request: Request<api::GetEventsRequest>,
     ) -> Answer<Self::GetContainerEventsStream> {
-        self.unimplemented(Op::GetContainerEvents).await
+        let Some(events) = self.subscribe_events() else {
+            return self.unimplemented(Op::GetContainerEvents).await;
+        };
+        self.begin(Op::GetContainerEvents, "").await?;
+        // A subscriber that lags behind gets an error (events were lost: it must list again); a
+        // disabled feed ends the stream.
+        let stream = tokio_stream::wrappers::BroadcastStream::new(events).map(|event| {
+            event.map_err(|lag| Status::data_loss(format!("event stream lagged: {lag}")))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_metric_descriptors(

@@ -1102,3 +1102,62 @@ async fn serve_shutdown_and_serve_again_on_the_same_path() {
     drop(again);
     assert!(!path.exists(), "socket removed on drop");
 }
+
+#[tokio::test]
+async fn container_events_report_every_step_with_the_pod_uid() {
+    use tokio_stream::StreamExt;
+    let fake = FakeRuntime::new();
+    fake.add_image("busybox");
+    fake.enable_container_events();
+    let mut events = fake
+        .get_container_events(Request::new(api::GetEventsRequest {}))
+        .await
+        .expect("events on")
+        .into_inner();
+    let sandbox = run_pod(&fake, "web").await;
+    let container = create(
+        &fake,
+        &sandbox,
+        container_config("app", "busybox", &["sleep", "9"]),
+    )
+    .await
+    .expect("create");
+    start(&fake, &container).await.expect("start");
+    fake.exit_container(&container, 137, None).expect("running");
+    remove(&fake, &container).await.expect("remove");
+    use api::ContainerEventType::*;
+    let expected = [
+        (&sandbox, ContainerCreatedEvent),
+        (&sandbox, ContainerStartedEvent),
+        (&container, ContainerCreatedEvent),
+        (&container, ContainerStartedEvent),
+        (&container, ContainerStoppedEvent),
+        (&container, ContainerDeletedEvent),
+    ];
+    for (id, kind) in expected {
+        let event = events.next().await.expect("an event").expect("no error");
+        assert_eq!(
+            (&event.container_id, event.container_event_type),
+            (id, kind as i32)
+        );
+        let uid = event
+            .pod_sandbox_status
+            .and_then(|s| s.metadata)
+            .map(|m| m.uid);
+        assert_eq!(uid.as_deref(), Some("uid-web"));
+    }
+    // A restart of the event feed ends the stream; subscribing again works.
+    fake.restart_container_events();
+    assert!(events.next().await.is_none(), "the stream ends");
+    assert!(
+        fake.get_container_events(Request::new(api::GetEventsRequest {}))
+            .await
+            .is_ok()
+    );
+    fake.disable_container_events();
+    assert!(
+        fake.get_container_events(Request::new(api::GetEventsRequest {}))
+            .await
+            .is_err()
+    );
+}

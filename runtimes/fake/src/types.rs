@@ -129,6 +129,7 @@ pub struct Call {
     pub op: Op,
     /// What the call was about: the sandbox or container ID, the image reference, or for
     /// RunPodSandbox `namespace/name` and for CreateContainer `sandbox-id/container-name`;
-    /// empty for calls about nothing in particular (Version, List*, ...).
+    /// for ListPodSandbox / ListContainers filtered by the pod UID label, that UID; empty for
+    /// calls about nothing in particular (Version, unfiltered List*, ...).
     pub target: String,
 }
