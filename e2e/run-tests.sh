@@ -8,8 +8,10 @@
 # suites on containerd, their cluster tests against the real control plane; the Docker adapter's CRI
 # tests on dockerd),
 # then the agent suites a second time on the built-in Docker adapter in its CNI mode (the CNI network
-# dockerd-up.sh writes; MK_E2E_DOCKER_NETWORK=bridge runs them on Docker's bridge). Extra arguments go to the first
-# `cargo test` only and skip the Docker rerun (e.g. `e2e/run-tests.sh -p mk-e2e -- --nocapture`).
+# dockerd-up.sh writes; MK_E2E_DOCKER_NETWORK=bridge runs them on Docker's bridge), and a third time
+# on containerd 2.x built from its Go module (containerd2-up.sh; the agent follows its container
+# events there). Extra arguments go to the first `cargo test` only and skip the reruns (e.g.
+# `e2e/run-tests.sh -p mk-e2e -- --nocapture`).
 # Both daemons are torn down on any exit, failure or ctrl-c included; the script exits with cargo's
 # status.
 set -euo pipefail
@@ -31,6 +33,7 @@ statedir=$(mktemp -d /tmp/mk-e2e.XXXXXX)
 dockerdir=$(mktemp -d /tmp/mk-dkr.XXXXXX)
 regdir=$(mktemp -d /tmp/mk-reg.XXXXXX)
 cpdir=$(mktemp -d /tmp/mk-cp.XXXXXX)
+statedir2=$(mktemp -d /tmp/mk-c2.XXXXXX)
 # shellcheck disable=SC2317 # called by the traps below
 teardown() {
   local status=$?
@@ -41,6 +44,8 @@ teardown() {
   "$scripts/registry-down.sh" "$regdir" || echo "warning: registry-down.sh failed" >&2
   step "stopping dockerd (e2e/scripts/dockerd-down.sh $dockerdir)"
   "$scripts/dockerd-down.sh" "$dockerdir" || echo "warning: dockerd-down.sh failed" >&2
+  step "stopping containerd 2.x (e2e/scripts/containerd2-down.sh $statedir2)"
+  "$scripts/containerd2-down.sh" "$statedir2" || echo "warning: containerd2-down.sh failed" >&2
   step "stopping containerd (e2e/scripts/containerd-down.sh $statedir)"
   "$scripts/containerd-down.sh" "$statedir" || echo "warning: containerd-down.sh failed" >&2
   exit "$status"
@@ -59,6 +64,8 @@ export MK_E2E_DOCKER_ENDPOINT
 step "starting a private registry with basic auth in $regdir"
 MK_E2E_REGISTRY=$("$scripts/registry-up.sh" "$regdir" "$imagedir" | tail -n 1)
 export MK_E2E_REGISTRY
+step "building (or reusing) containerd 2.x and runc, and starting them in $statedir2"
+endpoint2=$("$scripts/containerd2-up.sh" "$statedir2" "$imagedir" | tail -n 1)
 step "building (or reusing) and starting a real control plane in $cpdir"
 "$scripts/controlplane-up.sh" "$cpdir" >/dev/null
 export MK_E2E_CONTROLPLANE=$cpdir
@@ -79,5 +86,13 @@ if (($# == 0)); then
     --test static_pods --test cluster --test pod_spec --test images --test kubelet_port || docker_status=$?
   step "cargo test on Docker exited with status $docker_status"
   ((status == 0)) && status=$docker_status
+
+  step "the agent suites again, on containerd 2.x ($endpoint2)"
+  c2_status=0
+  MK_E2E_CRI_ENDPOINT=$endpoint2 cargo test -p mk-e2e --no-fail-fast \
+    --test static_pods --test cluster --test pod_spec --test images --test kubelet_port \
+    --test cri_containerd || c2_status=$?
+  step "cargo test on containerd 2.x exited with status $c2_status"
+  ((status == 0)) && status=$c2_status
 fi
 exit "$status"

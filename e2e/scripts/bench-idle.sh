@@ -10,7 +10,12 @@
 # printed after the line (the CPU figure then includes perf's sampling overhead on the agent).
 # Everything (agent, pods, containerd, temporary folders) is removed on any exit.
 #
-# Usage: bench-idle.sh [--perf] [--window SECONDS] [--settle SECONDS] [COUNT...]
+# With --containerd2 the runtime is containerd 2.x (containerd2-up.sh), which serves container events;
+# --pleg relist,events runs each count once with the 1 s relist (featureGates EventedPLEG: false) and
+# once following the events, and prints both lines (default: the agent's default, events where served):
+#   bench-idle.sh --containerd2 --pleg relist,events 100
+#
+# Usage: bench-idle.sh [--perf] [--containerd2] [--pleg MODES] [--window SECONDS] [--settle SECONDS] [COUNT...]
 #   MK_AGENT_BIN  the agent binary (default: ${CARGO_TARGET_DIR:-target}/release/mini-kubelet, built
 #                 with cargo when the variable is unset)
 #   MK_PERF_ARGS  perf record's call-graph options (default: -g; e.g. "--call-graph dwarf")
@@ -23,16 +28,20 @@ scripts=$repo/e2e/scripts
 target=${CARGO_TARGET_DIR:-$repo/target}
 
 perf=0
+flavour=containerd
+modes=(default)
 window=60
 settle=15
 counts=()
 while (($#)); do
   case $1 in
     --perf) perf=1 ;;
+    --containerd2) flavour=containerd2 ;;
+    --pleg) IFS=, read -r -a modes <<<"$2"; shift ;;
     --window) window=$2; shift ;;
     --settle) settle=$2; shift ;;
     -h | --help)
-      sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *[!0-9]* | '')
@@ -102,7 +111,7 @@ stop_agent() {
 teardown() {
   trap - EXIT INT TERM
   stop_agent
-  "$scripts/containerd-down.sh" "$statedir" >/dev/null 2>&1 || say "containerd-down.sh failed; see $statedir"
+  "$scripts/$flavour-down.sh" "$statedir" >/dev/null 2>&1 || say "$flavour-down.sh failed; see $statedir"
   # Pod cgroups the runtime left behind (cgroup v1 keeps them after RemovePodSandbox).
   if [[ -s $workdir/uids ]]; then
     while read -r uid; do
@@ -118,7 +127,7 @@ trap teardown EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-endpoint=$("$scripts/containerd-up.sh" "$statedir" "$target/e2e-images" 2>/dev/null | tail -n 1)
+endpoint=$("$scripts/$flavour-up.sh" "$statedir" "$target/e2e-images" 2>/dev/null | tail -n 1)
 hz=$(getconf CLK_TCK)
 
 # utime+stime of a process, in clock ticks.
@@ -130,7 +139,14 @@ cri_counts() {
 }
 
 for count in "${counts[@]}"; do
-  run=$workdir/run-$count
+for mode in "${modes[@]}"; do
+  case $mode in
+    relist) gates='featureGates: {EventedPLEG: false}' ;;
+    events) gates='featureGates: {EventedPLEG: true}' ;;
+    default) gates='' ;;
+    *) say "--pleg: unknown mode $mode (relist, events)"; exit 2 ;;
+  esac
+  run=$workdir/run-$count-$mode
   mkdir -p "$run/root" "$run/pods"
   rm -rf "$workdir/manifests"
   mkdir -p "$workdir/manifests"
@@ -165,6 +181,7 @@ podLogsDir: $run/pods
 maxPods: $((count > 110 ? count : 110))
 fileCheckFrequency: 20s
 syncFrequency: 1m0s
+$gates
 EOF
   "$agent_bin" --config "$run/kubelet.yaml" --hostname-override "$node" --root-dir "$run/root" \
     >"$run/agent.log" 2>&1 &
@@ -221,7 +238,7 @@ print(n)' 2>/dev/null || echo 0)
   rss_kib=$(awk '/^VmRSS:/ { print $2 }' "/proc/$agent_pid/status")
 
   awk -v count="$count" -v hz="$hz" -v c0="$before_cpu" -v c1="$after_cpu" -v t0="$t0" -v t1="$t1" \
-    -v rss="$rss_kib" -v before="$before_ops" -v after="$after_ops" 'BEGIN {
+    -v rss="$rss_kib" -v before="$before_ops" -v after="$after_ops" -v mode="$mode" 'BEGIN {
       secs = (t1 - t0) / 1e9
       n = split(before, lines, "\n")
       for (i = 1; i <= n; i++) { split(lines[i], f, " "); if (f[1] != "") b[f[1]] = f[2] }
@@ -237,11 +254,11 @@ print(n)' 2>/dev/null || echo 0)
       m = 0; for (op in rate) ops[++m] = op
       for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (rate[ops[j]] > rate[ops[i]]) { t = ops[i]; ops[i] = ops[j]; ops[j] = t }
       for (i = 1; i <= m; i++) detail = detail (i > 1 ? ", " : "") sprintf("%s %.2f", ops[i], rate[ops[i]])
-      printf "pods=%d cpu=%.2f%% rss=%.1fMiB cri_calls_per_s=%.2f (%s)\n", count, 100 * (c1 - c0) / hz / secs, rss / 1024, total / secs, detail
+      printf "pods=%d%s cpu=%.2f%% rss=%.1fMiB cri_calls_per_s=%.2f (%s)\n", count, mode == "default" ? "" : " pleg=" mode, 100 * (c1 - c0) / hz / secs, rss / 1024, total / secs, detail
     }'
   if ((perf)); then
     if [[ -n ${MK_PERF_KEEP:-} ]]; then
-      mkdir -p "$MK_PERF_KEEP" && cp "$run/perf.data" "$MK_PERF_KEEP/perf-$count.data"
+      mkdir -p "$MK_PERF_KEEP" && cp "$run/perf.data" "$MK_PERF_KEEP/perf-$count-$mode.data"
     fi
     echo "--- perf report (pods=$count, self time, top entries) ---"
     perf report -i "$run/perf.data" --stdio --no-children --percent-limit 1.5 --sort dso,symbol -g none 2>/dev/null |
@@ -251,4 +268,5 @@ print(n)' 2>/dev/null || echo 0)
       grep -v '^#' | grep -v '^$' | head -n 40
   fi
   stop_agent
+done
 done
