@@ -474,7 +474,6 @@ fn pid_of(argv: &[&str]) -> Option<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_container_is_restarted_from_the_runtime_event() -> anyhow::Result<()> {
     let mut agent = Agent::start("e2e-kill")?;
-    let events = runtime_serves_events(&agent).await?;
     // A command line no other test runs.
     let seconds = format!("{}", 400_000 + std::process::id() % 100_000);
     let script = format!("exec sleep {seconds}");
@@ -483,6 +482,8 @@ async fn a_killed_container_is_restarted_from_the_runtime_event() -> anyhow::Res
     agent
         .wait_pod("victim", p.static_pod_start(), running)
         .await?;
+    // Asked once the agent runs: on Docker its adapter's socket exists from then on.
+    let events = runtime_serves_events(&agent).await?;
     let (success, errors) = (
         "kubelet_evented_pleg_connection_success_count_total",
         "kubelet_evented_pleg_connection_error_count_total",
