@@ -10,7 +10,7 @@
 # then the agent suites a second time on the built-in Docker adapter in its CNI mode (the CNI network
 # dockerd-up.sh writes; MK_E2E_DOCKER_NETWORK=bridge runs them on Docker's bridge), and a third time
 # on containerd 2.x built from its Go module (containerd2-up.sh; the agent follows its container
-# events there). Extra arguments go to the first `cargo test` only and skip the reruns (e.g.
+# events there), and a fourth time on cri-o 1.36 built from its Go module (crio-up.sh). Extra arguments go to the first `cargo test` only and skip the reruns (e.g.
 # `e2e/run-tests.sh -p mk-e2e -- --nocapture`).
 # Both daemons are torn down on any exit, failure or ctrl-c included; the script exits with cargo's
 # status.
@@ -34,6 +34,7 @@ dockerdir=$(mktemp -d /tmp/mk-dkr.XXXXXX)
 regdir=$(mktemp -d /tmp/mk-reg.XXXXXX)
 cpdir=$(mktemp -d /tmp/mk-cp.XXXXXX)
 statedir2=$(mktemp -d /tmp/mk-c2.XXXXXX)
+criodir=$(mktemp -d /tmp/mk-crio.XXXXXX)
 # shellcheck disable=SC2317 # called by the traps below
 teardown() {
   local status=$?
@@ -44,6 +45,8 @@ teardown() {
   "$scripts/registry-down.sh" "$regdir" || echo "warning: registry-down.sh failed" >&2
   step "stopping dockerd (e2e/scripts/dockerd-down.sh $dockerdir)"
   "$scripts/dockerd-down.sh" "$dockerdir" || echo "warning: dockerd-down.sh failed" >&2
+  step "stopping cri-o (e2e/scripts/crio-down.sh $criodir)"
+  "$scripts/crio-down.sh" "$criodir" || echo "warning: crio-down.sh failed" >&2
   step "stopping containerd 2.x (e2e/scripts/containerd2-down.sh $statedir2)"
   "$scripts/containerd2-down.sh" "$statedir2" || echo "warning: containerd2-down.sh failed" >&2
   step "stopping containerd (e2e/scripts/containerd-down.sh $statedir)"
@@ -94,5 +97,16 @@ if (($# == 0)); then
     --test cri_containerd || c2_status=$?
   step "cargo test on containerd 2.x exited with status $c2_status"
   ((status == 0)) && status=$c2_status
+
+  step "building (or reusing) cri-o and starting it in $criodir"
+  crio_status=0
+  crio_endpoint=$("$scripts/crio-up.sh" "$criodir" "$imagedir" | tail -n 1) || crio_status=$?
+  if ((crio_status == 0)); then
+    step "the agent suites again, on cri-o ($crio_endpoint)"
+    MK_E2E_RUNTIME=crio MK_E2E_CRI_ENDPOINT=$crio_endpoint cargo test -p mk-e2e --no-fail-fast \
+      --test static_pods --test cluster --test pod_spec --test images --test kubelet_port || crio_status=$?
+  fi
+  step "cargo test on cri-o exited with status $crio_status"
+  ((status == 0)) && status=$crio_status
 fi
 exit "$status"

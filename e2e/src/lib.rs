@@ -51,9 +51,14 @@ pub fn on_docker() -> bool {
     std::env::var("MK_E2E_RUNTIME").is_ok_and(|r| r == "docker")
 }
 
-/// The prefix of container IDs in pod status (`containerd`, `docker`).
+/// The prefix of container IDs in pod status (`containerd`, `docker`, `cri-o`): the runtime named by
+/// `MK_E2E_RUNTIME` (`docker`, `crio`), containerd otherwise.
 pub fn runtime_name() -> &'static str {
-    if on_docker() { "docker" } else { "containerd" }
+    match std::env::var("MK_E2E_RUNTIME").as_deref() {
+        Ok("docker") => "docker",
+        Ok("crio" | "cri-o") => "cri-o",
+        _ => "containerd",
+    }
 }
 
 /// dockerd's endpoint for the Docker runs. Panics with instructions when it is not set.

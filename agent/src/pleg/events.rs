@@ -37,6 +37,9 @@ enum End {
     Closed,
     /// The runtime ended the stream.
     Ended,
+    /// The runtime ended the stream at once, before any event: it serves none (cri-o does so
+    /// unless `enable_pod_events` is set).
+    Refused,
     Failed(CriError),
 }
 
@@ -52,6 +55,11 @@ pub async fn follow(cri: CriClient, feed: mpsc::Sender<Feed>, cancel: Cancellati
         let (error, unimplemented) = match end {
             End::Closed => return,
             End::Ended => ("the runtime ended the event stream".to_string(), false),
+            End::Refused => (
+                "the runtime ends the event stream at once (cri-o sends events only with enable_pod_events)"
+                    .to_string(),
+                true,
+            ),
             End::Failed(e) => (e.to_string(), e.is_unimplemented()),
         };
         if feed
@@ -103,6 +111,8 @@ async fn follow_once(cri: &CriClient, feed: &mpsc::Sender<Feed>) -> End {
         Ok(stream) => stream,
         Err(e) => return End::Failed(e),
     };
+    let opened = Instant::now();
+    let mut events = 0_u64;
     loop {
         match stream.message().await {
             Ok(Some(event)) => {
@@ -111,10 +121,12 @@ async fn follow_once(cri: &CriClient, feed: &mpsc::Sender<Feed>) -> End {
                     .and_then(|s| s.metadata)
                     .map(|m| m.uid)
                     .filter(|uid| !uid.is_empty());
+                events += 1;
                 if feed.send(Feed::Changed(uid)).await.is_err() {
                     return End::Closed;
                 }
             }
+            Ok(None) if events == 0 && opened.elapsed() < ESTABLISHED_AFTER => return End::Refused,
             Ok(None) => return End::Ended,
             Err(status) => return End::Failed(CriError::from_status(CONTAINER_EVENTS, status)),
         }

@@ -479,6 +479,35 @@ async fn prepare_container(
     }))
 }
 
+/// Creates the container's log folder (`<pod log dir>/<container>/`) before CreateContainer, as
+/// kubelet does: containerd creates it itself, cri-o's conmon does not.
+async fn create_log_dir(request: &api::CreateContainerRequest) -> Result<(), StartError> {
+    let pod_dir = request
+        .sandbox_config
+        .as_ref()
+        .map(|s| s.log_directory.as_str())
+        .filter(|d| !d.is_empty());
+    let log_path = request
+        .config
+        .as_ref()
+        .map(|c| c.log_path.as_str())
+        .filter(|p| !p.is_empty());
+    let (Some(pod_dir), Some(log_path)) = (pod_dir, log_path) else {
+        return Ok(());
+    };
+    let Some(dir) = std::path::Path::new(pod_dir).join(log_path).parent().map(|d| d.to_path_buf())
+    else {
+        return Ok(());
+    };
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| {
+        StartError::new(
+            "CreateContainerConfigError",
+            format!("create container log directory {} failed: {e}", dir.display()),
+            ERROR_RETRY,
+        )
+    })
+}
+
 /// Pulls, creates and starts one container; on failure records the waiting reason and an event.
 async fn start_container(
     ctx: &RuntimeManager,
@@ -492,6 +521,7 @@ async fn start_container(
     let container_type = if init { "init_container" } else { "container" };
     let result = async {
         let request = prepare_container(ctx, pod, container, start, sandbox).await?;
+        create_log_dir(&request).await?;
         let resources = request
             .config
             .as_ref()
