@@ -258,6 +258,12 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
 
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (relist_tx, relist_rx) = watch::channel(None);
+    crate::logs::spawn(
+        cri.clone(),
+        options.node_name.clone(),
+        config,
+        cancel.clone(),
+    );
     let pleg = Pleg {
         cri,
         node_name: options.node_name.clone(),

@@ -108,6 +108,16 @@ pub struct KubeletConfiguration {
     /// runtime's container events where it serves them); any other gate is reported at start-up
     /// and ignored.
     pub feature_gates: BTreeMap<String, bool>,
+    /// A container's log file is rotated once it reaches this size (a quantity; a negative one
+    /// turns rotation off, as kubelet's).
+    pub container_log_max_size: String,
+    /// The most log files a container keeps: the live one and the rotated ones (at least 2).
+    pub container_log_max_files: i32,
+    /// How often the containers' log files are checked for rotation (at least 3 s).
+    #[serde(with = "go_duration")]
+    pub container_log_monitor_interval: Duration,
+    /// How many containers' logs are rotated at once (at least 1).
+    pub container_log_max_workers: i32,
 }
 
 /// The feature gates the agent knows.
@@ -222,6 +232,10 @@ impl Default for KubeletConfiguration {
             authentication: Authentication::default(),
             authorization: Authorization::default(),
             feature_gates: BTreeMap::new(),
+            container_log_max_size: "10Mi".into(),
+            container_log_max_files: 5,
+            container_log_monitor_interval: Duration::from_secs(10),
+            container_log_max_workers: 1,
         }
     }
 }
@@ -249,6 +263,13 @@ impl KubeletConfiguration {
             .map(String::as_str)
             .filter(|gate| !KNOWN_FEATURE_GATES.contains(gate))
             .collect()
+    }
+
+    /// `containerLogMaxSize` in bytes; None when rotation is off (a negative size) or the
+    /// quantity does not parse (which [`KubeletConfiguration::parse`] refuses).
+    pub fn container_log_max_bytes(&self) -> Option<u64> {
+        let quantity: crate::quantity::Quantity = self.container_log_max_size.parse().ok()?;
+        u64::try_from(quantity.value()).ok()
     }
 
     /// How many image pulls may run at once: 1 when serialized, else maxParallelImagePulls.
@@ -384,6 +405,30 @@ impl KubeletConfiguration {
                 "tlsCertFile and tlsPrivateKeyFile go together".into(),
             ));
         }
+        if let Err(e) = self
+            .container_log_max_size
+            .parse::<crate::quantity::Quantity>()
+        {
+            return Err(field("containerLogMaxSize", e.to_string()));
+        }
+        if self.container_log_max_files < 2 {
+            return Err(field(
+                "containerLogMaxFiles",
+                "must be greater than or equal to 2".into(),
+            ));
+        }
+        if self.container_log_monitor_interval < Duration::from_secs(3) {
+            return Err(field(
+                "containerLogMonitorInterval",
+                "must be a positive time duration greater than or equal to 3s".into(),
+            ));
+        }
+        if self.container_log_max_workers < 1 {
+            return Err(field(
+                "containerLogMaxWorkers",
+                "must be greater than or equal to 1".into(),
+            ));
+        }
         if self.address.parse::<std::net::IpAddr>().is_err() {
             return Err(field(
                 "address",
@@ -510,6 +555,74 @@ mod tests {
                 Err(ConfigError::Field { field, .. }) => assert_eq!(field, expected, "{text}"),
                 other => panic!("{text}: expected a field error, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn container_log_rotation_has_kubelet_defaults_and_names() {
+        let d = KubeletConfiguration::default();
+        assert_eq!(d.container_log_max_size, "10Mi");
+        assert_eq!(d.container_log_max_bytes(), Some(10 * 1024 * 1024));
+        assert_eq!(d.container_log_max_files, 5);
+        assert_eq!(d.container_log_monitor_interval, Duration::from_secs(10));
+        assert_eq!(d.container_log_max_workers, 1);
+        let loaded = parse(
+            "containerLogMaxSize: 1Mi\ncontainerLogMaxFiles: 3\n\
+             containerLogMonitorInterval: 3s\ncontainerLogMaxWorkers: 4\n",
+        )
+        .expect("valid config");
+        assert!(loaded.unknown_fields.is_empty());
+        let c = loaded.config;
+        assert_eq!(c.container_log_max_bytes(), Some(1024 * 1024));
+        assert_eq!(c.container_log_max_files, 3);
+        assert_eq!(c.container_log_monitor_interval, Duration::from_secs(3));
+        assert_eq!(c.container_log_max_workers, 4);
+        let decimal = parse("containerLogMaxSize: 5M\n").expect("valid").config;
+        assert_eq!(decimal.container_log_max_bytes(), Some(5_000_000));
+        let off = parse("containerLogMaxSize: \"-1\"\n")
+            .expect("valid")
+            .config;
+        assert_eq!(
+            off.container_log_max_bytes(),
+            None,
+            "negative: rotation off"
+        );
+    }
+
+    #[test]
+    fn container_log_rotation_values_are_validated() {
+        for (text, expected) in [
+            ("containerLogMaxSize: ten\n", "containerLogMaxSize"),
+            ("containerLogMaxSize: 10Xi\n", "containerLogMaxSize"),
+            ("containerLogMaxFiles: 1\n", "containerLogMaxFiles"),
+            ("containerLogMaxFiles: -5\n", "containerLogMaxFiles"),
+            (
+                "containerLogMonitorInterval: 2s\n",
+                "containerLogMonitorInterval",
+            ),
+            (
+                "containerLogMonitorInterval: 2999ms\n",
+                "containerLogMonitorInterval",
+            ),
+            (
+                "containerLogMonitorInterval: soon\n",
+                "containerLogMonitorInterval",
+            ),
+            ("containerLogMaxWorkers: 0\n", "containerLogMaxWorkers"),
+            ("containerLogMaxFiles: many\n", "containerLogMaxFiles"),
+        ] {
+            match parse(text) {
+                Err(ConfigError::Field { field, .. }) => assert_eq!(field, expected, "{text}"),
+                other => panic!("{text}: expected a field error, got {other:?}"),
+            }
+        }
+        for text in [
+            "containerLogMaxFiles: 2\n",
+            "containerLogMonitorInterval: 3s\n",
+            "containerLogMaxWorkers: 1\n",
+            "containerLogMaxSize: \"0\"\n",
+        ] {
+            assert!(parse(text).is_ok(), "{text}");
         }
     }
 

@@ -11,6 +11,7 @@ pub mod envvars;
 pub mod events;
 pub mod images;
 pub mod kuberuntime;
+pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod pleg;

@@ -156,6 +156,11 @@ impl CriClient {
         update_container_resources, runtime, "update_container",
         api::UpdateContainerResourcesRequest => api::UpdateContainerResourcesResponse);
     unary!(
+        /// Makes the runtime open a container's log file afresh at its log path (after it was
+        /// renamed to rotate it); kubelet's metric label `reopen_container_log`.
+        reopen_container_log, runtime, "reopen_container_log",
+        api::ReopenContainerLogRequest => api::ReopenContainerLogResponse);
+    unary!(
         /// The streaming URL of an exec session (served by the runtime's streaming server).
         exec, runtime, "exec", api::ExecRequest => api::ExecResponse);
     unary!(
