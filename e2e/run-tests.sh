@@ -10,7 +10,9 @@
 # then the agent suites a second time on the built-in Docker adapter in its CNI mode (the CNI network
 # dockerd-up.sh writes; MK_E2E_DOCKER_NETWORK=bridge runs them on Docker's bridge), and a third time
 # on containerd 2.x built from its Go module (containerd2-up.sh; the agent follows its container
-# events there), and a fourth time on cri-o 1.36 built from its Go module (crio-up.sh). Extra arguments go to the first `cargo test` only and skip the reruns (e.g.
+# events there), and a fourth time on cri-o 1.36 built from its Go module (crio-up.sh); and the CRI
+# validation suite (critest, built from cri-tools' Go module) against the Docker adapter, with the
+# specs it may skip listed in e2e/critest-skips/docker.txt. Extra arguments go to the first `cargo test` only and skip the reruns (e.g.
 # `e2e/run-tests.sh -p mk-e2e -- --nocapture`).
 # Both daemons are torn down on any exit, failure or ctrl-c included; the script exits with cargo's
 # status.
@@ -74,6 +76,10 @@ step "building (or reusing) and starting a real control plane in $cpdir"
 export MK_E2E_CONTROLPLANE=$cpdir
 step "MK_E2E_CRI_ENDPOINT=$MK_E2E_CRI_ENDPOINT MK_E2E_DOCKER_ENDPOINT=$MK_E2E_DOCKER_ENDPOINT MK_E2E_REGISTRY=$MK_E2E_REGISTRY MK_E2E_CONTROLPLANE=$MK_E2E_CONTROLPLANE"
 
+step "building (or reusing) crictl and critest from cri-tools' Go module (e2e/scripts/cri-tools-build.sh)"
+MK_E2E_CRICTL=$("$scripts/cri-tools-build.sh" | tail -n 1)/crictl
+export MK_E2E_CRICTL
+
 step "cargo build --workspace --bins"
 cargo build --workspace --bins
 
@@ -86,15 +92,22 @@ if (($# == 0)); then
   step "the agent suites again, on the built-in Docker adapter (MK_E2E_RUNTIME=docker)"
   docker_status=0
   MK_E2E_RUNTIME=docker cargo test -p mk-e2e --no-fail-fast \
-    --test static_pods --test cluster --test pod_spec --test images --test kubelet_port || docker_status=$?
+    --test static_pods --test cluster --test pod_spec --test images --test kubelet_port \
+    --test log_rotation || docker_status=$?
   step "cargo test on Docker exited with status $docker_status"
   ((status == 0)) && status=$docker_status
+
+  step "the CRI validation suite (critest) on the Docker adapter, alone on a private dockerd (e2e/scripts/critest.sh)"
+  critest_status=0
+  "$scripts/critest.sh" docker "$repo/e2e/critest-skips/docker.txt" || critest_status=$?
+  step "critest on Docker exited with status $critest_status"
+  ((status == 0)) && status=$critest_status
 
   step "the agent suites again, on containerd 2.x ($endpoint2)"
   c2_status=0
   MK_E2E_CRI_ENDPOINT=$endpoint2 cargo test -p mk-e2e --no-fail-fast \
     --test static_pods --test cluster --test pod_spec --test images --test kubelet_port \
-    --test cri_containerd || c2_status=$?
+    --test log_rotation --test cri_containerd || c2_status=$?
   step "cargo test on containerd 2.x exited with status $c2_status"
   ((status == 0)) && status=$c2_status
 

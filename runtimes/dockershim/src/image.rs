@@ -293,41 +293,43 @@ impl DockerShim {
                     if message.contains("unrecognized image ID")
             )
         }
-        fn id_or(image: &bollard::models::ImageInspect, reference: &str) -> String {
-            image.id.clone().unwrap_or_else(|| reference.to_string())
-        }
         let reference = spec.map(|s| s.image).unwrap_or_default();
-        let Some(image) = self.inspect_image(&reference).await? else {
-            return Ok(());
+        let image = match self.removal_look(&reference).await? {
+            Look::Gone => return Ok(()),
+            // Another removal is deleting it: wait for it to finish below.
+            Look::Removing => None,
+            Look::Present(image) => Some(image),
         };
-        let id = image.id.clone().unwrap_or_default();
-        let tags = image.repo_tags.clone().unwrap_or_default();
-        let targets = if tags.is_empty() { vec![id] } else { tags };
-        for target in targets {
-            match self
-                .docker()
-                .remove_image(&target, Some(RemoveImageOptions::default()), None)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if is_not_found(&e) || lost_removal_race(&e) => {}
-                Err(e) if is_conflict(&e) => {
-                    return Err(OpError::FailedPrecondition(format!(
-                        "removing image {target}: {e}"
-                    )));
+        let mut wait_for = reference.clone();
+        if let Some(image) = image {
+            let id = image.id.clone().unwrap_or_default();
+            if !id.is_empty() {
+                wait_for = id.clone();
+            }
+            let tags = image.repo_tags.clone().unwrap_or_default();
+            let targets = if tags.is_empty() { vec![id] } else { tags };
+            for target in targets {
+                match self
+                    .docker()
+                    .remove_image(&target, Some(RemoveImageOptions::default()), None)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e) || lost_removal_race(&e) => {}
+                    Err(e) if is_conflict(&e) => {
+                        return Err(OpError::FailedPrecondition(format!(
+                            "removing image {target}: {e}"
+                        )));
+                    }
+                    Err(e) => return Err(OpError::docker(format!("removing image {target}"), e)),
                 }
-                Err(e) => return Err(OpError::docker(format!("removing image {target}"), e)),
             }
         }
         // A concurrent RemoveImage of the same image may have been the one that deleted it, and
         // Docker answers the others 404 before its deletion has finished: return only once the image
         // is really gone, so ImageStatus right after RemoveImage never finds it (critest checks this).
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while self
-            .inspect_image(&id_or(&image, &reference))
-            .await?
-            .is_some()
-        {
+        while !matches!(self.removal_look(&wait_for).await?, Look::Gone) {
             if tokio::time::Instant::now() > deadline {
                 return Err(OpError::FailedPrecondition(format!(
                     "image {reference} is still present after removal"
@@ -336,6 +338,23 @@ impl DockerShim {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         Ok(())
+    }
+
+    /// An image as a removal sees it: dockerd answers an inspection of an image whose layers a
+    /// concurrent removal already deleted with 500 "layer does not exist".
+    async fn removal_look(&self, reference: &str) -> Result<Look, OpError> {
+        if reference.is_empty() {
+            return Err(OpError::InvalidArgument("no image given".into()));
+        }
+        match self.docker().inspect_image(reference).await {
+            Ok(image) => Ok(Look::Present(Box::new(image))),
+            Err(e) if is_not_found(&e) => Ok(Look::Gone),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 500,
+                message,
+            }) if message.contains("layer does not exist") => Ok(Look::Removing),
+            Err(e) => Err(OpError::docker(format!("inspecting image {reference}"), e)),
+        }
     }
 
     /// The file system of Docker's data root, with the bytes its images take (sum of the image
@@ -367,6 +386,14 @@ impl DockerShim {
             container_filesystems: Vec::new(),
         })
     }
+}
+
+/// What a removal finds of an image.
+enum Look {
+    Present(Box<ImageInspect>),
+    /// A concurrent removal has deleted its layers and is finishing.
+    Removing,
+    Gone,
 }
 
 #[cfg(test)]
