@@ -495,14 +495,20 @@ async fn create_log_dir(request: &api::CreateContainerRequest) -> Result<(), Sta
     let (Some(pod_dir), Some(log_path)) = (pod_dir, log_path) else {
         return Ok(());
     };
-    let Some(dir) = std::path::Path::new(pod_dir).join(log_path).parent().map(|d| d.to_path_buf())
+    let Some(dir) = std::path::Path::new(pod_dir)
+        .join(log_path)
+        .parent()
+        .map(|d| d.to_path_buf())
     else {
         return Ok(());
     };
     tokio::fs::create_dir_all(&dir).await.map_err(|e| {
         StartError::new(
             "CreateContainerConfigError",
-            format!("create container log directory {} failed: {e}", dir.display()),
+            format!(
+                "create container log directory {} failed: {e}",
+                dir.display()
+            ),
             ERROR_RETRY,
         )
     })
