@@ -12,7 +12,9 @@
 # on containerd 2.x built from its Go module (containerd2-up.sh; the agent follows its container
 # events there), and a fourth time on cri-o 1.36 built from its Go module (crio-up.sh); and the CRI
 # validation suite (critest, built from cri-tools' Go module) against the Docker adapter, with the
-# specs it may skip listed in e2e/critest-skips/docker.txt. Extra arguments go to the first `cargo test` only and skip the reruns (e.g.
+# specs it may skip listed in e2e/critest-skips/docker.txt, and against the in-memory fake runtime
+# (runtimes/fake, served by the fake-cri binary) with what an in-memory runtime cannot pass listed in
+# e2e/critest-skips/fake.txt. Extra arguments go to the first `cargo test` only and skip the reruns (e.g.
 # `e2e/run-tests.sh -p mk-e2e -- --nocapture`).
 # Both daemons are torn down on any exit, failure or ctrl-c included; the script exits with cargo's
 # status.
@@ -102,6 +104,12 @@ if (($# == 0)); then
   "$scripts/critest.sh" docker "$repo/e2e/critest-skips/docker.txt" || critest_status=$?
   step "critest on Docker exited with status $critest_status"
   ((status == 0)) && status=$critest_status
+
+  step "the CRI validation suite (critest) on the in-memory fake runtime (e2e/scripts/critest.sh fake)"
+  fake_critest_status=0
+  "$scripts/critest.sh" fake "$repo/e2e/critest-skips/fake.txt" || fake_critest_status=$?
+  step "critest on the fake runtime exited with status $fake_critest_status"
+  ((status == 0)) && status=$fake_critest_status
 
   step "the agent suites again, on containerd 2.x ($endpoint2)"
   c2_status=0

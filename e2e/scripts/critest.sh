@@ -18,6 +18,11 @@
 #   critest.sh endpoint ENDPOINT SKIPLIST [CRITEST FLAG...]
 #       Any CRI endpoint (unix://...) that already has or can pull the images by their upstream
 #       names (e.g. an in-memory runtime, which "pulls" anything).
+#   critest.sh fake SKIPLIST [CRITEST FLAG...]
+#       The in-memory runtime of runtimes/fake, served by the fake-cri binary of mk-e2e
+#       ($MK_E2E_FAKE_CRI_BIN, else target/debug/fake-cri) on a socket in the state directory. It
+#       "pulls" any image, so no registry is needed; it runs no processes (see
+#       e2e/critest-skips/fake.txt for what that rules out).
 #
 # SKIPLIST: one Go regular expression a line, matched against the full spec text (`-ginkgo.skip`);
 # `#` starts a comment (give each entry its reason above it); blank lines are ignored.
@@ -29,14 +34,14 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 docker SKIPLIST [CRITEST FLAG...] | $0 endpoint ENDPOINT SKIPLIST [CRITEST FLAG...]" >&2
+  echo "usage: $0 docker|fake SKIPLIST [CRITEST FLAG...] | $0 endpoint ENDPOINT SKIPLIST [CRITEST FLAG...]" >&2
   exit 2
 }
 (($# >= 2)) || usage
 mode=$1
 shift
 case $mode in
-  docker) endpoint="" ;;
+  docker | fake) endpoint="" ;;
   endpoint)
     (($# >= 2)) || usage
     endpoint=$1
@@ -282,6 +287,22 @@ PY
     exit 1
   fi
   say "Docker adapter ($agent dockershim ${network[*]}) on $endpoint, dockerd $docker_endpoint"
+elif [[ $mode == fake ]]; then
+  runtime=fake
+  fake=${MK_E2E_FAKE_CRI_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/fake-cri}
+  if ! [[ -x $fake ]]; then
+    say "$fake missing: build it first (cargo build -p mk-e2e --bin fake-cri, or set MK_E2E_FAKE_CRI_BIN)"
+    exit 1
+  fi
+  endpoint=unix://$statedir/cri.sock
+  setsid "$fake" "$statedir/cri.sock" </dev/null >"$statedir/fake-cri.log" 2>&1 &
+  pids+=($!)
+  if ! wait_for "${pids[-1]}" 100 test -S "$statedir/cri.sock"; then
+    say "the fake runtime did not serve $endpoint; its log:"
+    tail -n 30 "$statedir/fake-cri.log" >&2
+    exit 1
+  fi
+  say "fake runtime ($fake) on $endpoint"
 else
   runtime=$endpoint
 fi

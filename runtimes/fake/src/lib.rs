@@ -30,10 +30,12 @@
 //!   config (kubelet compares them) and the IP.
 //! * **Containers** need a ready sandbox (`NotFound` / `FailedPrecondition`) and an image present
 //!   in the store (`NotFound`); the name `container_pod_namespace_uid_attempt` is reserved until
-//!   removal. The log path is the sandbox's log directory joined with the config's log path.
+//!   removal; a security context with `run_as_group` but neither `run_as_user` nor
+//!   `run_as_username` is `InvalidArgument`, as on containerd. The log path is the sandbox's log
+//!   directory joined with the config's log path.
 //!   `StartContainer` needs `CONTAINER_CREATED`. `StopContainer` of a running container exits it
-//!   with 137 (or the code set by [`FakeRuntime::set_stop_exit_code`]) and is a no-op otherwise;
-//!   an unknown ID is `NotFound` (as in containerd; kubelet treats that as stopped).
+//!   with 137 (or the code set by [`FakeRuntime::set_stop_exit_code`]) and is a no-op otherwise,
+//!   unknown IDs included (CRI requires it to be idempotent; containerd 2.x, critest).
 //!   `RemoveContainer` kills a running container and succeeds for unknown IDs. Reasons are
 //!   `Completed` (exit 0) or `Error`, unless given to [`FakeRuntime::exit_container`]
 //!   (e.g. `OOMKilled`). `ContainerStatus` reports the image by its first tag and digest, like

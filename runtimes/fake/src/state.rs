@@ -782,6 +782,19 @@ impl State {
                     "failed to resolve image {image_ref:?}: image {image_ref:?}: not found"
                 ))
             })?;
+        if let Some(security) = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            && security.run_as_group.is_some()
+            && security.run_as_user.is_none()
+            && security.run_as_username.is_empty()
+        {
+            // containerd's (and runc's) refusal: a group alone names no user to run as.
+            return Err(Status::invalid_argument(
+                "user group is specified without user or username",
+            ));
+        }
         let name = format!(
             "{}_{}_{}_{}_{}",
             metadata.name,
@@ -881,12 +894,13 @@ impl State {
     }
 
     /// Kills a running container (exit code 137, or the one scripted for its name). Stopping a
-    /// container that is not running is a no-op; an unknown ID is `NotFound`, as in containerd.
+    /// container that is not running is a no-op.
+    /// Idempotent: stopping an unknown container succeeds (CRI: "must not return an error if the
+    /// container has already been stopped"; containerd 2.x, and critest's Idempotence spec).
     pub(crate) fn stop_container(&mut self, id: &str) -> Result<(), Status> {
-        let container = self
-            .containers
-            .get_mut(id)
-            .ok_or_else(|| container_not_found(id))?;
+        let Some(container) = self.containers.get_mut(id) else {
+            return Ok(());
+        };
         if container.state == ContainerState::ContainerRunning {
             let code = self
                 .stop_exit_codes

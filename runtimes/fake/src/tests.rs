@@ -578,14 +578,85 @@ async fn container_lifecycle_and_status() {
         status(&fake, &id).await.expect_err("gone").code(),
         Code::NotFound
     );
-    assert_eq!(
-        stop(&fake, &id).await.expect_err("gone").code(),
-        Code::NotFound
-    );
+    stop(&fake, &id)
+        .await
+        .expect("stopping a removed container succeeds");
     assert_eq!(
         start(&fake, &id).await.expect_err("gone").code(),
         Code::NotFound
     );
+}
+
+/// critest's "Idempotence StopContainer should not return an error if not found".
+#[tokio::test]
+async fn stop_container_of_an_unknown_id_succeeds() {
+    let fake = FakeRuntime::new();
+    stop(&fake, "no-such-container")
+        .await
+        .expect("StopContainer of an unknown ID");
+    assert!(fake.containers().is_empty());
+}
+
+/// critest's "runtime should return error if RunAsGroup is set without RunAsUser".
+#[tokio::test]
+async fn run_as_group_needs_a_user() {
+    let (fake, pod) = with_pod().await;
+    let with_security = |name: &str, security: api::LinuxContainerSecurityContext| {
+        let mut config = container_config(name, IMAGE, &[]);
+        config.linux = Some(api::LinuxContainerConfig {
+            security_context: Some(security),
+            ..Default::default()
+        });
+        config
+    };
+    let group = Some(api::Int64Value { value: 1000 });
+    let err = create(
+        &fake,
+        &pod,
+        with_security(
+            "group-only",
+            api::LinuxContainerSecurityContext {
+                run_as_group: group,
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect_err("RunAsGroup without a user");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(fake.containers().is_empty());
+    // The name was not reserved by the refused create.
+    create(&fake, &pod, container_config("group-only", IMAGE, &[]))
+        .await
+        .expect("create without a security context");
+    create(
+        &fake,
+        &pod,
+        with_security(
+            "uid-and-group",
+            api::LinuxContainerSecurityContext {
+                run_as_user: Some(api::Int64Value { value: 1000 }),
+                run_as_group: group,
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("RunAsGroup with RunAsUser");
+    create(
+        &fake,
+        &pod,
+        with_security(
+            "name-and-group",
+            api::LinuxContainerSecurityContext {
+                run_as_username: "nobody".to_string(),
+                run_as_group: group,
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("RunAsGroup with RunAsUsername");
 }
 
 #[tokio::test]
