@@ -169,11 +169,28 @@ pub fn agent_binary() -> PathBuf {
     target.join("debug/mini-kubelet")
 }
 
+/// A port free on loopback for a server the test starts, taken below the kernel's ephemeral range
+/// (`ip_local_port_range`): a port the kernel handed out with `bind(:0)` is handed out again to
+/// the many outgoing connections and port-0 listeners of a test run (daemons, kubectl, agents), and
+/// one of them took it before the agent bound it ("Address already in use").
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000_u16.min(ephemeral_start.saturating_sub(1000));
+    let span = u64::from(ephemeral_start.saturating_sub(low).max(1));
+    // A different starting point per process and call, so concurrent tests rarely try the same.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let start =
+        (u64::from(seed) ^ u64::from(std::process::id()).wrapping_mul(2_654_435_761)) % span;
+    (0..span)
+        .map(|i| low + u16::try_from((start + i * 7919) % span).unwrap_or(0))
+        .find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("no free port on loopback below the ephemeral range")
 }
 
 fn unique_node(prefix: &str) -> String {
@@ -195,6 +212,8 @@ pub struct Agent {
     pub kubelet_port: u16,
     /// How it joins a cluster, if it does.
     pub join: Option<cluster::Join>,
+    /// The CRI endpoint of a runtime of its own ([`Agent::start_on`]); None: the suite's.
+    runtime_endpoint: Option<String>,
     child: Option<Child>,
     http: reqwest::Client,
 }
@@ -207,18 +226,26 @@ impl Agent {
 
     /// Starts an agent joined to the cluster of `kubeconfig`, with extra KubeletConfiguration lines.
     pub fn start_with(prefix: &str, kubeconfig: Option<&Path>, extra_config: &str) -> Result<Self> {
-        Self::start_joined(prefix, extra_config, |_| {
+        Self::start_joined(prefix, None, extra_config, |_| {
             kubeconfig.map(|k| cluster::Join::Kubeconfig(k.to_path_buf()))
         })
     }
 
+    /// Starts an agent on the runtime of CRI endpoint `runtime_endpoint` (one the test started
+    /// for itself, e.g. with `e2e/scripts/containerd-up.sh`) instead of the suite's, with extra
+    /// KubeletConfiguration lines.
+    pub fn start_on(prefix: &str, runtime_endpoint: &str, extra_config: &str) -> Result<Self> {
+        Self::start_joined(prefix, Some(runtime_endpoint), extra_config, |_| None)
+    }
+
     /// Starts an agent joined to `cluster` as its node (see [`cluster::Cluster::join`]).
     pub fn join(prefix: &str, cluster: &cluster::Cluster, extra_config: &str) -> Result<Self> {
-        Self::start_joined(prefix, extra_config, |dir| Some(cluster.join(dir)))
+        Self::start_joined(prefix, None, extra_config, |dir| Some(cluster.join(dir)))
     }
 
     fn start_joined(
         prefix: &str,
+        runtime_endpoint: Option<&str>,
         extra_config: &str,
         join: impl FnOnce(&Path) -> Option<cluster::Join>,
     ) -> Result<Self> {
@@ -231,6 +258,7 @@ impl Agent {
             healthz_port: free_port(),
             kubelet_port: free_port(),
             join: None,
+            runtime_endpoint: runtime_endpoint.map(str::to_string),
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -242,7 +270,7 @@ impl Agent {
              port: {}\naddress: 127.0.0.1\npodLogsDir: {}\nfileCheckFrequency: {}s\nsyncFrequency: {}s\n\
              {extra_config}",
             agent.manifests().display(),
-            endpoint(),
+            runtime_endpoint.map_or_else(endpoint, str::to_string),
             agent.port,
             agent.healthz_port,
             agent.kubelet_port,
@@ -303,7 +331,7 @@ impl Agent {
             .append(true)
             .open(self.log_file())?;
         let mut command = Command::new(agent_binary());
-        if on_docker() {
+        if on_docker() && self.runtime_endpoint.is_none() {
             command
                 .arg("--container-runtime")
                 .arg("docker")
@@ -558,9 +586,13 @@ impl Agent {
         })
     }
 
-    /// A CRI client for this agent's runtime: the shared containerd, or on Docker the adapter the
-    /// agent serves in its root directory.
+    /// A CRI client for this agent's runtime: its own ([`Agent::start_on`]), the shared
+    /// containerd, or on Docker the adapter the agent serves in its root directory.
     pub fn cri(&self) -> CriClient {
+        if let Some(endpoint) = &self.runtime_endpoint {
+            return CriClient::new(endpoint, Duration::from_secs(60), CriMetrics::default())
+                .expect("the agent's own CRI endpoint");
+        }
         if on_docker() {
             let socket = self.dir.path().join("root/dockershim.sock");
             return CriClient::new(
@@ -670,11 +702,26 @@ impl Drop for Agent {
                 .status();
         }
         // Drop cannot await: clean up on a thread with its own runtime.
+        let own_runtime = self.runtime_endpoint.clone();
         let cleanup = std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map(|rt| rt.block_on(remove_node_objects(&node)))
+                .map(|rt| {
+                    rt.block_on(async {
+                        match own_runtime {
+                            Some(endpoint) => {
+                                let cri = CriClient::new(
+                                    &endpoint,
+                                    Duration::from_secs(60),
+                                    CriMetrics::default(),
+                                )?;
+                                remove_sandboxes(&cri, &node).await
+                            }
+                            None => remove_node_objects(&node).await,
+                        }
+                    })
+                })
         });
         let _ = cleanup.join();
         unmount_under(self.dir.path());
