@@ -264,6 +264,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         config,
         cancel.clone(),
     );
+    crate::image_gc::spawn(cri.clone(), config, cancel.clone());
     let pleg = Pleg {
         cri,
         node_name: options.node_name.clone(),

@@ -118,6 +118,19 @@ pub struct KubeletConfiguration {
     pub container_log_monitor_interval: Duration,
     /// How many containers' logs are rotated at once (at least 1).
     pub container_log_max_workers: i32,
+    /// Image garbage collection runs when the image filesystem's usage reaches this percentage
+    /// (0–100; 100 turns image garbage collection off).
+    #[serde(rename = "imageGCHighThresholdPercent")]
+    pub image_gc_high_threshold_percent: i32,
+    /// ...and frees images until the usage would be below this one (0–100, below the high one).
+    #[serde(rename = "imageGCLowThresholdPercent")]
+    pub image_gc_low_threshold_percent: i32,
+    /// An unused image is not garbage collected before it is this old (since first seen).
+    #[serde(rename = "imageMinimumGCAge", with = "go_duration")]
+    pub image_minimum_gc_age: Duration,
+    /// An image unused for longer than this is removed whatever the disk usage (0: never).
+    #[serde(rename = "imageMaximumGCAge", with = "go_duration")]
+    pub image_maximum_gc_age: Duration,
 }
 
 /// The feature gates the agent knows.
@@ -236,6 +249,10 @@ impl Default for KubeletConfiguration {
             container_log_max_files: 5,
             container_log_monitor_interval: Duration::from_secs(10),
             container_log_max_workers: 1,
+            image_gc_high_threshold_percent: 85,
+            image_gc_low_threshold_percent: 80,
+            image_minimum_gc_age: Duration::from_secs(120),
+            image_maximum_gc_age: Duration::ZERO,
         }
     }
 }
@@ -429,10 +446,56 @@ impl KubeletConfiguration {
                 "must be greater than or equal to 1".into(),
             ));
         }
+        self.validate_image_gc(path)?;
         if self.address.parse::<std::net::IpAddr>().is_err() {
             return Err(field(
                 "address",
                 format!("{:?} is not an IP address", self.address),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl KubeletConfiguration {
+    /// kubelet's checks of the image garbage collection fields (its messages).
+    fn validate_image_gc(&self, path: &Path) -> Result<(), ConfigError> {
+        let field = |field: &str, message: String| ConfigError::Field {
+            path: path.to_path_buf(),
+            field: field.into(),
+            message,
+        };
+        let (high, low) = (
+            self.image_gc_high_threshold_percent,
+            self.image_gc_low_threshold_percent,
+        );
+        if !(0..=100).contains(&high) {
+            return Err(field(
+                "imageGCHighThresholdPercent",
+                format!("{high} must be between 0 and 100, inclusive"),
+            ));
+        }
+        if !(0..=100).contains(&low) {
+            return Err(field(
+                "imageGCLowThresholdPercent",
+                format!("{low} must be between 0 and 100, inclusive"),
+            ));
+        }
+        if low >= high {
+            return Err(field(
+                "imageGCLowThresholdPercent",
+                format!("{low} must be less than imageGCHighThresholdPercent {high}"),
+            ));
+        }
+        let (min_age, max_age) = (self.image_minimum_gc_age, self.image_maximum_gc_age);
+        if !max_age.is_zero() && max_age <= min_age {
+            return Err(field(
+                "imageMaximumGCAge",
+                format!(
+                    "{} must be greater than imageMinimumGCAge {}",
+                    humantime::format_duration(max_age),
+                    humantime::format_duration(min_age)
+                ),
             ));
         }
         Ok(())
@@ -513,13 +576,13 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_reported_not_fatal() {
-        let loaded = parse("maxPods: 10\nclusterDNS: [10.0.0.10]\nstaticPodURL: http://x\nimageGCHighThresholdPercent: 85\n")
+        let loaded = parse("maxPods: 10\nclusterDNS: [10.0.0.10]\nstaticPodURL: http://x\nimageServiceEndpoint: unix:///x\n")
             .expect("unknown fields are warnings");
         assert_eq!(loaded.config.max_pods, 10);
         assert_eq!(loaded.config.cluster_dns, vec!["10.0.0.10"]);
         assert_eq!(
             loaded.unknown_fields,
-            vec!["imageGCHighThresholdPercent", "staticPodURL"]
+            vec!["imageServiceEndpoint", "staticPodURL"]
         );
     }
 
@@ -621,6 +684,88 @@ mod tests {
             "containerLogMonitorInterval: 3s\n",
             "containerLogMaxWorkers: 1\n",
             "containerLogMaxSize: \"0\"\n",
+        ] {
+            assert!(parse(text).is_ok(), "{text}");
+        }
+    }
+
+    #[test]
+    fn image_gc_has_kubelet_defaults_and_names() {
+        let d = KubeletConfiguration::default();
+        assert_eq!(d.image_gc_high_threshold_percent, 85);
+        assert_eq!(d.image_gc_low_threshold_percent, 80);
+        assert_eq!(d.image_minimum_gc_age, Duration::from_secs(120));
+        assert_eq!(d.image_maximum_gc_age, Duration::ZERO);
+        let loaded = parse(
+            "imageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\n\
+             imageMinimumGCAge: 0s\nimageMaximumGCAge: 1h30m\n",
+        )
+        .expect("valid config");
+        assert!(
+            loaded.unknown_fields.is_empty(),
+            "{:?}",
+            loaded.unknown_fields
+        );
+        let c = loaded.config;
+        assert_eq!(c.image_gc_high_threshold_percent, 1);
+        assert_eq!(c.image_gc_low_threshold_percent, 0);
+        assert_eq!(c.image_minimum_gc_age, Duration::ZERO);
+        assert_eq!(c.image_maximum_gc_age, Duration::from_secs(5400));
+    }
+
+    #[test]
+    fn image_gc_values_are_validated() {
+        for (text, expected) in [
+            (
+                "imageGCHighThresholdPercent: 101\n",
+                "imageGCHighThresholdPercent",
+            ),
+            (
+                "imageGCHighThresholdPercent: -1\n",
+                "imageGCHighThresholdPercent",
+            ),
+            (
+                "imageGCHighThresholdPercent: 90\nimageGCLowThresholdPercent: -1\n",
+                "imageGCLowThresholdPercent",
+            ),
+            (
+                "imageGCHighThresholdPercent: 100\nimageGCLowThresholdPercent: 101\n",
+                "imageGCLowThresholdPercent",
+            ),
+            (
+                "imageGCLowThresholdPercent: 85\n",
+                "imageGCLowThresholdPercent",
+            ),
+            (
+                "imageGCLowThresholdPercent: 90\n",
+                "imageGCLowThresholdPercent",
+            ),
+            (
+                "imageGCHighThresholdPercent: 70\n",
+                "imageGCLowThresholdPercent",
+            ),
+            (
+                "imageGCHighThresholdPercent: lots\n",
+                "imageGCHighThresholdPercent",
+            ),
+            ("imageMinimumGCAge: soon\n", "imageMinimumGCAge"),
+            ("imageMaximumGCAge: 1m\n", "imageMaximumGCAge"),
+            (
+                "imageMinimumGCAge: 5m\nimageMaximumGCAge: 5m\n",
+                "imageMaximumGCAge",
+            ),
+        ] {
+            match parse(text) {
+                Err(ConfigError::Field { field, .. }) => assert_eq!(field, expected, "{text}"),
+                other => panic!("{text}: expected a field error, got {other:?}"),
+            }
+        }
+        for text in [
+            "imageGCHighThresholdPercent: 100\n",
+            "imageGCHighThresholdPercent: 81\n",
+            "imageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\n",
+            "imageMaximumGCAge: 2m1s\n",
+            "imageMaximumGCAge: \"0\"\nimageMinimumGCAge: 0s\n",
         ] {
             assert!(parse(text).is_ok(), "{text}");
         }

@@ -9,6 +9,7 @@ pub mod certificate;
 pub mod config;
 pub mod envvars;
 pub mod events;
+pub mod image_gc;
 pub mod images;
 pub mod kuberuntime;
 pub mod logs;

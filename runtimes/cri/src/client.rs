@@ -180,6 +180,10 @@ impl CriClient {
         api::ImageStatusRequest => api::ImageStatusResponse);
     unary!(remove_image, images, "remove_image",
         api::RemoveImageRequest => api::RemoveImageResponse);
+    unary!(
+        /// The image filesystem: its mount point and the bytes the images take (image GC).
+        image_fs_info, images, "image_fs_info",
+        api::ImageFsInfoRequest => api::ImageFsInfoResponse);
 
     /// Stops a container. The deadline is the grace period plus the runtime request timeout, as kubelet
     /// does, so a long grace period is not cut short by the client.
