@@ -74,9 +74,8 @@ perf_pid=""
 node=""
 port=""
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source-path=SCRIPTDIR source=lib/free-port.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/free-port.sh"
 get() { curl -fsS --max-time 10 "http://127.0.0.1:$port$1"; }
 
 # Stops the current agent run: removes its pods (the agent itself, so that it also removes their

@@ -46,10 +46,16 @@ done
 
 # True while the process in STATEDIR/NAME.pid runs the command it was started with.
 running() {
-  local pid
+  local pid state cmd
   [[ -f $statedir/$1.pid ]] || return 1
   pid=$(<"$statedir/$1.pid")
-  [[ $pid =~ ^[0-9]+$ ]] && { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "$statedir"
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  state=$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z ]] || return 1
+  cmd=$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null) || return 1
+  # The command line reads empty while the process execs (setsid into the daemon): alive, and the
+  # pid was just written. Otherwise it must be ours (not a reused pid).
+  [[ -z $cmd || $cmd == *"$statedir"* ]]
 }
 
 if [[ -f $envfile ]] && running etcd && running kube-apiserver && running kube-controller-manager &&
@@ -67,9 +73,8 @@ cp_bin=$("$here/controlplane-build.sh" | tail -n 1)
 bindir=$(dirname "$cp_bin")
 kubectl=$bindir/kubectl
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source-path=SCRIPTDIR source=lib/free-port.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/free-port.sh"
 etcd_port=$(free_port)
 etcd_peer_port=$(free_port)
 api_port=$(free_port)
