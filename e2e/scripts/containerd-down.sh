@@ -35,27 +35,8 @@ if [[ -f $statedir/network.env ]]; then
   netname=$(sed -n 's/^NETWORK=//p' "$statedir/network.env")
 fi
 
-# Pids of processes whose command line contains all the given words.
-pids_matching() {
-  local c pid line
-  for c in /proc/[0-9]*/cmdline; do
-    pid=${c#/proc/}
-    pid=${pid%/cmdline}
-    line=$( { tr '\0' ' ' <"$c"; } 2>/dev/null) || continue
-    local w ok=1
-    for w in "$@"; do
-      [[ $line == *"$w"* ]] || ok=0
-    done
-    if ((ok)) && [[ $pid != "$$" && $pid != "$BASHPID" ]]; then echo "$pid"; fi
-  done
-}
-
-# True while a process exists and is not a zombie (an orphaned daemon is reaped late by PID 1).
-alive() {
-  local state
-  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
-  [[ -n $state && $state != Z ]]
-}
+# shellcheck source-path=SCRIPTDIR source=lib/procs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/procs.sh"
 
 # 1. The daemon: TERM, then KILL after 10 s.
 daemon=$(pids_matching "containerd --config $config" | head -n 1 || true)
@@ -65,16 +46,7 @@ if [[ -z $daemon && -f $statedir/containerd.pid ]]; then
 fi
 if [[ -n $daemon ]]; then
   say "stopping containerd pid $daemon"
-  kill -TERM "$daemon" 2>/dev/null || true
-  for _ in $(seq 1 100); do
-    alive "$daemon" || break
-    sleep 0.1
-  done
-  if alive "$daemon"; then
-    say "containerd did not exit after 10 s: KILL"
-    kill -KILL "$daemon" 2>/dev/null || true
-    sleep 0.2
-  fi
+  stop_pids 100 "$daemon"
 fi
 
 # 2. Containers still running in our runc Root (one directory per containerd namespace), then shims.

@@ -25,12 +25,8 @@ if [[ $statedir == / ]] || ! [[ -f $statedir/controlplane.env || -d $statedir/pk
   exit 1
 fi
 
-# True while a process exists and is not a zombie.
-alive() {
-  local state
-  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
-  [[ -n $state && $state != Z ]]
-}
+# shellcheck source-path=SCRIPTDIR source=lib/procs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/procs.sh"
 
 for name in metrics-server kube-scheduler kube-controller-manager kube-apiserver etcd; do
   pidfile=$statedir/$name.pid
@@ -40,15 +36,7 @@ for name in metrics-server kube-scheduler kube-controller-manager kube-apiserver
   if [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" &&
     { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "$statedir"; then
     say "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-      alive "$pid" || break
-      sleep 0.1
-    done
-    if alive "$pid"; then
-      say "$name did not exit after 10 s: KILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
+    stop_pids 100 "$pid"
   fi
   rm -f "$pidfile"
 done
