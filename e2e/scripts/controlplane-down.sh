@@ -25,8 +25,8 @@ if [[ $statedir == / ]] || ! [[ -f $statedir/controlplane.env || -d $statedir/pk
   exit 1
 fi
 
-# shellcheck source-path=SCRIPTDIR source=lib/procs.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/procs.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/teardown.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/teardown.sh"
 
 for name in metrics-server kube-scheduler kube-controller-manager kube-apiserver etcd; do
   pidfile=$statedir/$name.pid

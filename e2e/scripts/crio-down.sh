@@ -42,8 +42,8 @@ if [[ -f $statedir/network.env ]]; then
   subnet=$(sed -n 's/^SUBNET=//p' "$statedir/network.env")
 fi
 
-# shellcheck source-path=SCRIPTDIR source=lib/procs.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/procs.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/teardown.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/teardown.sh"
 
 # 1. The daemon: TERM, then KILL after 10 s. cri-o leaves its containers running when it stops.
 daemon=$(pids_matching "crio --config $config" | head -n 1 || true)
@@ -86,18 +86,7 @@ for cg in "${cgroups[@]}"; do
 done
 
 # 3. Everything mounted under STATEDIR, deepest first (overlay rootfs, shm, pinned namespaces).
-unmount_all() {
-  local m
-  # mountinfo field 5 is the mount point, with spaces etc. octal-escaped.
-  awk -v p="$statedir/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo |
-    awk '{ print length($0) " " $0 }' | sort -rn | cut -d' ' -f2- | while read -r m; do
-      m=$(printf '%b' "$m")
-      umount "$m" 2>/dev/null || umount -R "$m" 2>/dev/null || umount -l "$m" 2>/dev/null ||
-        say "could not unmount $m"
-    done
-}
-unmount_all
-unmount_all # a second pass for mounts that were stacked
+unmount_under "$statedir"
 
 # 4. iptables: the rules the bridge (ipMasq) and portmap plugins tagged with our network's name and the
 #    per-container chains they jump to (remove_cni_iptables, lib/cni-net.sh); then cri-o's own hostport

@@ -46,8 +46,8 @@ bridge=${bridge:-mkd$hash}
 cni_bridge=$(sed -n 's/^CNI_BRIDGE=//p' "$marker")
 cni_network=$(sed -n 's/^CNI_NETWORK=//p' "$marker")
 
-# shellcheck source-path=SCRIPTDIR source=lib/procs.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/procs.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/teardown.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/teardown.sh"
 
 # 1. Its containers, while the daemon still answers (faster than letting dockerd stop each one);
 #    their cgroup parents (a pod's /kubepods/<qos>/pod<uid>) are noted to be removed below.
@@ -99,18 +99,7 @@ for parent in $cgroup_parents; do
 done
 
 # 3. Everything mounted under STATEDIR, deepest first.
-unmount_all() {
-  local m
-  # mountinfo field 5 is the mount point, with spaces etc. octal-escaped.
-  awk -v p="$statedir/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo |
-    awk '{ print length($0) " " $0 }' | sort -rn | cut -d' ' -f2- | while read -r m; do
-      m=$(printf '%b' "$m")
-      umount "$m" 2>/dev/null || umount -R "$m" 2>/dev/null || umount -l "$m" 2>/dev/null ||
-        say "could not unmount $m"
-    done
-}
-unmount_all
-unmount_all # a second pass for mounts that were stacked
+unmount_under "$statedir"
 
 # 4. iptables: every rule naming our bridge or subnet; Docker's own chains (shared by every dockerd on
 #    this host) only when no other dockerd runs.

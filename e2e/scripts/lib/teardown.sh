@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Process helpers of the *-down.sh scripts. The caller defines `say MESSAGE` (to stderr).
+# What the *-down.sh scripts share: finding and stopping processes, unmounting a state directory.
+# The caller defines `say MESSAGE` (to stderr).
 
 # Pids of processes whose command line contains all the given words.
 pids_matching() {
@@ -38,4 +39,19 @@ stop_pids() {
   say "still alive after $((limit / 10)) s: KILL $*"
   kill -KILL "$@" 2>/dev/null || true
   sleep 0.2
+}
+
+# unmount_under DIR: everything mounted under DIR, deepest first (rootfs overlays, shm, namespace
+# bind mounts), twice for mounts that were stacked.
+unmount_under() {
+  local dir=$1 m pass
+  for pass in 1 2; do
+    # mountinfo field 5 is the mount point, with spaces etc. octal-escaped.
+    awk -v p="$dir/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo |
+      awk '{ print length($0) " " $0 }' | sort -rn | cut -d' ' -f2- | while read -r m; do
+        m=$(printf '%b' "$m")
+        umount "$m" 2>/dev/null || umount -R "$m" 2>/dev/null || umount -l "$m" 2>/dev/null ||
+          { ((pass == 2)) && say "could not unmount $m"; } || true
+      done
+  done
 }
