@@ -25,6 +25,8 @@ pub mod server;
 pub mod sources;
 pub mod status;
 pub mod sync;
+#[cfg(test)]
+mod test_cri;
 pub mod unsupported;
 pub mod version;
 pub mod volumes;

@@ -10,6 +10,7 @@ use mk_fake_runtime::{FakeRuntime, Op, ServerHandle};
 
 use super::manager::{classify, normalize_reference, sandbox_images};
 use super::*;
+use crate::test_cri;
 
 const MI: u64 = 1024 * 1024;
 
@@ -57,55 +58,15 @@ impl Harness {
     /// container of the runtime keeps its image).
     async fn run_container(&self, pod: &str, image: &str) -> String {
         let config = api::PodSandboxConfig {
-            metadata: Some(api::PodSandboxMetadata {
-                name: pod.into(),
-                uid: format!("uid-{pod}"),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
             labels: HashMap::from([(
                 crate::kuberuntime::labels::NODE_NAME.to_string(),
                 "another-node".to_string(),
             )]),
-            ..Default::default()
+            ..test_cri::sandbox_config(pod)
         };
-        let sandbox = self
-            .cri
-            .run_pod_sandbox(api::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .expect("sandbox")
-            .pod_sandbox_id;
-        let id = self
-            .cri
-            .create_container(api::CreateContainerRequest {
-                pod_sandbox_id: sandbox,
-                config: Some(api::ContainerConfig {
-                    metadata: Some(api::ContainerMetadata {
-                        name: "main".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(api::ImageSpec {
-                        image: image.into(),
-                        ..Default::default()
-                    }),
-                    command: vec!["sleep".into(), "infinity".into()],
-                    ..Default::default()
-                }),
-                sandbox_config: Some(config),
-            })
-            .await
-            .expect("create")
-            .container_id;
-        self.cri
-            .start_container(api::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("start");
-        id
+        let sandbox = test_cri::run_sandbox(&self.cri, &config).await;
+        let container = test_cri::sleeping_container("main", 0, image);
+        test_cri::start_container(&self.cri, &sandbox, &config, container).await
     }
 
     async fn remove_container(&self, id: &str) {

@@ -12,6 +12,7 @@ use mk_fake_runtime::{FakeRuntime, Op, ServerHandle};
 use super::rotation::{COMPRESS_SUFFIX, TIMESTAMP_FORMAT};
 use super::*;
 use crate::kuberuntime::labels::{NODE_NAME, POD_UID};
+use crate::test_cri;
 
 const NODE: &str = "node-a";
 const KI: u64 = 1024;
@@ -66,54 +67,17 @@ impl Harness {
         ]);
         let log_directory = self.dir.path().join(format!("pods/default_{pod}"));
         let config = api::PodSandboxConfig {
-            metadata: Some(api::PodSandboxMetadata {
-                name: pod.into(),
-                uid: format!("uid-{pod}"),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
             log_directory: log_directory.to_string_lossy().into_owned(),
             labels: labels.clone(),
-            ..Default::default()
+            ..test_cri::sandbox_config(pod)
         };
-        let sandbox = self
-            .cri
-            .run_pod_sandbox(api::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .expect("sandbox")
-            .pod_sandbox_id;
-        let id = self
-            .cri
-            .create_container(api::CreateContainerRequest {
-                pod_sandbox_id: sandbox,
-                config: Some(api::ContainerConfig {
-                    metadata: Some(api::ContainerMetadata {
-                        name: "main".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(api::ImageSpec {
-                        image: "busybox".into(),
-                        ..Default::default()
-                    }),
-                    command: vec!["sleep".into(), "infinity".into()],
-                    log_path: "main/0.log".into(),
-                    labels,
-                    ..Default::default()
-                }),
-                sandbox_config: Some(config),
-            })
-            .await
-            .expect("create")
-            .container_id;
-        self.cri
-            .start_container(api::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("start");
+        let sandbox = test_cri::run_sandbox(&self.cri, &config).await;
+        let container = api::ContainerConfig {
+            log_path: "main/0.log".into(),
+            labels,
+            ..test_cri::sleeping_container("main", 0, "busybox")
+        };
+        let id = test_cri::start_container(&self.cri, &sandbox, &config, container).await;
         let path = log_directory.join("main/0.log");
         std::fs::create_dir_all(log_directory.join("main")).expect("log dir");
         (id, path)

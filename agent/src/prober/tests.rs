@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::events::PodEvent;
+use crate::test_cri;
 
 const WAIT: Duration = Duration::from_secs(8);
 
@@ -70,49 +71,15 @@ impl Harness {
                 }),
                 ..Default::default()
             };
-            let id = self
-                .cri
-                .run_pod_sandbox(api::RunPodSandboxRequest {
-                    config: Some(config.clone()),
-                    runtime_handler: String::new(),
-                })
-                .await
-                .expect("sandbox")
-                .pod_sandbox_id;
+            let id = test_cri::run_sandbox(&self.cri, &config).await;
             self.sandbox = Some((id, config));
         }
         let Some((sandbox_id, sandbox_config)) = self.sandbox.clone() else {
             panic!("no sandbox");
         };
         self.attempt += 1;
-        let id = self
-            .cri
-            .create_container(api::CreateContainerRequest {
-                pod_sandbox_id: sandbox_id,
-                config: Some(api::ContainerConfig {
-                    metadata: Some(api::ContainerMetadata {
-                        name: name.into(),
-                        attempt: self.attempt,
-                    }),
-                    image: Some(api::ImageSpec {
-                        image: "busybox".into(),
-                        ..Default::default()
-                    }),
-                    command: vec!["sleep".into(), "infinity".into()],
-                    ..Default::default()
-                }),
-                sandbox_config: Some(sandbox_config),
-            })
-            .await
-            .expect("create")
-            .container_id;
-        self.cri
-            .start_container(api::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("start");
-        id
+        let container = test_cri::sleeping_container(name, self.attempt, "busybox");
+        test_cri::start_container(&self.cri, &sandbox_id, &sandbox_config, container).await
     }
 
     fn update(&self, name: &str, id: &str, running: bool) {
