@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod cri_checks;
+pub mod kubelet_port;
 pub mod periods;
 pub mod real_cluster;
 

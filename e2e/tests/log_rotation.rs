@@ -11,10 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use mk_e2e::kubelet_port::{ClientIdentity, client_identity, connect};
 use mk_e2e::periods::{allow, work};
 use mk_e2e::{Agent, busybox_pod, container_state, periods};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const MIB: u64 = 1024 * 1024;
@@ -42,36 +41,6 @@ fn file_bound() -> u64 {
     MAX_SIZE + WRITE_RATE_MAX * gap.as_millis() as u64 / 1000
 }
 
-/// A CA and a client certificate it signed, for the kubelet port (authorization AlwaysAllow).
-struct ClientIdentity {
-    ca_pem: String,
-    cert: CertificateDer<'static>,
-    key_der: Vec<u8>,
-}
-
-fn client_identity() -> Result<ClientIdentity> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "e2e-ca");
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "e2e-admin");
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok(ClientIdentity {
-        ca_pem: ca_cert.pem(),
-        cert: cert.der().clone(),
-        key_der: key.serialize_der(),
-    })
-}
-
 /// `GET path` on the kubelet port as HTTP/1.0 (the answer is not chunked: its body is the log
 /// stream as is); returns the stream positioned after the response head.
 async fn open_follow(
@@ -79,23 +48,7 @@ async fn open_follow(
     identity: &ClientIdentity,
     path: &str,
 ) -> Result<BufReader<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>> {
-    let serving = agent.dir.path().join("root/pki/kubelet.crt");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&serving).context("the agent's serving cert")? {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![identity.cert.clone()],
-            PrivateKeyDer::try_from(identity.key_der.clone()).map_err(anyhow::Error::msg)?,
-        )?;
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", agent.kubelet_port)).await?;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
-        .await?;
+    let mut tls = connect(agent, Some(identity)).await?;
     tls.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .await?;
     let mut reader = BufReader::new(tls);
@@ -207,7 +160,7 @@ fn gunzip(path: &Path) -> Result<Option<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_rotated_compressed_bounded_and_followed() -> Result<()> {
-    let identity = client_identity()?;
+    let identity = client_identity("e2e-admin", "system:masters")?;
     let dir = tempfile::tempdir()?;
     let ca = dir.path().join("ca.crt");
     std::fs::write(&ca, &identity.ca_pem)?;
