@@ -24,6 +24,20 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 scripts=$repo/e2e/scripts
 step() { echo "==> $*"; }
+# A clean checkout gains nothing from incremental compilation and it doubles the build's disk use.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+# The test agents run with `evictionHard: nodefs.available: 1Gi` (e2e/src/lib.rs): on a fuller disk
+# they report DiskPressure, the node is tainted and the tests' pods are refused. Say so up front.
+disk_report() {
+  local free_kib
+  free_kib=$(df -Pk "$repo" | awk 'NR == 2 { print $4 }')
+  step "disk: $((free_kib / 1024)) MiB free under $repo ($1)"
+  if [ "$free_kib" -lt $((2 * 1024 * 1024)) ]; then
+    echo "warning: less than 2 GiB free: the test agents' nodes will report DiskPressure" \
+      "(evictionHard nodefs.available 1Gi) and refuse pods" >&2
+  fi
+}
+disk_report "before the build"
 
 step "installing dependencies (e2e/scripts/install-deps.sh)"
 "$scripts/install-deps.sh"
@@ -84,6 +98,7 @@ export MK_E2E_CRICTL
 
 step "cargo build --workspace --bins"
 cargo build --workspace --bins
+disk_report "after the build"
 
 step "cargo test --workspace $* (the agent suites on containerd)"
 status=0
@@ -91,11 +106,17 @@ cargo test --workspace --no-fail-fast "$@" || status=$?
 step "cargo test exited with status $status"
 
 if (($# == 0)); then
+  step "the Helm chart: helm lint, template, server-side dry run and the rendered agent joining the control plane (e2e/scripts/chart-test.sh)"
+  chart_status=0
+  "$scripts/chart-test.sh" "$cpdir" || chart_status=$?
+  step "chart test exited with status $chart_status"
+  ((status == 0)) && status=$chart_status
+
   step "the agent suites again, on the built-in Docker adapter (MK_E2E_RUNTIME=docker)"
   docker_status=0
   MK_E2E_RUNTIME=docker cargo test -p mk-e2e --no-fail-fast \
     --test static_pods --test cluster --test pod_spec --test images --test kubelet_port \
-    --test log_rotation || docker_status=$?
+    --test log_rotation --test stats_summary --test container_gc --test cgroups --test cli || docker_status=$?
   step "cargo test on Docker exited with status $docker_status"
   ((status == 0)) && status=$docker_status
 
@@ -115,7 +136,7 @@ if (($# == 0)); then
   c2_status=0
   MK_E2E_CRI_ENDPOINT=$endpoint2 cargo test -p mk-e2e --no-fail-fast \
     --test static_pods --test cluster --test pod_spec --test images --test kubelet_port \
-    --test log_rotation --test cri_containerd || c2_status=$?
+    --test log_rotation --test container_gc --test cri_containerd --test cgroups || c2_status=$?
   step "cargo test on containerd 2.x exited with status $c2_status"
   ((status == 0)) && status=$c2_status
 

@@ -1,4 +1,6 @@
-//! Pod admission, as kubelet's predicate admit handler: a pod that does not fit the node is never
+//! Pod admission, as kubelet's admit handlers: first the eviction manager's
+//! ([`crate::eviction::admit`]: no BestEffort pod under memory pressure, only critical pods under
+//! disk or PID pressure), then the predicate admit handler: a pod that does not fit the node is never
 //! started; it is failed with kubelet's reason (`OutOfpods`, `OutOfcpu`, `OutOfmemory`,
 //! `NodeAffinity`, `TaintToleration`) and message. Like kubelet, only `NoExecute` taints are checked
 //! (`NoSchedule` is the scheduler's business), and static pods skip the taint check. A running pod's
@@ -22,6 +24,8 @@ pub struct NodeView {
     pub taints: Vec<Taint>,
     /// Allocatable resources; a resource absent here is not checked.
     pub allocatable: BTreeMap<String, ApiQuantity>,
+    /// The eviction manager's pressure conditions.
+    pub pressure: crate::eviction::Pressure,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +254,8 @@ pub fn admit_resize(
 
 /// Decides whether `pod` may run next to `others` (the admitted, still running pods).
 pub fn admit(pod: &Pod, node: &NodeView, others: &[&Pod]) -> Result<(), Rejection> {
+    // kubelet's first admit handler is the eviction manager's.
+    crate::eviction::admit::admit(pod, node.pressure)?;
     let unsupported = crate::unsupported::check(pod);
     if !unsupported.fatal.is_empty() {
         return Err(Rejection {
@@ -322,6 +328,7 @@ mod tests {
                 ("cpu".to_string(), ApiQuantity("1".into())),
                 ("memory".to_string(), ApiQuantity("1Gi".into())),
             ]),
+            ..Default::default()
         }
     }
 

@@ -25,7 +25,7 @@ use crate::node;
 use crate::pleg::{Pleg, PlegHealth, Relist};
 use crate::pod_cache::PodCache;
 use crate::pod_workers::runtime_manager::RuntimeManager;
-use crate::pod_workers::{PodWorkers, WorkerContext};
+use crate::pod_workers::{KillRequest, PodKiller, PodWorkers, WorkerContext};
 use crate::server::{self, ServerState};
 use crate::sources::{self, PodSet};
 use crate::status::{PendingResize, StatusManager};
@@ -50,6 +50,10 @@ pub enum AgentError {
     Tls(#[from] crate::server::tls::TlsError),
     #[error("node certificate: {0}")]
     Certificate(#[from] crate::certificate::CertificateError),
+    #[error("pod cgroups: {0}")]
+    Cgroups(#[from] crate::cm::CgroupError),
+    #[error("invalid eviction configuration: {0}")]
+    Eviction(#[from] crate::eviction::ThresholdError),
 }
 
 /// Everything the agent needs to run, resolved from the config file and flags.
@@ -71,6 +75,13 @@ pub struct AgentOptions {
     pub node_ip: Option<IpAddr>,
     /// `--node-labels`.
     pub node_labels: BTreeMap<String, String>,
+    /// kubelet's container GC policy (`--minimum-container-ttl-duration`,
+    /// `--maximum-dead-containers-per-container`, `--maximum-dead-containers`).
+    pub container_gc: crate::container_gc::GcPolicy,
+    /// Cancelled when the node shuts down (SIGTERM). With graceful node shutdown configured
+    /// (`shutdownGracePeriod`), the agent then stops its pods in kubelet's order and cancels the
+    /// run's own token when done; without, nothing happens (the caller cancels the run instead).
+    pub node_shutdown: CancellationToken,
 }
 
 fn runtime_name(v: &api::VersionResponse) -> String {
@@ -106,8 +117,19 @@ async fn wait_for_runtime(
     }
 }
 
-/// Runs the agent until `cancel`. Running pods are left running on exit, as kubelet does.
+/// Runs the agent until `cancel`. Running pods are left running on exit, as kubelet does, unless
+/// the node shuts down with graceful node shutdown configured ([`AgentOptions::node_shutdown`],
+/// [`crate::nodeshutdown`]): the pods are stopped first, then `cancel` is cancelled.
 pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(), AgentError> {
+    // Until the node shutdown manager runs (the runtime answered, the pods are known), the node's
+    // shutdown stops the agent at once, as any stop does: it may still be waiting for the runtime.
+    let shutdown_before_start = tokio::spawn({
+        let (node_shutdown, cancel) = (options.node_shutdown.clone(), cancel.clone());
+        async move {
+            node_shutdown.cancelled().await;
+            cancel.cancel();
+        }
+    });
     let metrics = Metrics::default();
     let config = &options.config;
     let cri = CriClient::new(
@@ -117,10 +139,28 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
     )?;
     let status = StatusManager::default();
     let pleg_health = PlegHealth::default();
+    // The eviction manager decides the node's pressure conditions; the node status and pod
+    // admission read them from this view.
+    let eviction_config = crate::eviction::EvictionConfig::from_config(config)?;
+    let (pressure_tx, pressure) = crate::eviction::PressureView::channel();
+    // Whether the node is shutting down: the node status and pod admission read it.
+    let (shutdown_switch, shutdown) = crate::nodeshutdown::channel();
+    let stats = crate::stats::StatsProvider::new(
+        cri.clone(),
+        crate::stats::StatsConfig {
+            node_name: options.node_name.clone(),
+            root_dir: options.root_dir.clone(),
+            pod_logs_dir: config.pod_logs_dir.clone(),
+            cgroup_mount: options.cgroup_mount.clone(),
+            cgroup_root: config.cgroup_root.clone(),
+            host: crate::node::host::HostPaths::default(),
+        },
+    );
     let server_state = ServerState {
         status: status.clone(),
         registry: Arc::new(metrics.registry()),
         pleg: pleg_health.clone(),
+        stats: stats.clone(),
     };
     let client = match identity_options(&options) {
         Some(identity) => Some(crate::certificate::api_client(&identity, &cancel).await?),
@@ -139,6 +179,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         node = %options.node_name,
         "connected to container runtime"
     );
+    let cgroups = crate::cm::setup::start(&cri, config, &options.cgroup_mount).await?;
 
     // Sources: the static pod folder and, joined to a cluster, the API server.
     let (file_tx, file_rx) = watch::channel(PodSet::default());
@@ -205,6 +246,8 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
                 runtime_name: runtime_name(&version),
                 runtime_version: version.runtime_version.clone(),
                 pleg: pleg_health.clone(),
+                pressure: pressure.clone(),
+                shutdown: shutdown.clone(),
                 node_tx,
                 cancel: cancel.clone(),
             });
@@ -235,7 +278,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
             events: recorder.clone(),
             node_name: options.node_name.clone(),
             pod_logs_dir: config.pod_logs_dir.clone(),
-            cgroup_root: config.cgroup_root.clone(),
+            cgroups,
             host_ip: host_ip.map(|ip| ip.to_string()),
             client: client.clone(),
             node: node_rx.clone(),
@@ -252,7 +295,6 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         status: status.clone(),
         metrics: metrics.clone(),
         runtime_name: runtime_name(&version),
-        cgroup_mount: options.cgroup_mount.clone(),
         resync: config.sync_frequency,
     });
 
@@ -265,12 +307,26 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         cancel.clone(),
     );
     crate::image_gc::spawn(cri.clone(), config, cancel.clone());
+    // The eviction manager reclaims disk through this handle (`ContainerGc::collect`).
+    let container_gc = crate::container_gc::spawn(
+        crate::container_gc::GcSources {
+            cri: cri.clone(),
+            node_name: options.node_name.clone(),
+            pod_logs_dir: config.pod_logs_dir.clone(),
+            volumes: ctx.runtime.volumes.clone(),
+            desired: desired_rx.clone(),
+            relists: relist_rx.clone(),
+            status: status.clone(),
+        },
+        options.container_gc,
+        cancel.clone(),
+    );
     let pleg = Pleg {
-        cri,
+        cri: cri.clone(),
         node_name: options.node_name.clone(),
         period: options.pleg_period,
         evented: config.evented_pleg(),
-        metrics,
+        metrics: metrics.clone(),
         health: pleg_health,
         cache,
     };
@@ -282,6 +338,72 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         Allocations::empty(&checkpoint)
     });
     let (workers, finished_rx) = PodWorkers::new(ctx);
+    // Eviction and node shutdown have the workers stop pods through this.
+    let (killer, kill_rx) = PodKiller::channel();
+    // Graceful node shutdown: when the node shuts down, its pods stop in kubelet's order (lowest
+    // priority first), then the agent exits.
+    let shutdown_bands = crate::nodeshutdown::plan::bands(config);
+    if !shutdown_bands.is_empty() {
+        let manager =
+            crate::nodeshutdown::ShutdownManager::new(crate::nodeshutdown::ManagerOptions {
+                bands: shutdown_bands,
+                switch: shutdown_switch,
+                killer: killer.clone(),
+                pods: desired_rx.clone(),
+                status: status.clone(),
+                metrics: metrics.shutdown.clone(),
+                state_file: config
+                    .graceful_node_shutdown_based_on_pod_priority()
+                    .then(|| crate::nodeshutdown::state_file::StateFile::in_dir(&options.root_dir)),
+                api: client
+                    .clone()
+                    .map(|client| crate::nodeshutdown::manager::ApiTarget {
+                        client,
+                        node_name: options.node_name.clone(),
+                    }),
+            });
+        shutdown_before_start.abort();
+        tokio::spawn(manager.run(options.node_shutdown.clone(), cancel.clone()));
+    }
+    // The pods the sync loop runs, for the eviction manager to rank.
+    let (runnable_tx, runnable_rx) = watch::channel(PodSet::default());
+    let reclaim = Arc::new(crate::eviction::sources::GcReclaim {
+        containers: container_gc.clone(),
+        images: crate::eviction::sources::ImageReclaim::new(
+            cri.clone(),
+            config.image_minimum_gc_age,
+        ),
+        desired: desired_rx.clone(),
+    });
+    // The images present at start are first seen now, as kubelet's image manager sees them.
+    tokio::spawn({
+        let reclaim = reclaim.clone();
+        async move {
+            if let Err(e) = reclaim.images.detect().await {
+                tracing::warn!(error = %e, "eviction manager: listing the images failed");
+            }
+        }
+    });
+    crate::eviction::manager::spawn(
+        eviction_config,
+        crate::eviction::EvictionSources {
+            stats: Arc::new(crate::eviction::sources::ProviderStats {
+                provider: stats.clone(),
+                cri: cri.clone(),
+                root_dir: options.root_dir.clone(),
+            }),
+            reclaim,
+            killer: killer.clone(),
+            pods: crate::eviction::ActivePods {
+                pods: runnable_rx,
+                status: status.clone(),
+            },
+            events: recorder.clone(),
+            metrics: metrics.clone(),
+        },
+        pressure_tx,
+        cancel.clone(),
+    );
     let sync = SyncLoop {
         workers,
         status,
@@ -295,16 +417,19 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         allocations,
         desired: PodSet::default(),
         pending_resizes: HashSet::new(),
+        pressure,
+        runnable_tx,
+        shutdown,
     };
-    sync.run(
-        desired_rx,
-        events_rx,
-        probe_wake_rx,
-        finished_rx,
-        relist_rx,
-        cancel,
-    )
-    .await;
+    let inputs = LoopInputs {
+        desired: desired_rx,
+        events: events_rx,
+        probe_results: probe_wake_rx,
+        finished: finished_rx,
+        relists: relist_rx,
+        kills: kill_rx,
+    };
+    sync.run(inputs, cancel).await;
     Ok(())
 }
 
@@ -389,7 +514,14 @@ async fn start_kubelet_port(
         client,
         options.node_name.clone(),
     );
-    let router = server::api::api_router(server::api::ApiState { base, cri }, auth);
+    let router = server::api::api_router(
+        server::api::ApiState {
+            base,
+            cri,
+            config: Arc::new(config.clone()),
+        },
+        auth,
+    );
     let addr = SocketAddr::new(ip, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -443,6 +575,17 @@ async fn start_servers(
     Ok(())
 }
 
+/// What drives the sync loop: the desired pods, PLEG events, probe results, finished workers, the
+/// PLEG's listings (for orphans) and the node's kill requests.
+struct LoopInputs {
+    desired: watch::Receiver<PodSet>,
+    events: mpsc::Receiver<String>,
+    probe_results: mpsc::UnboundedReceiver<String>,
+    finished: mpsc::UnboundedReceiver<String>,
+    relists: watch::Receiver<Option<Relist>>,
+    kills: mpsc::UnboundedReceiver<KillRequest>,
+}
+
 /// The main loop: admits new pods and the resizes of running ones, hands the desired set to the pod
 /// workers (each pod with its allocated resources), forwards PLEG events, and cleans up pods the
 /// runtime holds that nobody wants.
@@ -462,6 +605,12 @@ struct SyncLoop {
     desired: PodSet,
     /// Pods whose resize was not admitted: looked at again at every housekeeping.
     pending_resizes: HashSet<String>,
+    /// The eviction manager's pressure conditions (its admit handler refuses pods under them).
+    pressure: crate::eviction::PressureView,
+    /// Publishes `runnable` to the eviction manager.
+    runnable_tx: watch::Sender<PodSet>,
+    /// Whether the node is shutting down (its admit handler refuses every new pod then).
+    shutdown: crate::nodeshutdown::ShutdownStatus,
 }
 
 impl SyncLoop {
@@ -469,6 +618,7 @@ impl SyncLoop {
         let node = self.node.borrow().clone();
         let mut view = NodeView {
             name: self.node_name.clone(),
+            pressure: self.pressure.current(),
             ..Default::default()
         };
         if let Some(node) = node {
@@ -517,7 +667,7 @@ impl SyncLoop {
     fn record_allocation(&mut self, pod: &Pod) {
         let uid = sources::pod_uid(pod).to_string();
         if let Err(e) = self.allocations.set(&uid, allocation::requested(pod)) {
-            tracing::error!(pod = %sources::pod_key(pod), error = %e, "cannot checkpoint the pod's resource allocation");
+            tracing::error!(pod = %sources::pod_key(pod), podUID = %uid, error = %e, "cannot checkpoint the pod's resource allocation");
         }
     }
 
@@ -550,7 +700,7 @@ impl SyncLoop {
         let summary = allocation::summary(pod);
         match admission::admit_resize(pod, node, &others) {
             Ok(()) => {
-                tracing::info!(pod = %key, uid, generation, resources = %summary, "pod resize admitted; resources allocated");
+                tracing::info!(pod = %key, podUID = uid, generation, resources = %summary, "pod resize admitted; resources allocated");
                 self.events.record(
                     pod,
                     None,
@@ -570,7 +720,7 @@ impl SyncLoop {
                 };
                 if self.status.set_resize_pending(uid, Some(&pending)) {
                     let reason = pending.reason.as_str();
-                    tracing::info!(pod = %key, uid, generation, reason, message = %pending.message, resources = %summary, "pod resize pending");
+                    tracing::info!(pod = %key, podUID = uid, generation, reason, message = %pending.message, resources = %summary, "pod resize pending");
                     self.events.record(
                         pod,
                         None,
@@ -588,7 +738,7 @@ impl SyncLoop {
     fn clear_pending_resize(&mut self, uid: &str, pod: &Pod) {
         self.pending_resizes.remove(uid);
         if self.status.set_resize_pending(uid, None) {
-            tracing::info!(pod = %sources::pod_key(pod), uid, "pod resize no longer pending");
+            tracing::info!(pod = %sources::pod_key(pod), podUID = uid, "pod resize no longer pending");
         }
     }
 
@@ -630,7 +780,9 @@ impl SyncLoop {
             let allocated = self.allocated(&uid, pod);
             let others = self.others(desired, &uid);
             let others: Vec<&Pod> = others.iter().map(|p| p.as_ref()).collect();
-            match admission::admit(&allocated, &node, &others) {
+            // The node shutdown manager's admit handler comes last, as in kubelet.
+            match admission::admit(&allocated, &node, &others).and_then(|()| self.shutdown.admit())
+            {
                 Ok(()) => {
                     for field in crate::unsupported::check(pod).ignored {
                         self.events.record(
@@ -647,7 +799,7 @@ impl SyncLoop {
                     self.admitted.insert(uid);
                 }
                 Err(rejection) => {
-                    tracing::warn!(pod = %sources::pod_key(pod), reason = %rejection.reason, message = %rejection.message, "pod rejected");
+                    tracing::warn!(pod = %sources::pod_key(pod), podUID = sources::pod_uid(pod), reason = %rejection.reason, message = %rejection.message, "pod rejected");
                     self.events.record(
                         pod,
                         None,
@@ -675,18 +827,19 @@ impl SyncLoop {
             runnable.pods.insert(uid, pod);
         }
         self.runnable = runnable;
+        self.runnable_tx.send_replace(self.runnable.clone());
         self.workers.update(&self.runnable);
     }
 
-    async fn run(
-        mut self,
-        mut desired: watch::Receiver<PodSet>,
-        mut events: mpsc::Receiver<String>,
-        mut probe_results: mpsc::UnboundedReceiver<String>,
-        mut finished: mpsc::UnboundedReceiver<String>,
-        relists: watch::Receiver<Option<Relist>>,
-        cancel: CancellationToken,
-    ) {
+    async fn run(mut self, inputs: LoopInputs, cancel: CancellationToken) {
+        let LoopInputs {
+            mut desired,
+            mut events,
+            mut probe_results,
+            mut finished,
+            relists,
+            mut kills,
+        } = inputs;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_PERIOD);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -702,6 +855,11 @@ impl SyncLoop {
                 Some(uid) = events.recv() => self.workers.wake(&uid),
                 Some(uid) = probe_results.recv() => self.workers.wake_for_probe(&uid),
                 Some(uid) = finished.recv() => self.workers.on_finished(&uid),
+                Some(request) = kills.recv() => {
+                    let phase = self.workers.kill(&request.uid, request.kill);
+                    // The caller may have given up waiting; nothing to tell then.
+                    let _ = request.reply.send(phase);
+                }
                 _ = housekeeping.tick() => {
                     if !self.pending_resizes.is_empty() {
                         // Pods may have left or shrunk since: a deferred resize may fit now.

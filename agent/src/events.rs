@@ -72,10 +72,11 @@ impl EventRecorder {
         let pod_ref = format!("{}/{}", event.namespace, event.pod_name);
         match kind {
             EventType::Normal => {
-                tracing::info!(pod = %pod_ref, container = container.unwrap_or(""), reason, message = %event.message, "event")
+                // kubelet logs the events it records at V(3).
+                tracing::info!(v = 3, pod = %pod_ref, container = container.unwrap_or(""), reason, message = %event.message, "Event occurred")
             }
             EventType::Warning => {
-                tracing::warn!(pod = %pod_ref, container = container.unwrap_or(""), reason, message = %event.message, "event")
+                tracing::warn!(pod = %pod_ref, container = container.unwrap_or(""), reason, message = %event.message, "Event occurred")
             }
         }
         if let Some(queue) = &self.queue {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use mini_kubelet::agent::{self, AgentOptions};
-use mini_kubelet::config::KubeletConfiguration;
+use mini_kubelet::config;
 use tokio_util::sync::CancellationToken;
 
 /// A Kubernetes node agent with pluggable CRI runtimes. Flags keep the upstream kubelet's names and
@@ -31,40 +31,15 @@ struct Cli {
     /// KubeletConfiguration file (kubelet.config.k8s.io/v1beta1).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Folder of static pod manifests (staticPodPath).
-    #[arg(long)]
-    pod_manifest_path: Option<PathBuf>,
-    /// CRI endpoint, e.g. unix:///run/containerd/containerd.sock (containerRuntimeEndpoint).
-    #[arg(long)]
-    container_runtime_endpoint: Option<String>,
+    /// The flags that set KubeletConfiguration fields (applied over the file).
+    #[command(flatten)]
+    config_flags: mini_kubelet::config::FlagOverrides,
     /// Node name to use instead of the hostname.
     #[arg(long)]
     hostname_override: Option<String>,
     /// Directory for the agent's own state.
     #[arg(long, default_value = "/var/lib/kubelet")]
     root_dir: PathBuf,
-    /// Read-only HTTP port (0 = off) (readOnlyPort).
-    #[arg(long)]
-    read_only_port: Option<u16>,
-    /// healthz port (0 = off) (healthzPort).
-    #[arg(long)]
-    healthz_port: Option<u16>,
-    /// healthz bind address (healthzBindAddress).
-    #[arg(long)]
-    healthz_bind_address: Option<String>,
-    /// Address the read-only port binds (address).
-    #[arg(long)]
-    address: Option<String>,
-    /// The kubelet port: TLS, for logs, exec, attach, port-forward (0 = off) (port).
-    #[arg(long)]
-    port: Option<u16>,
-    /// The kubelet port's serving certificate (tlsCertFile); without it a self-signed one is made
-    /// in --cert-dir.
-    #[arg(long)]
-    tls_cert_file: Option<PathBuf>,
-    /// The key of --tls-cert-file (tlsPrivateKeyFile).
-    #[arg(long)]
-    tls_private_key_file: Option<PathBuf>,
     /// Where the serving certificate (self-signed or from serverTLSBootstrap) and the
     /// bootstrapped client certificate are kept (default: <root-dir>/pki).
     #[arg(long)]
@@ -74,27 +49,6 @@ struct Cli {
     /// --kubeconfig is written to use it.
     #[arg(long)]
     bootstrap_kubeconfig: Option<PathBuf>,
-    /// Renew the client certificate before it expires (rotateCertificates).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    rotate_certificates: Option<bool>,
-    /// Client certificates signed by this CA authenticate (authentication.x509.clientCAFile).
-    #[arg(long)]
-    client_ca_file: Option<PathBuf>,
-    /// Requests without credentials are system:anonymous (authentication.anonymous.enabled).
-    #[arg(long)]
-    anonymous_auth: Option<bool>,
-    /// Bearer tokens are checked with TokenReviews (authentication.webhook.enabled).
-    #[arg(long)]
-    authentication_token_webhook: Option<bool>,
-    /// Webhook (SubjectAccessReviews) or AlwaysAllow (authorization.mode).
-    #[arg(long, value_parser = ["Webhook", "AlwaysAllow"])]
-    authorization_mode: Option<String>,
-    /// Maximum number of pods (maxPods).
-    #[arg(long)]
-    max_pods: Option<u32>,
-    /// Cgroup root for pods (cgroupRoot).
-    #[arg(long)]
-    cgroup_root: Option<String>,
     /// Join the cluster this kubeconfig names (kube's standard loading); without it only static pods run.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -104,9 +58,31 @@ struct Cli {
     /// Labels to add when registering the node: key=value,key2=value2.
     #[arg(long, value_delimiter = ',')]
     node_labels: Vec<String>,
-    /// Log verbosity, as klog's -v: 0-2 info, 3-4 debug, 5+ trace. RUST_LOG overrides it.
-    #[arg(short = 'v', long = "v", default_value_t = 0)]
-    verbosity: u8,
+    /// Log verbosity, as klog's -v (default 0): tracing's info at 0-3 (kubelet's V(2) lines from
+    /// 2), debug at 4, trace from 5. Wins over the file's logging.verbosity; RUST_LOG overrides both.
+    #[arg(short = 'v', long = "v")]
+    verbosity: Option<u8>,
+    /// Log format, kubelet's --logging-format: text (klog's lines, the default) or json. Wins over
+    /// the file's logging.format.
+    #[arg(long, value_enum)]
+    logging_format: Option<mini_kubelet::logging::Format>,
+    #[command(flatten)]
+    container_gc: ContainerGcFlags,
+}
+
+/// kubelet's (deprecated) container garbage collection flags.
+#[derive(Debug, Clone, clap::Args)]
+struct ContainerGcFlags {
+    /// Maximum number of old instances to retain per container (negative: no limit).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    maximum_dead_containers_per_container: i32,
+    /// Maximum number of old instances of containers to retain globally (negative: no limit).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    maximum_dead_containers: i32,
+    /// Minimum age for a finished container before it is garbage collected, e.g. '300ms', '10s'
+    /// or '2h45m'.
+    #[arg(long, default_value = "0", value_parser = mini_kubelet::config::parse_duration)]
+    minimum_container_ttl_duration: Duration,
 }
 
 /// The Docker adapter's pod network (cri-dockerd's flags, kubelet's `--cni-bin-dir`) and its
@@ -197,6 +173,15 @@ enum Command {
         #[command(flatten)]
         adapter: DockerAdapterFlags,
     },
+    /// Check a KubeletConfiguration (`config validate`) or print the reference (`config reference`).
+    Config {
+        #[command(subcommand)]
+        command: config::command::ConfigCommand,
+    },
+    /// crictl-like commands for people on the node (pods, ps, images, logs, inspect, exec, stats,
+    /// pull, version), against the runtime the global flags name.
+    #[command(flatten)]
+    Node(mini_kubelet::cli::NodeCommand),
 }
 
 /// Serves the Docker adapter until SIGTERM / ctrl-c.
@@ -232,20 +217,73 @@ async fn wait_for_signal() {
     }
 }
 
-fn init_logging(verbosity: u8) {
-    let level = match verbosity {
-        0..=2 => "info",
-        3..=4 => "debug",
-        _ => "trace",
+/// How the agent stops. SIGINT (ctrl-c): at once, pods keep running (as kubelet). SIGTERM: the
+/// same without graceful node shutdown; with it (`graceful`: `shutdownGracePeriod` set) SIGTERM
+/// means the node is shutting down: `node_shutdown` is cancelled, the agent stops its pods in
+/// kubelet's order and exits by itself. A second SIGTERM (or a SIGINT) meanwhile stops the agent
+/// at once, leaving the pods not yet stopped running.
+async fn handle_stop_signals(
+    stop: CancellationToken,
+    node_shutdown: CancellationToken,
+    graceful: bool,
+) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down; pods keep running");
+            stop.cancel();
+            return;
+        }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},h2=info,hyper=info,tower=info"))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let terminated = tokio::select! {
+        _ = tokio::signal::ctrl_c() => false,
+        _ = term.recv() => true,
+    };
+    if !(terminated && graceful) {
+        tracing::info!("shutting down; pods keep running");
+        stop.cancel();
+        return;
+    }
+    tracing::info!(
+        "SIGTERM: the node is shutting down; stopping its pods (graceful node shutdown), then \
+         exiting (another SIGTERM exits at once)"
+    );
+    node_shutdown.cancel();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        () = stop.cancelled() => return,
+    }
+    tracing::warn!("stopping now, during the node shutdown; pods not yet stopped keep running");
+    stop.cancel();
+}
+
+/// Starts logging from the flags alone, before the configuration file is read (errors reading it are
+/// logged); [`apply_file_logging`] applies the file's `logging` section afterwards.
+fn init_logging(cli: &Cli) -> anyhow::Result<mini_kubelet::logging::Handle> {
+    let (format, verbosity) =
+        mini_kubelet::logging::effective(cli.logging_format, cli.verbosity, None, None);
+    Ok(mini_kubelet::logging::init(format, verbosity)?)
+}
+
+/// Applies the configuration file's `logging.format` and `logging.verbosity` where no flag set them
+/// (flags win, as in kubelet).
+fn apply_file_logging(
+    logging: &mini_kubelet::logging::Handle,
+    cli: &Cli,
+    file_format: Option<mini_kubelet::logging::Format>,
+    file_verbosity: Option<u8>,
+) -> anyhow::Result<()> {
+    let (format, verbosity) = mini_kubelet::logging::effective(
+        cli.logging_format,
+        cli.verbosity,
+        file_format,
+        file_verbosity,
+    );
+    logging.reconfigure(format, verbosity)?;
+    Ok(())
 }
 
 fn hostname() -> anyhow::Result<String> {
@@ -255,76 +293,17 @@ fn hostname() -> anyhow::Result<String> {
 }
 
 fn resolve(cli: &Cli) -> anyhow::Result<AgentOptions> {
-    let mut config = match &cli.config {
-        Some(path) => {
-            let loaded = KubeletConfiguration::load(path)?;
-            for field in &loaded.unknown_fields {
-                tracing::warn!(file = %path.display(), field, "unknown or unsupported KubeletConfiguration field ignored");
-            }
-            for gate in loaded.config.unknown_feature_gates() {
-                tracing::warn!(file = %path.display(), gate, "feature gate unknown to this agent ignored");
-            }
-            loaded.config
-        }
-        None => KubeletConfiguration::default(),
-    };
-    if let Some(p) = cli.pod_manifest_path.clone() {
-        config.static_pod_path = Some(p);
+    // kubelet's pipeline: the file, the flags over it, everything validated once.
+    let effective = config::resolve(cli.config.as_deref(), &cli.config_flags)?;
+    for ignored in &effective.ignored {
+        tracing::warn!(field = %ignored.field, "{}", ignored.message);
     }
-    if let Some(e) = cli.container_runtime_endpoint.clone() {
-        mk_cri::parse_endpoint(&e).context("--container-runtime-endpoint")?;
-        config.container_runtime_endpoint = e;
-    }
-    if let Some(p) = cli.read_only_port {
-        config.read_only_port = p;
-    }
-    if let Some(p) = cli.healthz_port {
-        config.healthz_port = p;
-    }
-    if let Some(a) = cli.healthz_bind_address.clone() {
-        config.healthz_bind_address = a;
-    }
-    if let Some(a) = cli.address.clone() {
-        config.address = a;
-    }
-    if let Some(p) = cli.port {
-        config.port = p;
-    }
-    if cli.tls_cert_file.is_some() || cli.tls_private_key_file.is_some() {
-        anyhow::ensure!(
-            cli.tls_cert_file.is_some() && cli.tls_private_key_file.is_some(),
-            "--tls-cert-file and --tls-private-key-file go together"
-        );
-        config.tls_cert_file = cli.tls_cert_file.clone();
-        config.tls_private_key_file = cli.tls_private_key_file.clone();
-    }
-    if let Some(on) = cli.rotate_certificates {
-        config.rotate_certificates = on;
-    }
+    let config = effective.config;
     if cli.bootstrap_kubeconfig.is_some() {
         anyhow::ensure!(
             cli.kubeconfig.is_some(),
             "--bootstrap-kubeconfig needs --kubeconfig (the file it writes)"
         );
-    }
-    if let Some(ca) = cli.client_ca_file.clone() {
-        config.authentication.x509.client_ca_file = Some(ca);
-    }
-    if let Some(on) = cli.anonymous_auth {
-        config.authentication.anonymous.enabled = on;
-    }
-    if let Some(on) = cli.authentication_token_webhook {
-        config.authentication.webhook.enabled = on;
-    }
-    if let Some(mode) = cli.authorization_mode.clone() {
-        config.authorization.mode = mode;
-    }
-    if let Some(m) = cli.max_pods {
-        anyhow::ensure!(m > 0, "--max-pods must be greater than 0");
-        config.max_pods = m;
-    }
-    if let Some(r) = cli.cgroup_root.clone() {
-        config.cgroup_root = r;
     }
     let node_name = match cli.hostname_override.clone() {
         Some(n) => n.trim().to_lowercase(),
@@ -355,13 +334,38 @@ fn resolve(cli: &Cli) -> anyhow::Result<AgentOptions> {
         root_dir: cli.root_dir.clone(),
         cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
         pleg_period: Duration::from_secs(1),
+        container_gc: mini_kubelet::container_gc::GcPolicy {
+            min_age: cli.container_gc.minimum_container_ttl_duration,
+            max_per_pod_container: cli.container_gc.maximum_dead_containers_per_container,
+            max_containers: cli.container_gc.maximum_dead_containers,
+        },
+        node_shutdown: CancellationToken::new(),
     })
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.verbosity);
+    if let Some(Command::Config { command }) = &cli.command {
+        let code = command.run(&mut std::io::stdout().lock(), &mut std::io::stderr().lock());
+        std::process::exit(code);
+    }
+    if let Some(Command::Node(command)) = &cli.command {
+        let target = mini_kubelet::cli::Target {
+            endpoint: cli.config_flags.container_runtime_endpoint.clone(),
+            config: cli.config.clone(),
+            docker: cli.container_runtime == RuntimeKind::Docker,
+            root_dir: cli.root_dir.clone(),
+        };
+        let code = mini_kubelet::cli::run(command, &target)
+            .await
+            .unwrap_or_else(|e| {
+                eprintln!("mini-kubelet: {e}");
+                1
+            });
+        std::process::exit(code);
+    }
+    let logging = init_logging(&cli)?;
     if let Some(Command::Dockershim {
         listen,
         docker_endpoint,
@@ -375,7 +379,19 @@ async fn main() -> anyhow::Result<()> {
         })?;
         return run_dockershim(listen, config).await;
     }
-    let mut options = resolve(&cli)?;
+    let mut options = resolve(&cli).inspect_err(|e| {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "Failed to load the kubelet configuration"
+        );
+    })?;
+    let file_logging = &options.config.logging;
+    apply_file_logging(
+        &logging,
+        &cli,
+        Some(file_logging.format.parse()?),
+        Some(file_logging.verbosity),
+    )?;
     std::fs::create_dir_all(&options.root_dir)
         .with_context(|| format!("creating --root-dir {}", options.root_dir.display()))?;
     // The built-in Docker adapter: a CRI server in this process; the agent reaches it through the
@@ -405,12 +421,11 @@ async fn main() -> anyhow::Result<()> {
         "starting mini-kubelet"
     );
     let cancel = CancellationToken::new();
-    let stop = cancel.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down; pods keep running");
-        stop.cancel();
-    });
+    tokio::spawn(handle_stop_signals(
+        cancel.clone(),
+        options.node_shutdown.clone(),
+        mini_kubelet::nodeshutdown::enabled(&options.config),
+    ));
     agent::run(options, cancel).await?;
     Ok(())
 }

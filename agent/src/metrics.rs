@@ -1,10 +1,15 @@
-//! The agent's Prometheus metrics under kubelet's names, so existing dashboards keep working.
+//! The agent's Prometheus metrics under kubelet's names, types, labels and buckets, so existing
+//! dashboards and alerts keep working.
+
+mod unsuffixed_counter;
+
+pub use unsuffixed_counter::UnsuffixedCounter;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,6 +27,19 @@ pub struct ContainerTypeLabels {
     pub container_type: &'static str,
 }
 
+/// `kubelet_desired_pods`' label: `"true"` for static pods (not from the API server), `""` for the
+/// others, as kubelet.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StaticLabels {
+    pub r#static: &'static str,
+}
+
+/// `kubelet_evictions`' label: the signal whose threshold was met (`memory.available`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabels {
+    pub eviction_signal: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ContainerErrorLabels {
     pub container_type: &'static str,
@@ -36,8 +54,14 @@ fn pod_start_histogram() -> Histogram {
     ])
 }
 
-fn operation_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.005, 2.5, 14))
+/// client_golang's `DefBuckets`, kubelet's buckets for its histograms that name none of their own
+/// (pod worker, PLEG relist, prober durations).
+pub const DEFAULT_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub fn default_buckets_histogram() -> Histogram {
+    Histogram::new(DEFAULT_BUCKETS)
 }
 
 /// Every metric the agent exports. Cheap to clone; all clones share the same values.
@@ -50,39 +74,60 @@ pub struct Metrics {
     pub pod_worker_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
     pub pleg_relist_duration: Histogram,
     pub pleg_relist_interval: Histogram,
-    /// Container event streams opened and lost (kubelet's `evented_pleg_connection_*_count`).
-    pub evented_pleg_connection_success: Counter,
-    pub evented_pleg_connection_error: Counter,
+    /// Container event streams opened and lost (kubelet's `evented_pleg_connection_*_count`, no
+    /// `_total`).
+    pub evented_pleg_connection_success: UnsuffixedCounter,
+    pub evented_pleg_connection_error: UnsuffixedCounter,
     pub started_pods: Counter,
     pub started_containers: Family<ContainerTypeLabels, Counter>,
     pub started_containers_errors: Family<ContainerErrorLabels, Counter>,
-    pub desired_pods: Gauge,
+    /// `kubelet_desired_pods{static=""|"true"}`: see [`Metrics::set_desired_pods`].
+    pub desired_pods: Family<StaticLabels, Gauge>,
+    /// `kubelet_evictions` (no `_total`): pods evicted, by eviction signal.
+    pub evictions: Family<EvictionLabels, UnsuffixedCounter>,
     /// `prober_probe_total` and `prober_probe_duration_seconds` (unprefixed, as kubelet's).
     pub prober: crate::prober::ProbeMetrics,
+    /// `kubelet_graceful_shutdown_start_time_seconds` and `..._end_time_seconds`.
+    pub shutdown: crate::nodeshutdown::ShutdownMetrics,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self {
+        let metrics = Self {
             cri: mk_cri::CriMetrics::default(),
             running_pods: Gauge::default(),
             running_containers: Family::default(),
             pod_start_duration: pod_start_histogram(),
-            pod_worker_duration: Family::new_with_constructor(operation_histogram),
-            pleg_relist_duration: operation_histogram(),
-            pleg_relist_interval: operation_histogram(),
-            evented_pleg_connection_success: Counter::default(),
-            evented_pleg_connection_error: Counter::default(),
+            pod_worker_duration: Family::new_with_constructor(default_buckets_histogram),
+            pleg_relist_duration: default_buckets_histogram(),
+            pleg_relist_interval: default_buckets_histogram(),
+            evented_pleg_connection_success: UnsuffixedCounter::default(),
+            evented_pleg_connection_error: UnsuffixedCounter::default(),
             started_pods: Counter::default(),
             started_containers: Family::default(),
             started_containers_errors: Family::default(),
-            desired_pods: Gauge::default(),
+            desired_pods: Family::default(),
+            evictions: Family::default(),
             prober: crate::prober::ProbeMetrics::default(),
-        }
+            shutdown: crate::nodeshutdown::ShutdownMetrics::default(),
+        };
+        // Both series from the start, as a gauge: 0 until the first pod sources' update.
+        metrics.set_desired_pods(0, 0);
+        metrics
     }
 }
 
 impl Metrics {
+    /// Sets `kubelet_desired_pods`: kubelet always serves both series, `static=""` for pods from the
+    /// API server and `static="true"` for static pods.
+    pub fn set_desired_pods(&self, api: usize, static_pods: usize) {
+        for (label, count) in [("", api), ("true", static_pods)] {
+            self.desired_pods
+                .get_or_create(&StaticLabels { r#static: label })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
     /// A registry holding every metric with kubelet's `kubelet_` prefix.
     pub fn registry(&self) -> Registry {
         let mut root = Registry::default();
@@ -110,22 +155,22 @@ impl Metrics {
         );
         r.register(
             "pleg_relist_duration_seconds",
-            "Duration in seconds for relisting pods in PLEG.",
+            "Duration in seconds for relisting pods in PLEG",
             self.pleg_relist_duration.clone(),
         );
         r.register(
             "pleg_relist_interval_seconds",
-            "Interval in seconds between relisting in PLEG.",
+            "Interval in seconds between relisting in PLEG",
             self.pleg_relist_interval.clone(),
         );
         r.register(
             "evented_pleg_connection_success_count",
-            "The number of times a streaming client was obtained to receive CRI Events.",
+            "The number of times a streaming client was obtained to receive CRI Events",
             self.evented_pleg_connection_success.clone(),
         );
         r.register(
             "evented_pleg_connection_error_count",
-            "The number of errors encountered during the establishment of streaming connection with the CRI runtime.",
+            "The number of errors encountered during the establishment of streaming connection with the CRI runtime",
             self.evented_pleg_connection_error.clone(),
         );
         r.register(
@@ -145,37 +190,51 @@ impl Metrics {
         );
         r.register(
             "desired_pods",
-            "The number of pods the kubelet is being instructed to run.",
+            "The number of pods the kubelet is being instructed to run. static is true if the pod is not from the apiserver",
             self.desired_pods.clone(),
         );
+        r.register(
+            "evictions",
+            "Cumulative number of pod evictions by eviction signal",
+            self.evictions.clone(),
+        );
+        self.shutdown.register(r);
         self.prober.register(&mut root);
         root
     }
 }
 
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Encodes the registry for a scraper: OpenMetrics when the Accept header asks for it, else the
-/// classic Prometheus text format (counters' metadata named with `_total`, no `# EOF`).
-pub fn encode(
-    registry: &Registry,
-    accept: &str,
-) -> Result<(String, &'static str), std::fmt::Error> {
+/// Encodes the registry for a scraper in the classic Prometheus text format (0.0.4), the only one
+/// kubelet serves (its handler does not offer OpenMetrics): a counter's metadata named as its
+/// samples, no `# EOF`. Every sample has kubelet's name: `kubelet_started_pods_total` (a
+/// [`Counter`] registered as `started_pods`) and `kubelet_evictions` (an [`UnsuffixedCounter`]
+/// registered as `evictions`).
+pub fn encode(registry: &Registry) -> Result<(String, &'static str), std::fmt::Error> {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, registry)?;
-    if accept.contains("application/openmetrics-text") {
-        return Ok((text, OPENMETRICS_CONTENT_TYPE));
-    }
     Ok((to_classic_text(&text), TEXT_CONTENT_TYPE))
 }
 
+/// The sample's metric name: what precedes its labels or its value.
+fn sample_name(line: &str) -> &str {
+    let end = line.find(['{', ' ']).unwrap_or(line.len());
+    &line[..end]
+}
+
 fn to_classic_text(openmetrics: &str) -> String {
+    let samples: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(sample_name)
+        .collect();
+    // Counters whose samples are `<name>_total`: the classic format names the family so too.
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.strip_suffix(" counter"))
+        .filter(|name| samples.contains(format!("{name}_total").as_str()))
         .collect();
     let mut out = String::with_capacity(openmetrics.len());
     for line in openmetrics.lines() {
@@ -203,7 +262,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exports_kubelet_names_in_both_formats() {
+    fn exports_kubelet_names_in_the_classic_format() {
         let m = Metrics::default();
         m.running_pods.set(2);
         m.running_containers
@@ -213,17 +272,12 @@ mod tests {
             .set(3);
         m.started_pods.inc();
         let registry = m.registry();
-        let (om, ct) =
-            encode(&registry, "application/openmetrics-text;version=1.0.0").expect("encode");
-        assert_eq!(ct, OPENMETRICS_CONTENT_TYPE);
-        assert!(om.contains("kubelet_running_pods 2"), "{om}");
+        let (text, ct) = encode(&registry).expect("encode");
+        assert!(text.contains("kubelet_running_pods 2"), "{text}");
         assert!(
-            om.contains("kubelet_running_containers{container_state=\"running\"} 3"),
-            "{om}"
+            text.contains("kubelet_running_containers{container_state=\"running\"} 3"),
+            "{text}"
         );
-        assert!(om.ends_with("# EOF\n"));
-
-        let (text, ct) = encode(&registry, "text/plain").expect("encode");
         assert_eq!(ct, TEXT_CONTENT_TYPE);
         assert!(
             text.contains("# TYPE kubelet_started_pods_total counter"),

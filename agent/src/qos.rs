@@ -2,7 +2,6 @@
 //! `/kubepods/pod<uid>` (Guaranteed), `/kubepods/burstable/pod<uid>`, `/kubepods/besteffort/pod<uid>`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -48,6 +47,9 @@ pub fn qos_class(pod: &Pod) -> QosClass {
     let Some(spec) = pod.spec.as_ref() else {
         return QosClass::BestEffort;
     };
+    if let Some(class) = pod_level_qos(spec.resources.as_ref()) {
+        return class;
+    }
     let mut any_set = false;
     let mut guaranteed = true;
     let all = spec
@@ -79,6 +81,36 @@ pub fn qos_class(pod: &Pod) -> QosClass {
     }
 }
 
+/// kubelet's `ComputePodQOS` when pod-level resources (`spec.resources`) set cpu or memory: the
+/// class comes from them alone; Guaranteed needs cpu and memory limits equal to the requests.
+fn pod_level_qos(
+    resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
+) -> Option<QosClass> {
+    let r = resources?;
+    let pick = |map: Option<&BTreeMap<String, Quantity>>| -> BTreeMap<&'static str, crate::quantity::Quantity> {
+        ["cpu", "memory"]
+            .into_iter()
+            .filter_map(|name| Some((name, map?.get(name).and_then(parse)?)))
+            .collect()
+    };
+    let limits = pick(r.limits.as_ref());
+    let mut requests = pick(r.requests.as_ref());
+    if requests.is_empty() && limits.is_empty() {
+        return None;
+    }
+    // A limit without a request defaults the request (API defaulting; static pods may lack it).
+    for (name, q) in &limits {
+        requests.entry(name).or_insert(*q);
+    }
+    let guaranteed =
+        limits.len() == 2 && requests.iter().all(|(name, q)| limits.get(name) == Some(q));
+    Some(if guaranteed {
+        QosClass::Guaranteed
+    } else {
+        QosClass::Burstable
+    })
+}
+
 /// The pod's cgroup parent under `cgroup_root` (kubelet's cgroupRoot, "/" by default).
 pub fn pod_cgroup_parent(pod: &Pod, cgroup_root: &str) -> String {
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
@@ -88,54 +120,6 @@ pub fn pod_cgroup_parent(pod: &Pod, cgroup_root: &str) -> String {
         QosClass::Burstable => format!("{root}/kubepods/burstable/pod{uid}"),
         QosClass::BestEffort => format!("{root}/kubepods/besteffort/pod{uid}"),
     }
-}
-
-/// The pod cgroup's directories in every mounted v1 hierarchy (or the unified one), for removal after
-/// the pod is gone: runc leaves them behind on cgroup v1.
-pub fn cgroup_dirs(cgroup_mount: &Path, parent: &str) -> Vec<PathBuf> {
-    let relative = parent.trim_start_matches('/');
-    let Ok(entries) = std::fs::read_dir(cgroup_mount) else {
-        return Vec::new();
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join(relative))
-        .filter(|p| p.is_dir())
-        .collect();
-    let unified = cgroup_mount.join(relative);
-    if unified.is_dir() {
-        dirs.push(unified);
-    }
-    dirs
-}
-
-/// Removes the pod's (now empty) cgroup directories, children first.
-pub fn remove_pod_cgroups(cgroup_mount: &Path, parent: &str) {
-    for dir in cgroup_dirs(cgroup_mount, parent) {
-        let mut children: Vec<PathBuf> = walk_dirs(&dir);
-        children.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for child in children.into_iter().chain(std::iter::once(dir.clone())) {
-            if let Err(e) = std::fs::remove_dir(&child)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::debug!(path = %child.display(), error = %e, "cannot remove pod cgroup");
-            }
-        }
-    }
-}
-
-fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.filter_map(|e| e.ok()) {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk_dirs(&p));
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -185,6 +169,51 @@ mod tests {
     }
 
     #[test]
+    fn pod_level_resources_decide_the_class_when_set() {
+        let with = |pod_resources: serde_json::Value, container: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "uid": "u1"},
+                "spec": {"resources": pod_resources,
+                    "containers": [{"name": "c", "image": "i", "resources": container}]}
+            }))
+            .expect("pod")
+        };
+        let table = [
+            // Containers without resources, a pod-level memory limit: Burstable.
+            (
+                serde_json::json!({"limits": {"memory": "32Mi"}}),
+                serde_json::json!({}),
+                QosClass::Burstable,
+            ),
+            // Pod-level cpu and memory limits (requests default to them): Guaranteed, whatever
+            // the containers ask.
+            (
+                serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}}),
+                serde_json::json!({"requests": {"cpu": "100m"}}),
+                QosClass::Guaranteed,
+            ),
+            (
+                serde_json::json!({"requests": {"cpu": "500m"}, "limits": {"cpu": "1", "memory": "1Gi"}}),
+                serde_json::json!({}),
+                QosClass::Burstable,
+            ),
+            // Only other resources at pod level: the containers decide.
+            (
+                serde_json::json!({"limits": {"hugepages-2Mi": "2Mi"}}),
+                serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}}),
+                QosClass::Guaranteed,
+            ),
+        ];
+        for (pod_resources, container, expected) in table {
+            assert_eq!(
+                qos_class(&with(pod_resources.clone(), container)),
+                expected,
+                "{pod_resources}"
+            );
+        }
+    }
+
+    #[test]
     fn cgroup_parent_by_qos() {
         assert_eq!(
             pod_cgroup_parent(&pod(serde_json::json!({})), "/"),
@@ -201,27 +230,5 @@ mod tests {
             ),
             "/mk/kubepods/podu1"
         );
-    }
-
-    #[test]
-    fn removes_leftover_cgroup_dirs() {
-        let root = tempfile::tempdir().expect("tmp");
-        for controller in ["cpu", "memory"] {
-            std::fs::create_dir_all(
-                root.path()
-                    .join(controller)
-                    .join("kubepods/besteffort/podu1/abc"),
-            )
-            .expect("mkdir");
-        }
-        remove_pod_cgroups(root.path(), "/kubepods/besteffort/podu1");
-        assert!(!root.path().join("cpu/kubepods/besteffort/podu1").exists());
-        assert!(
-            !root
-                .path()
-                .join("memory/kubepods/besteffort/podu1")
-                .exists()
-        );
-        assert!(root.path().join("memory/kubepods/besteffort").exists());
     }
 }

@@ -241,6 +241,18 @@ fn condition(
     }
 }
 
+/// kubelet's `DisruptionTarget` condition of a pod the node itself terminates (eviction, node
+/// shutdown): reason `TerminationByKubelet`, with the message the pod's status gives.
+pub fn disruption_target(message: &str, now: &Time, previous: Option<&PodStatus>) -> PodCondition {
+    let mut c = condition(DISRUPTION_TARGET, true, None, now, previous);
+    c.reason = Some("TerminationByKubelet".into());
+    c.message = Some(message.into());
+    c
+}
+
+/// The condition type of [`disruption_target`].
+pub const DISRUPTION_TARGET: &str = "DisruptionTarget";
+
 /// True while a running container (an app container or a native sidecar) runs with other cpu or
 /// memory settings than its allocated resources give: an in-place resize is being carried out.
 pub fn resize_in_progress(pod: &Pod, observed: &ObservedPod) -> bool {

@@ -66,11 +66,6 @@ pub fn check(pod: &Pod) -> Unsupported {
         out.ignored
             .push("spec.setHostnameAsFQDN (the hostname stays the short name)".into());
     }
-    if spec.resources.is_some() {
-        out.ignored.push(
-            "spec.resources (pod-level resources are not enforced; container resources are)".into(),
-        );
-    }
     for (path, c) in containers(pod) {
         let sc = c.security_context.as_ref();
         if sc.and_then(|s| s.se_linux_options.as_ref()).is_some() {

@@ -71,3 +71,54 @@ pub async fn connect(
         .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
         .await?)
 }
+
+/// `GET path` on the kubelet port over a fresh connection: the status code and the body (a chunked
+/// body is put back together).
+pub async fn get(
+    agent: &Agent,
+    identity: Option<&ClientIdentity>,
+    path: &str,
+) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = connect(agent, identity).await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut raw = Vec::new();
+    // A connection closed without close_notify is fine here: the body is complete by then; an
+    // answer that never came is "no status line" below.
+    let limit = crate::periods::allow(crate::periods::work::CRI_CALL * 4);
+    let _ = tokio::time::timeout(limit, tls.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status line in the answer to GET {path}: {text:?}"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((code, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}

@@ -6,59 +6,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use mk_e2e::kubelet_port::{ClientIdentity, client_identity, connect};
+use mk_e2e::kubelet_port::{client_identity, connect, get};
 use mk_e2e::{Agent, busybox_pod, container_state};
 use mk_streaming::client::{
     EXEC_PROTOCOL, PORT_FORWARD_PROTOCOL, SessionInput, forward, session, upgrade,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A GET over a fresh connection: status code and body.
-async fn get(
-    agent: &Agent,
-    identity: Option<&ClientIdentity>,
-    path: &str,
-) -> Result<(u16, String)> {
-    let mut tls = connect(agent, identity).await?;
-    tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut raw)).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no status line")?;
-    // Chunked bodies: keep only the data lines (good enough for short plain-text answers).
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((code, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
-}
 
 const SCRIPT: &str = "echo line-1; echo line-2; echo line-3; mkdir -p /www; echo pong > /www/ping; exec httpd -f -p 8080 -h /www";
 

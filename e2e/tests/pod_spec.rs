@@ -244,6 +244,26 @@ async fn run_as_user_termination_message_and_oom_killed() -> anyhow::Result<()> 
         .expect("terminated");
     assert_eq!(terminated.message.as_deref(), Some("all done\n"));
 
+    // A container's runAsGroup alone: the image's user (root in the test image) runs with that
+    // group. (A pod-level one alone reaches the sandbox too, where containerd refuses it, as it
+    // does under kubelet.)
+    let group = format!("group-{}", agent.node);
+    let g = create(&cluster, &agent, pod(serde_json::json!({
+        "metadata": {"name": group},
+        "spec": {"restartPolicy": "Never",
+            "containers": [{"name": "main", "image": busybox(), "securityContext": {"runAsGroup": 2000},
+                "command": ["sh", "-c", "echo ids $(id -u) $(id -g)"]}]}
+    }))).await?;
+    cluster
+        .wait_pod("default", &group, periods().api_pod_complete(), |p| {
+            (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(())
+        })
+        .await?;
+    let out = agent
+        .wait_output(&g, "main", 0, "ids ", periods().container_output())
+        .await?;
+    assert!(out.contains("ids 0 2000"), "{out}");
+
     let fallback = format!("fallback-{}", agent.node);
     create(&cluster, &agent, pod(serde_json::json!({
         "metadata": {"name": fallback},
@@ -289,7 +309,7 @@ async fn run_as_user_termination_message_and_oom_killed() -> anyhow::Result<()> 
         killed.status.and_then(|s| s.qos_class).as_deref(),
         Some("Burstable")
     );
-    for n in [&user, &fallback, &oom] {
+    for n in [&user, &group, &fallback, &oom] {
         cluster.delete_pod("default", n).await?;
     }
     Ok(())

@@ -94,6 +94,9 @@ async fn manifest_becomes_a_running_container_with_cri_logs() -> anyhow::Result<
         "kubelet_runtime_operations_total{operation_type=\"run_podsandbox\"}",
         "kubelet_runtime_operations_duration_seconds_bucket",
         "kubelet_pod_start_duration_seconds_count 1",
+        // kubelet counts static pods apart: one static pod, none from an API server.
+        "kubelet_desired_pods{static=\"true\"} 1",
+        "kubelet_desired_pods{static=\"\"} 0",
     ] {
         assert!(metrics.contains(name), "missing {name} in\n{metrics}");
     }
@@ -486,8 +489,8 @@ async fn a_killed_container_is_restarted_from_the_runtime_event() -> anyhow::Res
     // Asked once the agent runs: on Docker its adapter's socket exists from then on.
     let events = runtime_serves_events(&agent).await?;
     let (success, errors) = (
-        "kubelet_evented_pleg_connection_success_count_total",
-        "kubelet_evented_pleg_connection_error_count_total",
+        "kubelet_evented_pleg_connection_success_count",
+        "kubelet_evented_pleg_connection_error_count",
     );
     let relists = "kubelet_pleg_relist_interval_seconds_count";
     if events {

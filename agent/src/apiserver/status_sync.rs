@@ -105,11 +105,11 @@ pub async fn run(
                         synced.insert(uid.clone(), entry.status.clone());
                     }
                     Err(e) if matches!(api_code(&e), Some(404 | 409)) => {
-                        tracing::debug!(pod = %format!("{namespace}/{name}"), error = %e, "pod gone or replaced; status not written");
+                        tracing::debug!(pod = %format!("{namespace}/{name}"), podUID = %uid, error = %e, "pod gone or replaced; status not written");
                         synced.insert(uid.clone(), entry.status.clone());
                     }
                     Err(e) => {
-                        tracing::warn!(pod = %format!("{namespace}/{name}"), error = %e, "failed to update pod status; will retry");
+                        tracing::warn!(pod = %format!("{namespace}/{name}"), podUID = %uid, error = %e, "failed to update pod status; will retry");
                     }
                 }
             }
@@ -119,14 +119,14 @@ pub async fn run(
                 let params = super::delete_now(&uid);
                 match api.delete(&name, &params).await {
                     Ok(_) => {
-                        tracing::info!(pod = %format!("{namespace}/{name}"), "pod terminated; deleted from the API server");
+                        tracing::info!(pod = %format!("{namespace}/{name}"), podUID = %uid, "pod terminated; deleted from the API server");
                         deleted.insert(uid.clone(), ());
                     }
                     Err(e) if matches!(api_code(&e), Some(404 | 409)) => {
                         deleted.insert(uid.clone(), ());
                     }
                     Err(e) => {
-                        tracing::warn!(pod = %format!("{namespace}/{name}"), error = %e, "failed to delete terminated pod; will retry")
+                        tracing::warn!(pod = %format!("{namespace}/{name}"), podUID = %uid, error = %e, "failed to delete terminated pod; will retry")
                     }
                 }
             }

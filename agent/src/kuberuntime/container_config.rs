@@ -59,6 +59,8 @@ pub struct ContainerInputs<'a> {
     pub sandbox_id: &'a str,
     pub sandbox_config: api::PodSandboxConfig,
     pub image_ref: &'a str,
+    /// The image's user, for a container without runAsUser.
+    pub image_user: security::ImageUser<'a>,
     pub node_name: &'a str,
     /// The resolved environment (see `envvars`).
     pub env: Vec<(String, String)>,
@@ -78,6 +80,7 @@ pub fn build(inputs: ContainerInputs<'_>) -> api::CreateContainerRequest {
         sandbox_id,
         sandbox_config,
         image_ref,
+        image_user,
         node_name,
         env,
         mounts,
@@ -152,7 +155,9 @@ pub fn build(inputs: ContainerInputs<'_>) -> api::CreateContainerRequest {
                 container,
                 memory_capacity,
             )),
-            security_context: Some(security::container_security(pod, container, namespaces)),
+            security_context: Some(security::container_security(
+                pod, container, namespaces, image_user,
+            )),
         }),
         ..Default::default()
     };
@@ -211,6 +216,7 @@ mod tests {
             sandbox_id: "sb",
             sandbox_config: api::PodSandboxConfig::default(),
             image_ref: "sha256:img",
+            image_user: security::ImageUser::default(),
             node_name: "n1",
             env,
             mounts: vec![],

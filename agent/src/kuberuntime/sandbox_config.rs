@@ -7,7 +7,6 @@ use k8s_openapi::api::core::v1::Pod;
 use mk_cri::api;
 
 use super::{labels, security};
-use crate::qos;
 
 /// `<podLogsDir>/<namespace>_<name>_<uid>`, kubelet's pod log directory.
 pub fn pod_log_dir(pod_logs_dir: &Path, namespace: &str, name: &str, uid: &str) -> PathBuf {
@@ -59,7 +58,8 @@ fn port_mappings(pod: &Pod) -> Vec<api::PortMapping> {
 pub struct SandboxOptions<'a> {
     pub node_name: &'a str,
     pub pod_logs_dir: &'a Path,
-    pub cgroup_root: &'a str,
+    /// The pods' cgroups: the sandbox's cgroup parent is its pod's cgroup.
+    pub cgroups: &'a crate::cm::PodCgroups,
     pub dns: &'a security::DnsSettings,
 }
 
@@ -96,7 +96,7 @@ pub fn build(pod: &Pod, attempt: u32, opts: &SandboxOptions<'_>) -> api::RunPodS
             .into_iter()
             .collect(),
         linux: Some(api::LinuxPodSandboxConfig {
-            cgroup_parent: qos::pod_cgroup_parent(pod, opts.cgroup_root),
+            cgroup_parent: opts.cgroups.cgroup_parent(pod),
             security_context: Some(security::sandbox_security(pod)),
             sysctls: security::sysctls(pod),
             ..Default::default()
@@ -128,10 +128,16 @@ mod tests {
         }))
         .expect("pod");
         let dns = security::DnsSettings::default();
+        let cgroups = crate::cm::PodCgroups::new(&crate::cm::CgroupSettings {
+            driver: crate::cm::CgroupDriver::Cgroupfs,
+            cgroup_root: "/".into(),
+            cgroups_per_qos: true,
+            mount: "/nonexistent".into(),
+        });
         let opts = SandboxOptions {
             node_name: "n1",
             pod_logs_dir: Path::new("/var/log/pods"),
-            cgroup_root: "/",
+            cgroups: &cgroups,
             dns: &dns,
         };
         let req = build(&pod, 2, &opts);

@@ -170,15 +170,31 @@ pub fn verify_run_as_non_root(
     }
 }
 
-/// The container's CRI security context; `namespaces` come from the sandbox.
+/// The user an image runs as (its config's `User`): a numeric uid, else a name (CRI ImageStatus).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageUser<'a> {
+    pub uid: Option<i64>,
+    pub username: &'a str,
+}
+
+/// The container's CRI security context; `namespaces` come from the sandbox. Without a runAsUser,
+/// the image's user is passed on (kubelet's `determineEffectiveSecurityContext`), so a runAsGroup
+/// always comes with the user it applies to.
 pub fn container_security(
     pod: &Pod,
     container: &Container,
     namespaces: Option<api::NamespaceOption>,
+    image_user: ImageUser<'_>,
 ) -> api::LinuxContainerSecurityContext {
     let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let sc = container.security_context.as_ref();
     let (uid, gid, _) = effective_user(pod, container);
+    // An image with no user runs as root (kubelet's `getImageUser`).
+    let (uid, username) = match (uid, image_user.uid, image_user.username) {
+        (Some(uid), _, _) | (None, Some(uid), _) => (Some(uid), String::new()),
+        (None, None, "") => (Some(0), String::new()),
+        (None, None, name) => (None, name.to_string()),
+    };
     let mut groups: Vec<i64> = pod_sc
         .and_then(|s| s.supplemental_groups.clone())
         .unwrap_or_default();
@@ -196,6 +212,7 @@ pub fn container_security(
         privileged,
         namespace_options: namespaces,
         run_as_user: uid.map(|value| api::Int64Value { value }),
+        run_as_username: username,
         run_as_group: gid.map(|value| api::Int64Value { value }),
         readonly_rootfs: sc
             .and_then(|s| s.read_only_root_filesystem)

@@ -124,6 +124,40 @@ pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Removes a removed container's log: the live file and its rotated copies (`<live>.*`), as
+/// kubelet's `containerLogManager.Clean`. Files already gone are not an error. Returns how many
+/// files were removed.
+pub fn remove_all(live: &Path) -> Result<usize, FileError> {
+    let dir = parent(live);
+    let Some(name) = live.file_name().and_then(|n| n.to_str()) else {
+        return Ok(0);
+    };
+    let prefix = format!("{name}.");
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(FileError::at("listing", dir)(e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(FileError::at("listing", dir))?;
+        let matches = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n == name || n.starts_with(&prefix));
+        if !matches {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(FileError::at("removing", &path)(e)),
+        }
+    }
+    Ok(removed)
+}
+
 fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -133,6 +167,34 @@ fn parent(path: &Path) -> &Path {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn removing_a_containers_log_takes_its_rotated_copies_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in [
+            "1.log",
+            "1.log.20261204-101010.gz",
+            "1.log.20261204-101011",
+            "1.log.tmp",
+            "10.log",
+            "2.log",
+        ] {
+            std::fs::write(dir.path().join(name), "x").expect("write");
+        }
+        let removed = super::remove_all(&dir.path().join("1.log")).expect("remove");
+        assert_eq!(removed, 4);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["10.log", "2.log"]);
+        assert_eq!(
+            super::remove_all(&dir.path().join("gone/1.log")).expect("gone"),
+            0
+        );
+    }
+
     use std::io::Read;
 
     use super::*;

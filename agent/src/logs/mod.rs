@@ -18,5 +18,5 @@ pub mod rotation;
 mod tests;
 
 pub use container_log_manager::{ContainerLogManager, Outcome, RotationError, Round, spawn};
-pub use files::FileError;
+pub use files::{FileError, remove_all as remove_container_log};
 pub use rotation::{Decision, LogRotatePolicy, Plan, decide};

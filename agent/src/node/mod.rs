@@ -8,7 +8,8 @@
 //! own. A [`NodeHandle`] shows the rest of the agent the Node as the API server last returned it.
 //!
 //! Modules: [`host`] reads the machine, [`crate::quantity`] is Kubernetes quantity arithmetic,
-//! [`resources`] computes capacity, allocatable and eviction pressure, [`runtime`] tracks CRI
+//! [`resources`] computes capacity and allocatable (the pressure conditions come from the eviction
+//! manager, [`crate::eviction::PressureView`]), [`runtime`] tracks CRI
 //! readiness, [`status`] builds the Node and its status, [`lease`] keeps the Lease.
 
 pub mod handle;
@@ -44,7 +45,6 @@ pub use resources::ResourceConfigError;
 pub use status::{DEFAULT_KUBELET_PORT, KUBELET_VERSION, NodeSettings, Observation};
 
 use host::HostInfo;
-use resources::PressureTracker;
 use runtime::RuntimeState;
 
 /// kubelet's `nodeStatusUpdateRetry`: attempts per status update.
@@ -158,13 +158,18 @@ pub struct NodeAgent {
     node_tx: watch::Sender<Option<Node>>,
     /// `nodeInfo.containerRuntimeVersion` until the runtime answers Version itself.
     seed_runtime_version: Option<String>,
+    /// The pressure conditions, as the eviction manager decides them (kubelet's node status asks
+    /// the eviction manager's `IsUnderMemoryPressure` and friends).
+    pressure: crate::eviction::PressureView,
+    /// Whether the node is shutting down (graceful node shutdown): the Ready condition says so,
+    /// and the status is pushed as soon as it turns.
+    shutdown: crate::nodeshutdown::ShutdownStatus,
 }
 
 /// What the status loop remembers between updates.
 struct LoopState {
     host: HostInfo,
     runtime: RuntimeState,
-    pressure: PressureTracker,
     runtime_version: Option<String>,
     last_report: Option<Instant>,
 }
@@ -196,6 +201,8 @@ impl NodeAgent {
         let (node_tx, _) = watch::channel(None);
         Ok(Self {
             seed_runtime_version: None,
+            pressure: crate::eviction::PressureView::none(),
+            shutdown: crate::nodeshutdown::ShutdownStatus::never(),
             nodes: Api::all(client.clone()),
             client,
             cri,
@@ -224,6 +231,20 @@ impl NodeAgent {
     /// call see nothing).
     pub fn publish_to(mut self, tx: watch::Sender<Option<Node>>) -> Self {
         self.node_tx = tx;
+        self
+    }
+
+    /// Reports the pressure conditions of `pressure` (the eviction manager's); without it the node
+    /// reports none.
+    pub fn with_pressure(mut self, pressure: crate::eviction::PressureView) -> Self {
+        self.pressure = pressure;
+        self
+    }
+
+    /// Reports the node NotReady (kubelet's `node is shutting down`) while `shutdown` says the node
+    /// shuts down, and updates the status at once when it turns, not at the next period.
+    pub fn with_shutdown(mut self, shutdown: crate::nodeshutdown::ShutdownStatus) -> Self {
+        self.shutdown = shutdown;
         self
     }
 
@@ -260,7 +281,6 @@ impl NodeAgent {
         let mut state = LoopState {
             host,
             runtime: RuntimeState::default(),
-            pressure: PressureTracker::default(),
             runtime_version: self.seed_runtime_version.clone(),
             last_report: None,
         };
@@ -274,11 +294,14 @@ impl NodeAgent {
         runtime_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut status_ticker = tokio::time::interval(self.update_frequency);
         status_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown = self.shutdown.clone();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = runtime_ticker.tick() => self.check_runtime(&mut state).await,
                 _ = status_ticker.tick() => self.update_status(&mut state).await,
+                // kubelet's shutdown manager syncs the node status as the shutdown begins.
+                () = shutdown.changed() => self.update_status(&mut state).await,
             }
         }
         let _ = lease_task.await;
@@ -346,15 +369,20 @@ impl NodeAgent {
             }
         };
         let now = Instant::now();
-        let met = resources::thresholds_met(&self.settings.eviction_hard, &usage);
         Observation {
             host: state.host.clone(),
             fs: usage.fs,
             node_ip,
             runtime_version: state.runtime_version.clone(),
             images,
-            pressure: state.pressure.observe(met, now),
-            not_ready: state.runtime.ready_errors(now, self.pleg.check()),
+            pressure: self.pressure.current(),
+            // kubelet's order: runtime, network, then the shutdown manager's error.
+            not_ready: state
+                .runtime
+                .ready_errors(now, self.pleg.check())
+                .into_iter()
+                .chain(self.shutdown.not_ready_reason().map(String::from))
+                .collect(),
         }
     }
 
@@ -509,6 +537,10 @@ pub struct NodeAgentOptions {
     pub runtime_name: String,
     pub runtime_version: String,
     pub pleg: PlegHealth,
+    /// The eviction manager's pressure conditions, reported as the node's.
+    pub pressure: crate::eviction::PressureView,
+    /// Whether the node is shutting down (reported NotReady, pushed at once).
+    pub shutdown: crate::nodeshutdown::ShutdownStatus,
     /// Receives the Node as the API server last returned it.
     pub node_tx: watch::Sender<Option<Node>>,
     pub cancel: CancellationToken,
@@ -541,7 +573,9 @@ pub fn spawn(options: NodeAgentOptions) -> Option<IpAddr> {
         Ok(agent) => {
             let agent = agent
                 .publish_to(options.node_tx)
-                .with_runtime_version(&version);
+                .with_runtime_version(&version)
+                .with_pressure(options.pressure)
+                .with_shutdown(options.shutdown);
             tokio::spawn(agent.run(options.cancel));
         }
         Err(e) => {

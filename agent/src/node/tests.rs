@@ -593,3 +593,53 @@ async fn an_unchanged_status_is_still_reported_every_report_frequency() {
     assert_eq!(transition(&later), transition(&first));
     cancel.cancel();
 }
+
+/// Graceful node shutdown: the node reports NotReady with kubelet's `node is shutting down` as soon
+/// as it shuts down, not at its next status update (an hour away here), and shows it on its handle.
+#[tokio::test]
+async fn a_node_that_shuts_down_reports_not_ready_at_once() {
+    let h = Harness::start().await;
+    let config = KubeletConfiguration {
+        node_status_update_frequency: Duration::from_secs(3600),
+        ..Harness::config()
+    };
+    let cancel = CancellationToken::new();
+    let (switch, shutdown) = crate::nodeshutdown::channel();
+    let agent = NodeAgent::new(
+        h.client.clone(),
+        h.cri.clone(),
+        &config,
+        h.options(),
+        healthy_pleg(&h.cri, &cancel),
+    )
+    .expect("valid config")
+    .with_shutdown(shutdown);
+    let handle = agent.handle();
+    let task = tokio::spawn(agent.run(cancel.clone()));
+    let api = h.nodes();
+    ready_node(&api).await;
+
+    switch.begin();
+    let not_ready = eventually("Ready=False at once", || async {
+        api.get_opt(NODE)
+            .await
+            .ok()
+            .flatten()
+            .filter(|n| condition(n, status::READY).is_some_and(|c| c.status == "False"))
+    })
+    .await;
+    let condition_now = condition(&not_ready, status::READY).expect("Ready");
+    assert_eq!(condition_now.reason.as_deref(), Some("KubeletNotReady"));
+    assert_eq!(
+        condition_now.message.as_deref(),
+        Some("node is shutting down")
+    );
+    eventually("the handle shows it", || async {
+        handle
+            .node()
+            .filter(crate::nodeshutdown::manager::shows_shutdown)
+    })
+    .await;
+    cancel.cancel();
+    let _ = task.await;
+}

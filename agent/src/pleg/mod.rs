@@ -327,7 +327,7 @@ impl Pleg {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(uid, error = %e, "cannot read pod state from the runtime");
+                    tracing::warn!(podUID = %uid, error = %e, "cannot read pod state from the runtime");
                     self.cache.set_error(uid, e.to_string(), started);
                     inspector.failed.insert(uid.clone());
                 }

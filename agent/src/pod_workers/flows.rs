@@ -19,7 +19,6 @@ use crate::events::EventType;
 use crate::kuberuntime::observe::{ContainerState, ObservedPod, SandboxState};
 use crate::kuberuntime::{pod_files, sandbox_config};
 use crate::prober::ProbedContainer;
-use crate::qos;
 use crate::sources::pod_key;
 use crate::status::{StatusContext, WaitingReason};
 use crate::sync;
@@ -45,6 +44,8 @@ pub struct WorkerState {
     pub resize_error: Option<String>,
     /// Whether the last status showed a resize being carried out.
     pub resizing: bool,
+    /// The node's request to stop and fail the pod, once made.
+    pub kill: Option<super::KillPod>,
 }
 
 impl Default for WorkerState {
@@ -62,6 +63,7 @@ impl Default for WorkerState {
             failure: None,
             resize_error: None,
             resizing: false,
+            kill: None,
         }
     }
 }
@@ -381,7 +383,10 @@ pub async fn sync_terminating(
     if !is_live(observed) {
         return true;
     }
-    let grace = termination_grace(pod, observed);
+    let grace = match state.kill.as_ref().and_then(|k| k.grace_seconds) {
+        Some(seconds) => seconds.max(MIN_GRACE_SECONDS),
+        None => termination_grace(pod, observed),
+    };
     runtime_manager::kill_pod(&ctx.runtime, pod, observed, grace).await;
     false
 }
@@ -420,17 +425,8 @@ pub async fn remove_pod(ctx: &WorkerContext, pod: &Pod, observed: &ObservedPod) 
     for s in &observed.sandboxes {
         runtime_manager::remove_sandbox(rt, &s.id).await;
     }
-    let parents: Vec<String> = if pod.spec.is_some() {
-        vec![qos::pod_cgroup_parent(pod, &rt.cgroup_root)]
-    } else {
-        let root = rt.cgroup_root.trim_end_matches('/');
-        ["", "/burstable", "/besteffort"]
-            .iter()
-            .map(|q| format!("{root}/kubepods{q}/pod{uid}"))
-            .collect()
-    };
-    for parent in parents {
-        qos::remove_pod_cgroups(&ctx.cgroup_mount, &parent);
+    if let Err(e) = rt.cgroups.destroy_pod(&uid) {
+        tracing::warn!(pod = %pod_key(pod), error = %e, "cannot remove the pod's cgroup");
     }
     let log_dir = sandbox_config::log_dir_of(pod, &rt.pod_logs_dir);
     if let Err(e) = std::fs::remove_dir_all(&log_dir)
@@ -516,10 +512,27 @@ pub fn publish_status(
         state.last_status.as_ref(),
         Timestamp::now(),
     );
-    if let Some(failure) = &state.failure {
+    // The node's kill wins over the pod's own failure: it is what stopped the pod.
+    if let Some(failure) = state
+        .kill
+        .as_ref()
+        .map(|k| &k.failure)
+        .or(state.failure.as_ref())
+    {
         status.phase = Some("Failed".into());
         status.reason = Some(failure.reason.clone());
         status.message = Some(failure.message.clone());
+    }
+    if let Some(kill) = state.kill.as_ref().filter(|k| k.disruption) {
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
+        let condition = crate::status::disruption_target(
+            &kill.failure.message,
+            &now,
+            state.last_status.as_ref(),
+        );
+        let conditions = status.conditions.get_or_insert_with(Vec::new);
+        conditions.retain(|c| c.type_ != crate::status::DISRUPTION_TARGET);
+        conditions.push(condition);
     }
     let all_running = pod.spec.as_ref().is_some_and(|s| {
         s.containers.iter().all(|c| {
@@ -534,7 +547,11 @@ pub fn publish_status(
             .pod_start_duration
             .observe(state.first_seen.elapsed().as_secs_f64());
         ctx.metrics.started_pods.inc();
-        tracing::info!(pod = %pod_key(pod), seconds = state.first_seen.elapsed().as_secs_f64(), "pod started");
+        tracing::info!(
+            v = 2,
+            seconds = state.first_seen.elapsed().as_secs_f64(),
+            "pod started"
+        );
     }
     note_resize_progress(ctx, pod, state, &status, terminating);
     if state.last_status.as_ref() != Some(&status) {

@@ -7,11 +7,11 @@
 
 pub mod applied;
 pub mod flows;
+pub mod killer;
 pub mod runtime_manager;
 pub mod worker;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,8 @@ use crate::prober::ProbeManager;
 use crate::sources::{self, PodSet, pod_key};
 use crate::status::StatusManager;
 
-pub use worker::{Phase, Update};
+pub use killer::{KillOutcome, KillRequest, PodKiller};
+pub use worker::{KillPod, Phase, Update};
 
 /// What every pod worker shares.
 pub struct WorkerContext {
@@ -42,7 +43,6 @@ pub struct WorkerContext {
     pub metrics: Metrics,
     /// `containerd`, `cri-o`, `docker`: the prefix of container IDs in pod status.
     pub runtime_name: String,
-    pub cgroup_mount: PathBuf,
     /// kubelet's `syncFrequency`: a syncing pod is looked at again at least this often.
     pub resync: Duration,
 }
@@ -98,7 +98,17 @@ impl PodWorkers {
             phase: phase_tx,
             finished: self.finished.clone(),
         };
-        let task = tokio::spawn(worker::run(self.ctx.clone(), uid.to_string(), channels));
+        // Every line the worker logs carries the pod's `pod` and `podUID`.
+        let meta = &update.pod.metadata;
+        let span = crate::logging::pod_span(
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.name.as_deref().unwrap_or_default(),
+            uid,
+        );
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            worker::run(self.ctx.clone(), uid.to_string(), channels),
+            span,
+        ));
         self.workers.insert(
             uid.to_string(),
             Worker {
@@ -117,7 +127,7 @@ impl PodWorkers {
         if sources::is_static(pod) {
             let name = full_name(pod);
             if let Some((older, _)) = self.workers.iter().find(|(_, w)| w.full_name == name) {
-                tracing::debug!(pod = %pod_key(pod), uid, older = %older, "static pod waits until the older pod of its name has terminated");
+                tracing::debug!(pod = %pod_key(pod), podUID = uid, older = %older, "static pod waits until the older pod of its name has terminated");
                 return;
             }
         }
@@ -126,6 +136,7 @@ impl PodWorkers {
             Update {
                 pod: pod.clone(),
                 removed: false,
+                kill: None,
             },
         );
     }
@@ -142,7 +153,7 @@ impl PodWorkers {
                         if current.removed {
                             // A UID being removed does not come back to life; it starts again once its
                             // worker has finished (kubelet's restart-requested).
-                            tracing::info!(pod = %pod_key(pod), uid, "pod added again while terminating; it restarts once terminated");
+                            tracing::info!(pod = %pod_key(pod), podUID = uid, "pod added again while terminating; it restarts once terminated");
                             return false;
                         }
                         // The newest object is kept either way (the worker takes it at its next
@@ -165,10 +176,14 @@ impl PodWorkers {
                 });
             }
         }
+        let static_pods = desired
+            .pods
+            .values()
+            .filter(|p| sources::is_static(p))
+            .count();
         self.ctx
             .metrics
-            .desired_pods
-            .set(i64::try_from(desired.pods.len()).unwrap_or(i64::MAX));
+            .set_desired_pods(desired.pods.len() - static_pods, static_pods);
     }
 
     /// A worker finished: forget it, and start what waited for it (the same UID added again, a
@@ -198,6 +213,21 @@ impl PodWorkers {
         }
     }
 
+    /// Asks a pod's worker to stop the pod and fail it (see [`KillPod`]). Returns the worker's phase
+    /// to wait on, or `None` when no worker runs the pod. A second request for the same pod keeps the
+    /// first one's status.
+    pub fn kill(&mut self, uid: &str, kill: KillPod) -> Option<watch::Receiver<Phase>> {
+        let w = self.workers.get(uid)?;
+        w.updates.send_if_modified(|current| {
+            if current.kill.is_some() {
+                return false;
+            }
+            current.kill = Some(kill);
+            true
+        });
+        Some(w.phase.clone())
+    }
+
     /// Wakes a pod's worker: its cache entry was refreshed with a changed runtime state.
     pub fn wake(&self, uid: &str) {
         if let Some(w) = self.workers.get(uid) {
@@ -221,7 +251,7 @@ impl PodWorkers {
             if self.desired.pods.contains_key(uid) || self.workers.contains_key(uid) {
                 continue;
             }
-            tracing::info!(pod = %format!("{}/{}", found.namespace, found.name), uid, "cleaning up pod that is no longer desired");
+            tracing::info!(pod = %format!("{}/{}", found.namespace, found.name), podUID = %uid, "cleaning up pod that is no longer desired");
             let orphan = Pod {
                 metadata: ObjectMeta {
                     name: Some(found.name.clone()),
@@ -236,6 +266,7 @@ impl PodWorkers {
                 Update {
                     pod: Arc::new(orphan),
                     removed: true,
+                    kill: None,
                 },
             );
         }
@@ -248,7 +279,7 @@ impl PodWorkers {
             let ended = w.task.is_finished();
             if ended && *w.phase.borrow() != Phase::Finished {
                 tracing::error!(
-                    uid,
+                    podUID = %uid,
                     "pod worker ended unexpectedly; it will be started again"
                 );
             }
@@ -298,5 +329,7 @@ fn meaningful_change(old: &Pod, new: &Pod) -> bool {
     gate_conditions(old) != gate_conditions(new)
 }
 
+#[cfg(test)]
+pub(crate) mod test_context;
 #[cfg(test)]
 mod tests;

@@ -41,7 +41,8 @@ pub struct RuntimeManager {
     pub events: EventRecorder,
     pub node_name: String,
     pub pod_logs_dir: PathBuf,
-    pub cgroup_root: String,
+    /// The pod and QoS cgroups (made before a pod's sandbox, removed with the pod).
+    pub cgroups: crate::cm::PodCgroups,
     pub host_ip: Option<String>,
     /// The API server, when the agent is joined to a cluster (for env and volume sources).
     pub client: Option<kube::Client>,
@@ -85,7 +86,7 @@ fn sandbox_options(ctx: &RuntimeManager) -> sandbox_config::SandboxOptions<'_> {
     sandbox_config::SandboxOptions {
         node_name: &ctx.node_name,
         pod_logs_dir: &ctx.pod_logs_dir,
-        cgroup_root: &ctx.cgroup_root,
+        cgroups: &ctx.cgroups,
         dns: &ctx.dns,
     }
 }
@@ -150,13 +151,45 @@ pub async fn execute(
         );
     }
     let mut result = Ok(());
-    for update in &actions.update_resources {
-        if let Err(retry) = resize_container(ctx, pod, update, executed).await {
-            result = Err(retry);
+    if !actions.update_resources.is_empty() {
+        // kubelet's order: the pod cgroup grows before its containers and shrinks after them.
+        if let Err(e) = ctx.cgroups.raise_pod(pod) {
+            tracing::warn!(pod = %pod_name, error = %e, "cannot raise the pod cgroup's limits for a resize");
+        }
+        for update in &actions.update_resources {
+            if let Err(retry) = resize_container(ctx, pod, update, executed).await {
+                result = Err(retry);
+            }
+        }
+        if let Err(e) = ctx.cgroups.update_pod(pod) {
+            tracing::warn!(pod = %pod_name, error = %e, "cannot set the pod cgroup's limits after a resize");
+            executed
+                .resize_errors
+                .push(format!("updating the pod cgroup: {e}"));
+            result = Err(ERROR_RETRY);
         }
     }
     if actions.start.is_empty() {
         return result;
+    }
+    // The pod's cgroup, with its limits, before anything of the pod runs (kubelet's
+    // `EnsureExists` in SyncPod).
+    if let Err(e) = ctx.cgroups.ensure_pod(pod) {
+        let message = format!("unable to ensure pod container exists: {e}");
+        tracing::warn!(pod = %pod_name, error = %e, "cannot make the pod's cgroup");
+        ctx.events.record(
+            pod,
+            None,
+            EventType::Warning,
+            "FailedCreatePodContainer",
+            &message,
+        );
+        for start in &actions.start {
+            executed
+                .waiting
+                .push((start.name.clone(), "ContainerCreating", message.clone()));
+        }
+        return Err(ERROR_RETRY * 2);
     }
     let sandbox_request = sandbox_config::build(
         pod,
@@ -169,7 +202,7 @@ pub async fn execute(
     let sandbox_id = match (&actions.sandbox_id, actions.create_sandbox) {
         (_, Some(attempt)) => match ctx.cri.run_pod_sandbox(sandbox_request).await {
             Ok(resp) => {
-                tracing::info!(pod = %pod_name, sandbox = %resp.pod_sandbox_id, attempt, "created pod sandbox");
+                tracing::debug!(pod = %pod_name, sandbox = %resp.pod_sandbox_id, attempt, "created pod sandbox");
                 resp.pod_sandbox_id
             }
             Err(e) => {
@@ -472,6 +505,10 @@ async fn prepare_container(
         sandbox_id: sandbox.id,
         sandbox_config: sandbox.config.clone(),
         image_ref: &ensured.image_ref,
+        image_user: security::ImageUser {
+            uid: ensured.uid,
+            username: &ensured.username,
+        },
         node_name: &ctx.node_name,
         env,
         mounts,
@@ -677,7 +714,10 @@ fn warn_unless_gone<T>(result: Result<T, mk_cri::CriError>, what: &str, id: &str
     }
 }
 
+/// Removes a container and its log files (kubelet's `removeContainer`: the log first, while the
+/// runtime still knows where it is).
 pub async fn remove_container(ctx: &RuntimeManager, id: &str) {
+    remove_container_log(&ctx.cri, id).await;
     let request = api::RemoveContainerRequest {
         container_id: id.to_string(),
     };
@@ -687,6 +727,38 @@ pub async fn remove_container(ctx: &RuntimeManager, id: &str) {
         id,
     );
     ctx.applied.forget(id);
+}
+
+/// Removes the log files of a container about to be removed: the runtime does not (kubelet's
+/// `removeContainerLog`).
+pub async fn remove_container_log(cri: &mk_cri::CriClient, id: &str) {
+    let status = match cri
+        .container_status(api::ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: false,
+        })
+        .await
+    {
+        Ok(response) => response.status,
+        Err(e) => {
+            warn_unless_gone(Err::<(), _>(e), "read the log path of container", id);
+            return;
+        }
+    };
+    let Some(path) = status
+        .map(|s| s.log_path)
+        .filter(|p| std::path::Path::new(p).is_absolute())
+    else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let removed =
+        tokio::task::spawn_blocking(move || crate::logs::remove_container_log(&path)).await;
+    match removed {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(id, error = %e, "cannot remove the container's log"),
+        Err(e) => tracing::warn!(id, error = %e, "log removal task failed"),
+    }
 }
 
 pub async fn remove_sandbox(ctx: &RuntimeManager, id: &str) {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use mk_cri::CriClient;
 use mk_fake_runtime::{FakeRuntime, Op, ServerHandle};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -17,10 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::events::EventRecorder;
-use crate::images::ImageManager;
 use crate::kuberuntime::labels;
-use crate::pleg::{Pleg, PlegHealth, Relist};
-use crate::pod_workers::runtime_manager::RuntimeManager;
+use crate::pleg::Relist;
 use crate::sources::manifest;
 
 const NODE: &str = "test-node";
@@ -97,6 +94,7 @@ struct Driver {
     events: mpsc::Receiver<String>,
     probes: mpsc::UnboundedReceiver<String>,
     relists: watch::Receiver<Option<Relist>>,
+    kills: mpsc::UnboundedReceiver<KillRequest>,
     phases: watch::Sender<BTreeMap<String, Phase>>,
 }
 
@@ -116,6 +114,9 @@ impl Driver {
                 Some(uid) = self.events.recv() => self.workers.wake(&uid),
                 Some(uid) = self.probes.recv() => self.workers.wake_for_probe(&uid),
                 Some(uid) = self.finished.recv() => self.workers.on_finished(&uid),
+                Some(request) = self.kills.recv() => {
+                    let _ = request.reply.send(self.workers.kill(&request.uid, request.kill));
+                }
                 _ = housekeeping.tick() => {
                     let relist = self.relists.borrow().clone();
                     if let Some(relist) = relist {
@@ -140,6 +141,7 @@ struct Agent {
     phases: watch::Receiver<BTreeMap<String, Phase>>,
     status: crate::status::StatusManager,
     metrics: Metrics,
+    killer: PodKiller,
     cancel: CancellationToken,
     driver: JoinHandle<()>,
 }
@@ -151,65 +153,30 @@ impl Agent {
 
     /// `evented`: the PLEG follows the runtime's container events where it serves them.
     fn start_with(endpoint: &str, root: &Path, desired: PodSet, evented: bool) -> Agent {
-        let metrics = Metrics::default();
-        let cri = CriClient::new(endpoint, CRI_TIMEOUT, metrics.cri.clone()).expect("endpoint");
-        let events = EventRecorder::log_only();
-        let (probe_tx, probe_rx) = mpsc::unbounded_channel();
-        let prober = ProbeManager::new(
-            cri.clone(),
-            events.clone(),
-            metrics.prober.clone(),
-            probe_tx,
+        let test_context::TestContext {
+            ctx,
+            metrics,
+            status,
+            probe_results: probe_rx,
+            pleg,
+        } = test_context::test_context(
+            endpoint,
+            root,
+            NODE,
+            EventRecorder::log_only(),
+            RELIST,
+            evented,
         );
-        let (_node_tx, node_rx) = watch::channel(None);
-        let cache = PodCache::default();
-        let status = StatusManager::default();
-        let ctx = Arc::new(WorkerContext {
-            runtime: RuntimeManager {
-                cri: cri.clone(),
-                images: ImageManager::new(cri.clone(), None),
-                metrics: metrics.clone(),
-                events,
-                node_name: NODE.into(),
-                pod_logs_dir: root.join("logs"),
-                cgroup_root: "/".into(),
-                host_ip: Some("127.0.0.1".into()),
-                client: None,
-                volumes: crate::volumes::VolumeManager::new(root.join("root"), None),
-                root_dir: root.join("root"),
-                dns: crate::kuberuntime::security::DnsSettings {
-                    cluster_dns: vec![],
-                    cluster_domain: "cluster.local".into(),
-                    host_resolv_conf: String::new(),
-                },
-                node: node_rx,
-                applied: Default::default(),
-            },
-            cache: cache.clone(),
-            status: status.clone(),
-            prober,
-            metrics: metrics.clone(),
-            runtime_name: "fake".into(),
-            cgroup_mount: root.join("cgroup"),
-            resync: Duration::from_secs(60),
-        });
         let cancel = CancellationToken::new();
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (relist_tx, relist_rx) = watch::channel(None);
-        let pleg = Pleg {
-            cri,
-            node_name: NODE.into(),
-            period: RELIST,
-            evented,
-            metrics: metrics.clone(),
-            health: PlegHealth::default(),
-            cache,
-        };
         tokio::spawn(pleg.run(events_tx, relist_tx, cancel.clone()));
         let (workers, finished) = PodWorkers::new(ctx);
         let (desired_tx, desired_rx) = watch::channel(PodSet::default());
         let (phases_tx, phases) = watch::channel(BTreeMap::new());
+        let (killer, kills) = PodKiller::channel();
         let driver = Driver {
+            kills,
             workers,
             finished,
             desired: desired_rx,
@@ -225,6 +192,7 @@ impl Agent {
             phases,
             status,
             metrics,
+            killer,
             cancel,
             driver,
         }
@@ -255,7 +223,7 @@ impl Agent {
             .clone()
     }
 
-    /// The value of a counter of the agent's metrics (OpenMetrics name, `_total` included).
+    /// The value of a counter of the agent's metrics, by its sample's name as served.
     fn counter(&self, name: &str) -> u64 {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.metrics.registry())
@@ -834,6 +802,80 @@ async fn active_deadline_fails_and_stops_the_pod() {
     agent.kill().await;
 }
 
+/// The node stops a pod it still wants (eviction, node shutdown): the pod's grace period gives way
+/// to the node's, its status says Failed with the node's reason and a DisruptionTarget condition,
+/// and it stays terminated (not restarted) until it is removed.
+#[tokio::test(start_paused = true)]
+async fn a_pod_the_node_kills_fails_with_the_nodes_reason_and_stays_down() {
+    let rt = Runtime::start();
+    // Ignores SIGTERM: it stops at the end of the grace period only.
+    let pod = static_pod("evicted", "trap '' TERM; while true; do sleep 1; done", 30);
+    let other = static_pod("kept", RUN, 2);
+    let agent = rt.agent(&[&pod, &other]);
+    eventually("the pods run", CONVERGE, || {
+        rt.is_running(&uid(&pod)) && rt.is_running(&uid(&other))
+    })
+    .await;
+    let kill = KillPod {
+        failure: crate::sync::PodFailure {
+            reason: "Evicted".into(),
+            message: "The node was low on resource: memory.".into(),
+        },
+        grace_seconds: Some(3),
+        disruption: true,
+    };
+    let started = tokio::time::Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(3) + CONVERGE,
+        agent.killer.kill(&uid(&pod), kill.clone()),
+    )
+    .await
+    .expect("the kill completes within the node's grace period");
+    assert_eq!(outcome, KillOutcome::Terminated);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the node's 3 s, not the pod's 30 s"
+    );
+    assert!(rt.running_containers_of(&uid(&pod)).is_empty());
+    assert!(rt.ready_sandboxes_of(&uid(&pod)).is_empty());
+    let status = agent.status.get(&uid(&pod)).expect("status");
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    assert_eq!(status.reason.as_deref(), Some("Evicted"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("The node was low on resource: memory.")
+    );
+    let disruption = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "DisruptionTarget")
+        .expect("DisruptionTarget condition");
+    assert_eq!(disruption.status, "True");
+    assert_eq!(disruption.reason.as_deref(), Some("TerminationByKubelet"));
+    // Still wanted, yet not started again; the other pod is untouched.
+    tokio::time::sleep(CONVERGE).await;
+    assert_eq!(agent.phase(&uid(&pod)), Some(Phase::Terminated));
+    assert!(rt.running_containers_of(&uid(&pod)).is_empty());
+    assert!(rt.is_running(&uid(&other)));
+    // A second kill of a terminated pod returns at once; a pod without a worker is not running.
+    assert_eq!(
+        agent.killer.kill(&uid(&pod), kill.clone()).await,
+        KillOutcome::Terminated
+    );
+    assert_eq!(
+        agent.killer.kill("no-such-uid", kill).await,
+        KillOutcome::NotRunning
+    );
+    // Removed at last: its worker finishes and the runtime holds nothing of it.
+    agent.want(&[&other]);
+    eventually("the killed pod is removed", CONVERGE + HOUSEKEEPING, || {
+        rt.holds_nothing_of(&uid(&pod))
+    })
+    .await;
+    agent.kill().await;
+}
+
 /// The CRI cost of an idle node with 110 pods (kubelet's maxPods): each relist is two list calls and
 /// nothing else, and a worker turn (every pod resyncs once a minute) makes no CRI call at all. Prints
 /// the figures.
@@ -917,7 +959,7 @@ async fn with_container_events_a_dead_container_restarts_without_a_relist() {
     let agent = rt.evented_agent(&[&web]);
     eventually("web runs", CONVERGE, || rt.is_running(&uid(&web))).await;
     eventually("the event stream is open", CONVERGE, || {
-        agent.counter("kubelet_evented_pleg_connection_success_count_total") == 1
+        agent.counter("kubelet_evented_pleg_connection_success_count") == 1
     })
     .await;
     // Past the relist that follows the stream's opening and the turns of the start.
@@ -953,7 +995,7 @@ async fn a_broken_event_stream_falls_back_to_relisting_until_it_is_back() {
     let agent = rt.evented_agent(&[&web]);
     eventually("web runs", CONVERGE, || rt.is_running(&uid(&web))).await;
     eventually("the event stream is open", CONVERGE, || {
-        agent.counter("kubelet_evented_pleg_connection_success_count_total") == 1
+        agent.counter("kubelet_evented_pleg_connection_success_count") == 1
     })
     .await;
 
@@ -977,7 +1019,7 @@ async fn a_broken_event_stream_falls_back_to_relisting_until_it_is_back() {
     eventually(
         "the event stream is open again",
         crate::pleg::UNIMPLEMENTED_RETRY + CONVERGE,
-        || agent.counter("kubelet_evented_pleg_connection_success_count_total") == 2,
+        || agent.counter("kubelet_evented_pleg_connection_success_count") == 2,
     )
     .await;
     tokio::time::sleep(CONVERGE).await;
@@ -988,8 +1030,33 @@ async fn a_broken_event_stream_falls_back_to_relisting_until_it_is_back() {
     // A stream that ends (a runtime restart) is opened again after a short pause.
     rt.fake.restart_container_events();
     eventually("the event stream is open a third time", CONVERGE, || {
-        agent.counter("kubelet_evented_pleg_connection_success_count_total") == 3
+        agent.counter("kubelet_evented_pleg_connection_success_count") == 3
     })
     .await;
+    agent.kill().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn lines_a_pod_worker_logs_carry_pod_and_pod_uid() {
+    // This test's thread is the runtime's: the workers' lines are captured here.
+    let (log, _guard) = crate::logging::testing::capture(
+        crate::logging::Format::Text,
+        crate::logging::TRACE_VERBOSITY,
+    );
+    let rt = Runtime::start();
+    let web = static_pod("web", RUN, 30);
+    let agent = rt.agent(&[&web]);
+    eventually("web runs", CONVERGE, || rt.is_running(&uid(&web))).await;
+    let name = web.metadata.name.clone().unwrap_or_default();
+    let pod = format!("pod=\"default/{name}\"");
+    let pod_uid = format!("podUID=\"{}\"", uid(&web));
+    let lines = log.lines();
+    // The worker's own lines (its sandbox, its container) name neither: its span does.
+    let about: Vec<&String> = lines.iter().filter(|l| l.contains(&pod_uid)).collect();
+    assert!(
+        about.iter().any(|l| l.contains("\"created pod sandbox\"")),
+        "{lines:#?}"
+    );
+    assert!(about.iter().all(|l| l.contains(&pod)), "{about:#?}");
     agent.kill().await;
 }

@@ -13,7 +13,7 @@ use super::WorkerContext;
 use super::flows::{self, WorkerState};
 use crate::metrics::OperationLabels;
 use crate::pod_cache::CachedPod;
-use crate::sources::pod_key;
+use crate::sync;
 
 /// What the registry tells a worker: the last pod it was given, and whether that pod is still wanted.
 #[derive(Debug, Clone)]
@@ -21,13 +21,29 @@ pub struct Update {
     pub pod: Arc<Pod>,
     /// Nobody wants the pod any more: terminate it and remove what the runtime holds for it.
     pub removed: bool,
+    /// The node stops the pod though it is still wanted, and fails it (eviction, node shutdown).
+    pub kill: Option<KillPod>,
 }
 
 impl Update {
-    /// True when the pod is to be terminated: removed, or being deleted by the API server.
+    /// True when the pod is to be terminated: removed, being deleted by the API server, or killed by
+    /// the node.
     pub fn terminate(&self) -> bool {
-        self.removed || self.pod.metadata.deletion_timestamp.is_some()
+        self.removed || self.kill.is_some() || self.pod.metadata.deletion_timestamp.is_some()
     }
+}
+
+/// The node's request to stop a pod that is still wanted and fail it (kubelet's `KillPodOptions`
+/// with a status function, as the eviction manager and the node shutdown manager use them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KillPod {
+    /// The pod's terminal status: phase `Failed` with this reason and message.
+    pub failure: sync::PodFailure,
+    /// Seconds the pod gets to stop instead of its own grace period (the caller bounds it by the
+    /// pod's own when kubelet does); at least the runtime manager's minimum.
+    pub grace_seconds: Option<i64>,
+    /// Adds the `DisruptionTarget` condition (reason `TerminationByKubelet`) with the message.
+    pub disruption: bool,
 }
 
 /// kubelet's pod worker states. A UID only ever moves forward through them.
@@ -102,6 +118,13 @@ pub async fn run(ctx: Arc<WorkerContext>, uid: String, mut ch: Channels) {
             return;
         }
         let update = ch.updates.borrow_and_update().clone();
+        if let Some(kill) = &update.kill
+            && state.kill.is_none()
+            && phase < Phase::Terminated
+        {
+            tracing::info!(reason = %kill.failure.reason, grace = ?kill.grace_seconds, "{}", kill.failure.message);
+            state.kill = Some(kill.clone());
+        }
         if phase == Phase::Syncing && update.terminate() {
             phase = Phase::Terminating;
             set_phase(&ch, phase);
@@ -113,7 +136,7 @@ pub async fn run(ctx: Arc<WorkerContext>, uid: String, mut ch: Channels) {
                 };
                 if let Some(error) = cached.error {
                     if reported_error.as_ref() != Some(&error) {
-                        tracing::warn!(pod = %pod_key(&update.pod), %error, "pod state unknown; waiting for the runtime");
+                        tracing::warn!(%error, "pod state unknown; waiting for the runtime");
                         reported_error = Some(error);
                     }
                     last_turn = Some(cached.read_at);
@@ -137,7 +160,7 @@ pub async fn run(ctx: Arc<WorkerContext>, uid: String, mut ch: Channels) {
                 match outcome {
                     None => {}
                     Some(outcome) if outcome.terminal => {
-                        tracing::info!(pod = %pod_key(&update.pod), "pod reached a terminal phase; terminating it");
+                        tracing::info!(v = 2, "pod reached a terminal phase; terminating it");
                         phase = Phase::Terminating;
                         set_phase(&ch, phase);
                     }
@@ -183,7 +206,11 @@ pub async fn run(ctx: Arc<WorkerContext>, uid: String, mut ch: Channels) {
                         continue;
                     }
                     flows::remove_pod(&ctx, &update.pod, &cached.observed).await;
-                    tracing::info!(pod = %pod_key(&update.pod), seconds = state.first_seen.elapsed().as_secs_f64(), "pod terminated and removed");
+                    tracing::info!(
+                        v = 2,
+                        seconds = state.first_seen.elapsed().as_secs_f64(),
+                        "pod terminated and removed"
+                    );
                     set_phase(&ch, Phase::Finished);
                     // The registry may be gone when the agent stops; nothing to tell then.
                     let _ = ch.finished.send(uid);

@@ -32,13 +32,6 @@ pub struct ProbeDurationLabels {
     pub namespace: String,
 }
 
-fn duration_histogram() -> Histogram {
-    // Prometheus' default buckets, as kubelet's histogram has no buckets of its own.
-    Histogram::new([
-        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    ])
-}
-
 /// The prober's metrics. Cheap to clone; clones share the values.
 #[derive(Clone, Debug)]
 pub struct ProbeMetrics {
@@ -50,7 +43,8 @@ impl Default for ProbeMetrics {
     fn default() -> Self {
         Self {
             probe_total: Family::default(),
-            probe_duration: Family::new_with_constructor(duration_histogram),
+            // Prometheus' default buckets, as kubelet's histogram has no buckets of its own.
+            probe_duration: Family::new_with_constructor(crate::metrics::default_buckets_histogram),
         }
     }
 }
@@ -144,7 +138,7 @@ mod tests {
         metrics.observe(&who, RESULT_FAILED, 0.5);
         let mut root = Registry::default();
         metrics.register(&mut root);
-        let (text, _) = crate::metrics::encode(&root, "text/plain").expect("encode");
+        let (text, _) = crate::metrics::encode(&root).expect("encode");
         assert!(text.contains("# TYPE prober_probe_total counter"), "{text}");
         assert!(
             text.contains(
@@ -159,7 +153,7 @@ mod tests {
             "{text}"
         );
         metrics.forget(&who);
-        let (text, _) = crate::metrics::encode(&root, "text/plain").expect("encode");
+        let (text, _) = crate::metrics::encode(&root).expect("encode");
         assert!(!text.contains("pod=\"web\""), "{text}");
     }
 }

@@ -304,7 +304,7 @@ impl ProbeManager {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(uid, "probe workers need a tokio runtime; pod not probed");
+            tracing::warn!(pod = %crate::sources::pod_key(pod), podUID = uid, "probe workers need a tokio runtime; pod not probed");
             return;
         };
         let mut pods = self.inner.pods();
@@ -358,11 +358,14 @@ impl ProbeManager {
                     container: container.name.clone(),
                     probe_type,
                 };
-                let task = runtime.spawn(run_worker(
-                    Arc::downgrade(&self.inner),
-                    key,
-                    spec.period,
-                    trigger.clone(),
+                let task = runtime.spawn(tracing::Instrument::instrument(
+                    run_worker(
+                        Arc::downgrade(&self.inner),
+                        key,
+                        spec.period,
+                        trigger.clone(),
+                    ),
+                    crate::logging::pod_span_for(pod),
                 ));
                 probes.slots[probe_type.index()] = Some(Slot {
                     spec,
@@ -601,7 +604,7 @@ impl Inner {
             match slot.state.decide(&gate, slot.spec.initial_delay_seconds) {
                 Decision::Wait => return true,
                 Decision::Finish => {
-                    tracing::debug!(uid = %key.uid, container = %key.container, probe = %key.probe_type,
+                    tracing::debug!(podUID = %key.uid, container = %key.container, probe = %key.probe_type,
                         "pod deletion requested; probe result set to success and probing stopped");
                     if slot.state.finish() {
                         self.wake(&key.uid);
@@ -634,7 +637,7 @@ impl Inner {
         };
         let (result, message) = match outcome {
             Ok(Outcome::Success(output)) => {
-                tracing::trace!(uid = %key.uid, container = %key.container, probe = kind, output, "probe succeeded");
+                tracing::trace!(podUID = %key.uid, container = %key.container, probe = kind, output, "probe succeeded");
                 self.metrics.observe(&who, RESULT_SUCCESSFUL, seconds);
                 (ProbeResult::Success, None)
             }
@@ -682,7 +685,7 @@ impl Inner {
             )
         };
         if changed {
-            tracing::info!(uid = %key.uid, container = %key.container, probe = kind, result = ?result,
+            tracing::info!(v = 1, podUID = %key.uid, container = %key.container, probe = kind, result = ?result,
                 "probe result changed");
             self.wake(&key.uid);
         }

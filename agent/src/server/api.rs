@@ -34,6 +34,8 @@ use super::{ServerState, read_only_router, resource_metrics};
 pub struct ApiState {
     pub base: ServerState,
     pub cri: CriClient,
+    /// The configuration the agent runs with (`/configz`).
+    pub config: std::sync::Arc<crate::config::KubeletConfiguration>,
 }
 
 /// The kubelet port's router; `auth` guards every path.
@@ -54,6 +56,7 @@ pub fn api_router(state: ApiState, auth: Auth) -> Router {
         .route("/run/{namespace}/{pod}/{uid}/{container}", post(run))
         .with_state(state.clone());
     api.merge(read_only_router(state.base))
+        .merge(super::configz::router(&state.config))
         .layer(middleware::from_fn_with_state(auth, authenticate))
 }
 
@@ -209,20 +212,7 @@ async fn container_logs(
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let cri = state.cri.clone();
     tokio::spawn(async move {
-        let running = || {
-            let cri = cri.clone();
-            let id = id.clone();
-            async move {
-                cri.container_status(api::ContainerStatusRequest {
-                    container_id: id,
-                    verbose: false,
-                })
-                .await
-                .ok()
-                .and_then(|r| r.status)
-                .is_some_and(|s| s.state == api::ContainerState::ContainerRunning as i32)
-            }
-        };
+        let running = || super::logs::container_running(cri.clone(), id.clone());
         if let Err(e) = stream_log(&path, &opts, tx, running).await {
             tracing::debug!(path = %path.display(), error = %e, "container log stream ended");
         }
@@ -234,13 +224,11 @@ async fn container_logs(
 use futures::StreamExt as _;
 
 async fn resource_metrics(State(state): State<ApiState>) -> Response {
-    let now = now_ns();
-    let node = resource_metrics::node_sample(std::path::Path::new("/sys/fs/cgroup"), now);
-    let (containers, failed) = match resource_metrics::container_samples(&state.cri).await {
-        Ok(samples) => (samples, false),
+    let summary = match state.base.stats.summary(true).await {
+        Ok(summary) => Some(summary),
         Err(e) => {
-            tracing::warn!(error = %e, "resource metrics: container stats unavailable");
-            (Vec::new(), true)
+            tracing::warn!(error = %e, "resource metrics: stats unavailable");
+            None
         }
     };
     (
@@ -248,17 +236,9 @@ async fn resource_metrics(State(state): State<ApiState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        resource_metrics::render(&node, &containers, failed),
+        resource_metrics::render(summary.as_ref(), summary.is_none()),
     )
         .into_response()
-}
-
-/// Nanoseconds since the epoch, now.
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }
 
 /// A streaming option set to "1" or "true".

@@ -257,6 +257,7 @@ mod tests {
             ("GET", "/containerLogs/ns/pod/c", ("get", "proxy")),
             ("POST", "/exec/ns/pod/c", ("create", "proxy")),
             ("GET", "/pods", ("get", "proxy")),
+            ("GET", "/configz", ("get", "proxy")),
             ("GET", "/metricsfoo", ("get", "proxy")),
         ];
         for (method, path, expected) in cases {

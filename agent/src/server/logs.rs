@@ -322,6 +322,19 @@ const CHUNK: usize = 32 * 1024;
 /// How much of a record [`find_tail`] looks at to classify it (timestamp, stream and tags).
 const HEADER_MAX: usize = 256;
 
+/// The `still_running` of [`stream_log`] for a CRI container: whether the runtime reports it
+/// running (an error counts as not running).
+pub async fn container_running(cri: mk_cri::CriClient, id: String) -> bool {
+    cri.container_status(mk_cri::api::ContainerStatusRequest {
+        container_id: id,
+        verbose: false,
+    })
+    .await
+    .ok()
+    .and_then(|r| r.status)
+    .is_some_and(|s| s.state == mk_cri::api::ContainerState::ContainerRunning as i32)
+}
+
 /// Streams the CRI log file at `path` into `out` according to `opts`.
 ///
 /// Without `follow`, the file is read to its end (with `tailLines`: to the end it had when the

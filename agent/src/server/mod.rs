@@ -1,19 +1,22 @@
 //! kubelet's HTTP endpoints: `/healthz` on the healthz port; on the read-only port `/healthz`,
-//! `/pods` (a v1 PodList with live status) and `/metrics`; and the kubelet port ([`api`]: TLS,
-//! authenticated, with logs, exec, attach and port-forward as well).
+//! `/pods` (a v1 PodList with live status), `/metrics` and `/stats/summary` ([`stats_summary`]);
+//! and the kubelet port ([`api`]: TLS, authenticated, with logs, exec, attach and port-forward as
+//! well, and [`configz`]).
 
 pub mod api;
 pub mod auth;
+pub mod configz;
 pub mod https;
 pub mod logs;
 pub mod resource_metrics;
+pub mod stats_summary;
 pub mod tls;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
@@ -27,6 +30,8 @@ pub struct ServerState {
     pub status: StatusManager,
     pub registry: Arc<Registry>,
     pub pleg: PlegHealth,
+    /// `/stats/summary`.
+    pub stats: crate::stats::StatsProvider,
 }
 
 async fn healthz(State(state): State<ServerState>) -> Response {
@@ -50,12 +55,8 @@ async fn pods(State(state): State<ServerState>) -> Response {
     axum::Json(list).into_response()
 }
 
-async fn metrics_handler(State(state): State<ServerState>, headers: HeaderMap) -> Response {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    match metrics::encode(&state.registry, accept) {
+async fn metrics_handler(State(state): State<ServerState>) -> Response {
+    match metrics::encode(&state.registry) {
         Ok((body, content_type)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics").into_response(),
     }
@@ -75,6 +76,7 @@ pub fn read_only_router(state: ServerState) -> Router {
         .route("/pods", get(pods))
         .route("/pods/", get(pods))
         .route("/metrics", get(metrics_handler))
+        .route("/stats/summary", get(stats_summary::handler))
         .with_state(state)
 }
 
@@ -91,6 +93,7 @@ mod tests {
             status: StatusManager::default(),
             registry: Arc::new(m.registry()),
             pleg: PlegHealth::default(),
+            stats: crate::stats::tests::unreachable_provider(),
         }
     }
 

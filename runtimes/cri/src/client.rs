@@ -128,6 +128,11 @@ impl CriClient {
         /// The runtime's name and version (`containerd`, `1.6.20`).
         version, runtime, "version", api::VersionRequest => api::VersionResponse);
     unary!(
+        /// The runtime's own settings kubelet must match (the cgroup driver); containerd 1.x
+        /// answers Unimplemented.
+        runtime_config, runtime, "runtime_config",
+        api::RuntimeConfigRequest => api::RuntimeConfigResponse);
+    unary!(
         /// RuntimeReady / NetworkReady conditions.
         status, runtime, "status", api::StatusRequest => api::StatusResponse);
     unary!(run_pod_sandbox, runtime, "run_podsandbox",
@@ -174,6 +179,10 @@ impl CriClient {
         /// Usage of the containers matching the filter.
         list_container_stats, runtime, "list_container_stats",
         api::ListContainerStatsRequest => api::ListContainerStatsResponse);
+    unary!(
+        /// Usage of the pod sandboxes matching the filter, with their containers' (network too).
+        list_pod_sandbox_stats, runtime, "list_podsandbox_stats",
+        api::ListPodSandboxStatsRequest => api::ListPodSandboxStatsResponse);
     unary!(list_images, images, "list_images",
         api::ListImagesRequest => api::ListImagesResponse);
     unary!(image_status, images, "image_status",

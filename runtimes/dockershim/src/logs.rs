@@ -304,6 +304,10 @@ async fn copy_logs(shim: DockerShim, id: String, log: SharedLog, mut after_ns: O
             ..Default::default()
         };
         let mut stream = shim.docker().logs(&id, Some(options));
+        // What an earlier pass copied is skipped; within a pass every entry is written: Docker
+        // timestamps stdout and stderr entries as each stream's copier reads them, so a stdout
+        // entry may follow a later-stamped stderr one (seen under load: the stdout line lost).
+        let copied_until = after_ns;
         let mut broken = false;
         let mut buffer = Vec::new();
         while let Some(item) = stream.next().await {
@@ -324,10 +328,10 @@ async fn copy_logs(shim: DockerShim, id: String, log: SharedLog, mut after_ns: O
             buffer.clear();
             match split_docker_timestamp(&entry) {
                 Some((text, ns, payload)) => {
-                    if after_ns.is_some_and(|after| ns <= after) {
+                    if copied_until.is_some_and(|after| ns <= after) {
                         continue;
                     }
-                    after_ns = Some(ns);
+                    after_ns = Some(after_ns.map_or(ns, |after| after.max(ns)));
                     format_cri_lines(&mut buffer, text, stream_kind, payload);
                 }
                 None => {

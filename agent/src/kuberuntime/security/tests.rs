@@ -57,7 +57,11 @@ fn security_context_container_overrides_pod() {
             "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]}
         }}]
     }));
-    let sc = container_security(&p, c(&p), None);
+    let image = ImageUser {
+        uid: Some(7),
+        username: "",
+    };
+    let sc = container_security(&p, c(&p), None, image);
     assert_eq!(sc.run_as_user.map(|v| v.value), Some(2000));
     assert_eq!(sc.run_as_group.map(|v| v.value), Some(3000));
     assert_eq!(sc.supplemental_groups, vec![4000, 2000]);
@@ -190,4 +194,39 @@ fn hosts_file_has_the_pod_and_its_aliases() {
         text.contains("# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n"),
         "{text}"
     );
+}
+
+/// Without runAsUser the image's user is sent, so a runAsGroup is never sent alone (CRI requires a
+/// user with it: kubelet's `determineEffectiveSecurityContext`).
+#[test]
+fn run_as_group_alone_comes_with_the_images_user() {
+    let p = pod(serde_json::json!({
+        "securityContext": {"runAsGroup": 3000},
+        "containers": [{"name": "c", "image": "i"}]
+    }));
+    let numeric = container_security(
+        &p,
+        c(&p),
+        None,
+        ImageUser {
+            uid: Some(0),
+            username: "",
+        },
+    );
+    assert_eq!(numeric.run_as_user.map(|v| v.value), Some(0));
+    assert_eq!(numeric.run_as_group.map(|v| v.value), Some(3000));
+    let named = container_security(
+        &p,
+        c(&p),
+        None,
+        ImageUser {
+            uid: None,
+            username: "app",
+        },
+    );
+    assert_eq!(named.run_as_user, None);
+    assert_eq!(named.run_as_username, "app");
+    assert_eq!(named.run_as_group.map(|v| v.value), Some(3000));
+    let unset = container_security(&p, c(&p), None, ImageUser::default());
+    assert_eq!(unset.run_as_user.map(|v| v.value), Some(0), "no user: root");
 }
