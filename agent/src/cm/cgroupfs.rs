@@ -84,6 +84,34 @@ impl CgroupFs {
         }
     }
 
+    /// The directories of cgroup `dir` in every hierarchy mounted on v1 (`blkio`, `devices`,
+    /// `freezer`, `name=systemd`, `unified`… as well: the runtime makes its containers' cgroups
+    /// in all of them), or the unified one.
+    pub fn all_dirs(&self, dir: &str) -> Vec<PathBuf> {
+        let relative = dir.trim_start_matches('/');
+        match self.version {
+            CgroupVersion::V2 => vec![self.mount.join(relative)],
+            CgroupVersion::V1 => {
+                let Ok(entries) = std::fs::read_dir(&self.mount) else {
+                    return self.dirs(dir);
+                };
+                let mut roots: Vec<PathBuf> = Vec::new();
+                for entry in entries.filter_map(Result::ok) {
+                    let root = entry.path();
+                    if !root.is_dir() {
+                        continue;
+                    }
+                    let root = std::fs::canonicalize(&root).unwrap_or(root);
+                    if !roots.contains(&root) {
+                        roots.push(root);
+                    }
+                }
+                roots.sort();
+                roots.into_iter().map(|r| r.join(relative)).collect()
+            }
+        }
+    }
+
     /// The directory of `dir` in `controller`'s hierarchy (v1), or the unified one.
     pub fn controller_dir(&self, controller: &str, dir: &str) -> PathBuf {
         let relative = dir.trim_start_matches('/');
@@ -250,7 +278,7 @@ impl CgroupFs {
     /// that still has processes cannot be removed: the error says so (the caller kills them).
     pub fn remove(&self, dir: &str) -> Result<(), CgroupError> {
         let mut first_error = None;
-        for root in self.dirs(dir) {
+        for root in self.all_dirs(dir) {
             let mut all = walk(&root);
             all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
             for path in all {

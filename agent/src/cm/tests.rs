@@ -212,19 +212,29 @@ fn v1_pod_cgroups_hold_the_pod_limits_and_go_with_the_pod() {
         "-1"
     );
 
-    // A container cgroup the runtime left behind goes too.
+    // A container cgroup the runtime left behind goes too, in the hierarchies the agent does
+    // not write (runc makes the pod's path in every one: freezer, unified…).
     std::fs::create_dir_all(memory.join("kubepods/burstable/podb-1/ctr")).expect("mkdir");
+    let freezer = tmp.path().join("freezer");
+    let unified = tmp.path().join("unified");
+    for root in [&freezer, &unified] {
+        std::fs::create_dir_all(root.join("kubepods/burstable/podb-1/ctr")).expect("mkdir");
+    }
     for root in [&cpu, &memory, &tmp.path().join("pids")] {
         drop_control_files(&root.join("kubepods/burstable/podb-1"));
         drop_control_files(&root.join("kubepods/podg-1"));
     }
-    cg.destroy_pod("b-1").expect("destroy");
+    assert!(cg.destroy_pod("b-1").expect("destroy"), "it was there");
     assert!(!memory.join("kubepods/burstable/podb-1").exists());
     assert!(!cpu.join("kubepods/burstable/podb-1").exists());
+    assert!(!freezer.join("kubepods/burstable/podb-1").exists());
+    assert!(!unified.join("kubepods/burstable/podb-1").exists());
+    assert!(freezer.join("kubepods/burstable").is_dir());
     assert_eq!(read(cpu.join("kubepods/burstable/cpu.shares")), "2");
-    cg.destroy_pod("g-1").expect("destroy");
+    assert!(cg.destroy_pod("g-1").expect("destroy"));
     assert!(!memory.join("kubepods/podg-1").exists());
     assert!(memory.join("kubepods").is_dir(), "the QoS cgroups stay");
+    assert!(!cg.destroy_pod("g-1").expect("destroy"), "gone already");
 }
 
 #[test]
