@@ -4,7 +4,8 @@
 //! * a static pod whose container exits over and over (restartPolicy Always) keeps a single dead
 //!   instance, the newest, and its log file, where the pod workers alone keep two;
 //! * a static pod removed while the agent was down, whose runtime objects another tool then
-//!   removed, has its pod directory and log directory removed once the agent runs again;
+//!   removed, has its pod cgroup (in every hierarchy), pod directory and log directory removed
+//!   once the agent runs again;
 //! * a sandbox and dead containers labelled with another node's name (made here through CRI,
 //!   with the UID of one of this agent's pods) are left alone.
 //!
@@ -293,6 +294,7 @@ async fn removed_pods_directories_are_collected() -> Result<()> {
     }
     let log = agent.log();
     for message in [
+        "Removed orphaned pod cgroup",
         "Removing orphaned pod directory",
         "Removing pod logs directory",
     ] {
@@ -306,7 +308,9 @@ async fn removed_pods_directories_are_collected() -> Result<()> {
         agent.pod_logs_dir().is_dir() && agent.dir.path().join("root/pods").is_dir(),
         "only the pod's own directories go"
     );
-    mk_e2e::cri_checks::remove_pod_cgroups(&uid);
+    // Its cgroup went before its directory, in every hierarchy the runtime had made it in.
+    let left = mk_e2e::cri_checks::pod_cgroup_dirs(&uid);
+    ensure!(left.is_empty(), "the pod's cgroup is still there: {left:?}");
     Ok(())
 }
 

@@ -275,24 +275,29 @@ impl PodCgroups {
     }
 
     /// Removes a pod's cgroup wherever its QoS class put it (kubelet's `Destroy`): processes
-    /// left in it are killed first.
-    pub fn destroy_pod(&self, uid: &str) -> Result<(), CgroupError> {
+    /// left in it are killed first. Whether there was one to remove.
+    pub fn destroy_pod(&self, uid: &str) -> Result<bool, CgroupError> {
         if !self.inner.per_qos || uid.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         self.track(uid, None)?;
-        let mut result = Ok(());
+        let mut result = Ok(false);
         for class in [
             QosClass::Guaranteed,
             QosClass::Burstable,
             QosClass::BestEffort,
         ] {
             let dir = self.dir(&self.qos_cgroup(class).child(format!("pod{uid}")));
-            if !self.inner.fs.exists(&dir) && self.inner.fs.dirs(&dir).iter().all(|d| !d.is_dir()) {
+            if self.inner.fs.all_dirs(&dir).iter().all(|d| !d.is_dir()) {
                 continue;
             }
-            if let Err(e) = self.remove_dir(&dir) {
-                result = Err(e);
+            match self.remove_dir(&dir) {
+                Ok(()) => {
+                    if let Ok(found) = result.as_mut() {
+                        *found = true;
+                    }
+                }
+                Err(e) => result = Err(e),
             }
         }
         result

@@ -3,7 +3,9 @@
 //! classified from the pod set the sources want, the PLEG's last relist and the status manager
 //! (see [`policy::classify`]), and what the policy picks is removed: a container with its log
 //! files (as kubelet's `removeContainer`), then the sandboxes left empty, then the pod and log
-//! directories of removed pods. A failed removal is logged and tried again next round.
+//! directories of removed pods, each after the pod's cgroup (kubelet's
+//! `cleanupOrphanedPodCgroups`: a pod removed while the agent was down, or whose cgroup could not
+//! go with it). A failed removal is logged and tried again next round.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::policy::{
     self, Candidates, GcPolicy, ListedContainer, ListedSandbox, Mode, PodFacts, PodState, Removal,
 };
+use crate::cm::PodCgroups;
 use crate::kuberuntime::labels;
 use crate::kuberuntime::observe::ContainerState;
 use crate::pleg::Relist;
@@ -50,6 +53,8 @@ pub struct Round {
     pub sandboxes: Vec<String>,
     /// UIDs whose pod directory was torn down.
     pub pod_dirs: Vec<String>,
+    /// UIDs whose pod cgroup was removed (before their directory).
+    pub pod_cgroups: Vec<String>,
     /// Removed pod log directories.
     pub log_dirs: Vec<PathBuf>,
     /// Removals that failed (tried again next round).
@@ -61,6 +66,7 @@ impl Round {
         self.containers.is_empty()
             && self.sandboxes.is_empty()
             && self.pod_dirs.is_empty()
+            && self.pod_cgroups.is_empty()
             && self.log_dirs.is_empty()
             && self.failed == 0
     }
@@ -75,6 +81,9 @@ pub struct GcSources {
     pub pod_logs_dir: PathBuf,
     /// Owns `<root-dir>/pods/<uid>`; tears a removed pod's directory down.
     pub volumes: VolumeManager,
+    /// The pods' cgroups: a removed pod's goes before its directory (the directory is what says
+    /// the pod was this agent's: the host's cgroup tree may hold other agents' pods).
+    pub cgroups: PodCgroups,
     /// The pods the sources want on this node.
     pub desired: watch::Receiver<PodSet>,
     /// The PLEG's last relist.
@@ -363,8 +372,17 @@ impl ContainerGc {
                     .find(|(_, u)| u == uid)
                     .and_then(|(path, _)| policy::log_dir_pod(&file_name(path)))
             });
+            let pod = pod.as_deref().unwrap_or("unknown");
+            match self.remove_pod_cgroup(uid, pod).await {
+                Some(true) => round.pod_cgroups.push(uid.clone()),
+                Some(false) => {}
+                None => {
+                    round.failed += 1;
+                    continue;
+                }
+            }
             let path = sources.volumes.pod_dir(uid);
-            tracing::info!(pod = %pod.as_deref().unwrap_or("unknown"), podUID = %uid, path = %path.display(), "Removing orphaned pod directory");
+            tracing::info!(pod = %pod, podUID = %uid, path = %path.display(), "Removing orphaned pod directory");
             match sources.volumes.teardown(uid).await {
                 Ok(()) => round.pod_dirs.push(uid.clone()),
                 Err(e) => {
@@ -426,6 +444,29 @@ impl ContainerGc {
             tracing::error!(error = %e, "listing pod directories failed");
             Vec::new()
         })
+    }
+
+    /// Removes a removed pod's cgroup, killing what is left in it: whether there was one, `None`
+    /// when it could not go (its directory stays for the next round).
+    async fn remove_pod_cgroup(&self, uid: &str, pod: &str) -> Option<bool> {
+        let cgroups = self.inner.sources.cgroups.clone();
+        let target = uid.to_string();
+        match tokio::task::spawn_blocking(move || cgroups.destroy_pod(&target)).await {
+            Ok(Ok(removed)) => {
+                if removed {
+                    tracing::info!(pod = %pod, podUID = %uid, "Removed orphaned pod cgroup");
+                }
+                Some(removed)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(pod = %pod, podUID = %uid, error = %e, "Failed to remove orphaned pod cgroup");
+                None
+            }
+            Err(e) => {
+                tracing::error!(pod = %pod, podUID = %uid, error = %e, "Failed to remove orphaned pod cgroup");
+                None
+            }
+        }
     }
 
     /// The pod log directories with their pod UIDs.
@@ -575,6 +616,7 @@ impl ContainerGc {
                         containers = round.containers.len(),
                         sandboxes = round.sandboxes.len(),
                         pod_dirs = round.pod_dirs.len(),
+                        pod_cgroups = round.pod_cgroups.len(),
                         log_dirs = round.log_dirs.len(),
                         failed = round.failed,
                         all_sources_ready = mode.all_sources_ready,

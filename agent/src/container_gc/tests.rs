@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::policy::*;
 use super::*;
+use crate::cm::{CgroupDriver, CgroupSettings, PodCgroups};
 use crate::kuberuntime::labels;
 use crate::kuberuntime::observe::{ContainerState, RuntimePod};
 use crate::pleg::Relist;
@@ -696,6 +697,35 @@ impl Harness {
         self.dir.path().join("logs")
     }
 
+    /// A recorded cgroup v2 tree (the unified hierarchy's top holds `cgroup.controllers`).
+    fn cgroup_mount(&self) -> PathBuf {
+        let mount = self.dir.path().join("cgroup");
+        std::fs::create_dir_all(&mount).expect("cgroup mount");
+        std::fs::write(mount.join("cgroup.controllers"), "cpu memory pids").expect("controllers");
+        mount
+    }
+
+    fn cgroups(&self) -> PodCgroups {
+        PodCgroups::new(&CgroupSettings {
+            driver: CgroupDriver::Cgroupfs,
+            cgroup_root: "/".into(),
+            cgroups_per_qos: true,
+            mount: self.cgroup_mount(),
+        })
+    }
+
+    /// Pod `uid`'s cgroup under `qos` (`""` for Guaranteed), as the agent made it (its control
+    /// files are gone: they vanish with `rmdir` on a real cgroup filesystem).
+    fn pod_cgroup(&self, qos: &str, uid: &str) -> PathBuf {
+        let dir = self
+            .cgroup_mount()
+            .join("kubepods")
+            .join(qos)
+            .join(format!("pod{uid}"));
+        std::fs::create_dir_all(&dir).expect("pod cgroup");
+        dir
+    }
+
     fn gc(&self, policy: GcPolicy, settle: Duration) -> ContainerGc {
         ContainerGc::new(
             GcSources {
@@ -703,6 +733,7 @@ impl Harness {
                 node_name: NODE.into(),
                 pod_logs_dir: self.logs(),
                 volumes: VolumeManager::new(self.root(), None),
+                cgroups: self.cgroups(),
                 desired: self.desired.subscribe(),
                 relists: self.relists.subscribe(),
                 status: self.status.clone(),
@@ -1161,4 +1192,41 @@ fn the_period_is_kubelets_unless_the_test_variable_says_otherwise() {
         assert_eq!(period_from_env(), CONTAINER_GC_PERIOD);
     }
     assert_eq!(CONTAINER_GC_PERIOD, Duration::from_secs(60));
+}
+
+#[tokio::test]
+async fn a_removed_pods_cgroup_goes_before_its_directory() {
+    let h = Harness::start();
+    h.want(&["keep"]);
+    let gc = h.gc(GcPolicy::default(), Duration::ZERO);
+    // Removed while the agent was down: its directory and cgroup are left.
+    let dir = h.pod_dir("x");
+    let cgroup = h.pod_cgroup("burstable", "x");
+    // Wanted: its cgroup stays.
+    let kept_dir = h.pod_dir("keep");
+    let kept = h.pod_cgroup("", "keep");
+    // Another agent's pod on the same host (no directory here): its cgroup is not ours to touch.
+    let other = h.pod_cgroup("besteffort", "other");
+
+    let round = gc.collect(true).await.expect("round");
+    assert_eq!(round.pod_cgroups, vec!["x".to_string()]);
+    assert_eq!(round.pod_dirs, vec!["x".to_string()]);
+    assert_eq!(round.failed, 0, "{round:?}");
+    assert!(!cgroup.exists() && !dir.exists());
+    assert!(kept.exists() && kept_dir.exists());
+    assert!(other.exists());
+
+    // A cgroup that cannot go keeps the directory for the next round.
+    let dir = h.pod_dir("y");
+    let stuck = h.pod_cgroup("besteffort", "y");
+    std::fs::write(stuck.join("left-behind"), "").expect("a file rmdir refuses");
+    let round = gc.collect(true).await.expect("round");
+    assert_eq!(round.failed, 1, "{round:?}");
+    assert!(round.pod_dirs.is_empty() && round.pod_cgroups.is_empty());
+    assert!(dir.exists());
+    std::fs::remove_file(stuck.join("left-behind")).expect("rm");
+    let round = gc.collect(true).await.expect("round");
+    assert_eq!(round.pod_cgroups, vec!["y".to_string()]);
+    assert_eq!(round.pod_dirs, vec!["y".to_string()]);
+    assert!(!stuck.exists() && !dir.exists());
 }

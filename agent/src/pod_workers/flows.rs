@@ -425,9 +425,15 @@ pub async fn remove_pod(ctx: &WorkerContext, pod: &Pod, observed: &ObservedPod) 
     for s in &observed.sandboxes {
         runtime_manager::remove_sandbox(rt, &s.id).await;
     }
-    if let Err(e) = rt.cgroups.destroy_pod(&uid) {
-        tracing::warn!(pod = %pod_key(pod), error = %e, "cannot remove the pod's cgroup");
-    }
+    // A cgroup that cannot go yet keeps the pod's directory: container garbage collection finds
+    // the directory of a removed pod and removes the cgroup, then the directory.
+    let cgroup_removed = match rt.cgroups.destroy_pod(&uid) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(pod = %pod_key(pod), error = %e, "cannot remove the pod's cgroup; housekeeping tries again");
+            false
+        }
+    };
     let log_dir = sandbox_config::log_dir_of(pod, &rt.pod_logs_dir);
     if let Err(e) = std::fs::remove_dir_all(&log_dir)
         && e.kind() != std::io::ErrorKind::NotFound
@@ -435,7 +441,7 @@ pub async fn remove_pod(ctx: &WorkerContext, pod: &Pod, observed: &ObservedPod) 
         tracing::warn!(path = %log_dir.display(), error = %e, "cannot remove pod log directory");
     }
     // The pod's own files (hosts, termination messages) and anything a failed teardown left.
-    if let Err(e) = rt.volumes.teardown(&uid).await {
+    if cgroup_removed && let Err(e) = rt.volumes.teardown(&uid).await {
         tracing::warn!(pod = %pod_key(pod), error = %e, "cannot remove the pod's files");
     }
     ctx.status.remove(&uid);
