@@ -106,23 +106,47 @@ pub fn parse_cri_log_line(line: &str) -> Result<(&str, &str, &str)> {
     Ok((stream, tag, msg))
 }
 
-/// The cgroup directories of a pod (`/kubepods/besteffort/pod<uid>` in each cgroup v1 hierarchy,
-/// or once on cgroup v2).
+/// The cgroup directories of a pod (`/kubepods[/burstable|/besteffort]/pod<uid>` in each cgroup
+/// v1 hierarchy, or once on cgroup v2), under the cgroup root the test agents use.
 pub fn pod_cgroup_dirs(uid: &str) -> Vec<PathBuf> {
-    let pod = format!("kubepods/besteffort/pod{uid}");
-    let mut dirs = vec![Path::new("/sys/fs/cgroup").join(&pod)];
-    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
-        dirs.extend(hierarchies.flatten().map(|h| h.path().join(&pod)));
+    let mut hierarchies = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        hierarchies.extend(entries.flatten().map(|h| h.path()));
+    }
+    let mut dirs = Vec::new();
+    for qos in ["", "burstable/", "besteffort/"] {
+        let pod = format!("kubepods/{qos}pod{uid}");
+        dirs.extend(hierarchies.iter().map(|h| h.join(&pod)));
     }
     dirs.into_iter().filter(|d| d.is_dir()).collect()
 }
 
-/// runc leaves the pod's cgroup directories behind on cgroup v1 (the agent removes them in
-/// production); remove ours.
+/// A pod's cgroup directories that tests made through CRI alone, or that an agent killed by a
+/// test left (as kubelet, the agent removes them with the pod): removed with what is below them.
 pub fn remove_pod_cgroups(uid: &str) {
+    if uid.is_empty() {
+        return;
+    }
     for dir in pod_cgroup_dirs(uid) {
-        if let Err(err) = std::fs::remove_dir(&dir) {
-            eprintln!("cleanup: rmdir {}: {err}", dir.display());
+        let mut all = vec![dir.clone()];
+        let mut i = 0;
+        while i < all.len() {
+            if let Ok(entries) = std::fs::read_dir(&all[i]) {
+                all.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+            i += 1;
+        }
+        for d in all.iter().rev() {
+            if let Err(err) = std::fs::remove_dir(d)
+                && err.kind() != std::io::ErrorKind::NotFound
+            {
+                eprintln!("cleanup: rmdir {}: {err}", d.display());
+            }
         }
     }
 }

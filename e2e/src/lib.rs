@@ -733,6 +733,16 @@ impl Drop for Agent {
                 })
         });
         let _ = cleanup.join();
+        // The killed agent's pods (a directory each) keep their cgroups: they go with the pods
+        // only when the agent removes them.
+        if let Ok(pods) = std::fs::read_dir(self.dir.path().join("root/pods")) {
+            for uid in pods
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+            {
+                cri_checks::remove_pod_cgroups(&uid);
+            }
+        }
         unmount_under(self.dir.path());
     }
 }
