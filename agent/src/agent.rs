@@ -159,6 +159,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
     let server_state = ServerState {
         status: status.clone(),
         registry: Arc::new(metrics.registry()),
+        probes: Arc::new(metrics.probes_registry()),
         pleg: pleg_health.clone(),
         stats: stats.clone(),
     };

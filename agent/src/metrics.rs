@@ -199,8 +199,59 @@ impl Metrics {
             self.evictions.clone(),
         );
         self.shutdown.register(r);
-        self.prober.register(&mut root);
         root
+    }
+
+    /// `/metrics/probes`' registry, as kubelet's: the prober's two metrics (under their bare
+    /// names) and `process_start_time_seconds`.
+    pub fn probes_registry(&self) -> Registry {
+        let mut root = Registry::default();
+        self.prober.register(&mut root);
+        let start = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        start.set(process_start_time_seconds());
+        root.register(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            start,
+        );
+        root
+    }
+}
+
+/// When this process started, in seconds since the epoch: the boot time (`btime` in `/proc/stat`)
+/// plus the process's start in clock ticks after boot (`/proc/self/stat` field 22); now, where
+/// `/proc` cannot say.
+pub fn process_start_time_seconds() -> f64 {
+    let from_proc = || -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let (_, rest) = stat.rsplit_once(')')?;
+        let start_ticks: f64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+        let boot: f64 = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        let ticks = rustix::param::clock_ticks_per_second();
+        (ticks > 0).then(|| boot + start_ticks / ticks as f64)
+    };
+    from_proc().unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    })
+}
+
+/// The stability level component-base prints before a metric's help text: every metric the agent
+/// serves is `ALPHA` upstream but `prober_probe_total` (`BETA`); `/metrics/resource`' are
+/// `STABLE` and written there.
+fn stability(family: &str) -> &'static str {
+    match family {
+        "prober_probe_total" => "BETA",
+        _ => "ALPHA",
     }
 }
 
@@ -208,7 +259,8 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Encodes the registry for a scraper in the classic Prometheus text format (0.0.4), the only one
 /// kubelet serves (its handler does not offer OpenMetrics): a counter's metadata named as its
-/// samples, no `# EOF`. Every sample has kubelet's name: `kubelet_started_pods_total` (a
+/// samples, no `# EOF`, help texts after component-base's stability level (`[ALPHA] `) and as
+/// registered (prometheus-client's added period removed). Every sample has kubelet's name: `kubelet_started_pods_total` (a
 /// [`Counter`] registered as `started_pods`) and `kubelet_evictions` (an [`UnsuffixedCounter`]
 /// registered as `evictions`).
 pub fn encode(registry: &Registry) -> Result<(String, &'static str), std::fmt::Error> {
@@ -248,8 +300,16 @@ fn to_classic_text(openmetrics: &str) -> String {
                 .contains(name)
                 .then(|| format!("{prefix}{name}_total {tail}"))
         });
-        match renamed {
-            Some(l) => out.push_str(&l),
+        let line = renamed.as_deref().unwrap_or(line);
+        match line
+            .strip_prefix("# HELP ")
+            .and_then(|rest| rest.split_once(' '))
+        {
+            Some((name, help)) => {
+                // prometheus-client ends every help text with a period; kubelet's are as written.
+                let help = help.strip_suffix('.').unwrap_or(help);
+                out.push_str(&format!("# HELP {name} [{}] {help}", stability(name)));
+            }
             None => out.push_str(line),
         }
         out.push('\n');
@@ -286,5 +346,46 @@ mod tests {
         assert!(text.contains("kubelet_started_pods_total 1"), "{text}");
         assert!(text.contains("# TYPE kubelet_pod_start_duration_seconds histogram"));
         assert!(!text.contains("# EOF"));
+        assert!(
+            text.contains("# HELP kubelet_running_pods [ALPHA] Number of pods that have a running pod sandbox\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# HELP kubelet_started_pods_total [ALPHA] Cumulative number of pods started\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("prober_probe"), "on /metrics/probes: {text}");
+    }
+
+    #[test]
+    fn probes_registry_is_kubelets_metrics_probes() {
+        let m = Metrics::default();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        let (text, _) = encode(&m.probes_registry()).expect("encode");
+        assert!(!text.contains("kubelet_"), "{text}");
+        let start: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_start_time_seconds "))
+            .and_then(|v| v.parse().ok())
+            .expect("process_start_time_seconds");
+        // This test process started before the test did, and not days before (clock ticks are
+        // 1/100 s; boot time is whole seconds).
+        assert!(
+            start <= before + 1.0 && start > before - 86_400.0,
+            "{start} vs {before}"
+        );
+        assert!(
+            text.contains("# HELP process_start_time_seconds [ALPHA] Start time of the process since unix epoch in seconds.\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE process_start_time_seconds gauge"),
+            "{text}"
+        );
     }
 }

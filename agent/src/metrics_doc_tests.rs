@@ -1,8 +1,10 @@
-//! README's metrics list (between `<!-- metrics-list:begin -->` and `<!-- metrics-list:end -->`)
-//! is the agent's registry: every metric `/metrics` serves is listed with its name, type and
-//! labels as a scraper sees them in the classic text format, and nothing else is listed. And what
-//! is served is kubelet's: [`KUBELET`] lists upstream's names, types, labels and buckets
-//! (`pkg/kubelet/metrics/metrics.go`, `pkg/kubelet/prober/prober_manager.go`).
+//! README's metrics lists (between `<!-- metrics-list:begin -->` and `<!-- metrics-list:end -->`
+//! for `/metrics`, `<!-- probe-metrics-list:…` for `/metrics/probes`) are the agent's registries:
+//! every metric an endpoint serves is listed with its name, type and labels as a scraper sees them
+//! in the classic text format, and nothing else is listed. And what is served is kubelet's:
+//! [`KUBELET`] and [`KUBELET_PROBES`] list upstream's names, types, labels, buckets and stability
+//! levels (`pkg/kubelet/metrics/metrics.go`, `pkg/kubelet/prober/prober_manager.go`,
+//! `pkg/kubelet/server/server.go`).
 //!
 //! prometheus-client leaves a family with no series out of the encoding altogether (no `# TYPE`
 //! line), so a label family is only served after its first use. The test gives every family one
@@ -23,8 +25,10 @@ use crate::nodeshutdown::ShutdownMetrics;
 use crate::prober::metrics::{ProbeDurationLabels, ProbeMetrics, ProbeResultLabels};
 
 const README: &str = include_str!("../../README.md");
-const BEGIN: &str = "<!-- metrics-list:begin -->";
-const END: &str = "<!-- metrics-list:end -->";
+/// README's list of `/metrics`.
+const METRICS_LIST: &str = "metrics-list";
+/// README's list of `/metrics/probes`.
+const PROBES_LIST: &str = "probe-metrics-list";
 
 /// One metric as served or as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,12 +162,19 @@ fn served(text: &str) -> BTreeMap<String, Entry> {
     out
 }
 
-/// README's list: table rows `` | `name` | type | `label`, `label` | what | `` (`—`: no labels).
-fn documented() -> BTreeMap<String, Entry> {
-    assert_eq!(README.matches(BEGIN).count(), 1, "README needs one {BEGIN}");
-    assert_eq!(README.matches(END).count(), 1, "README needs one {END}");
-    let (_, rest) = README.split_once(BEGIN).unwrap_or_default();
-    let (list, _) = rest.split_once(END).unwrap_or_default();
+/// A README list: table rows `` | `name` | type | `label`, `label` | what | `` (`—`: no labels)
+/// between `<!-- {marker}:begin -->` and `<!-- {marker}:end -->`.
+fn documented(marker: &str) -> BTreeMap<String, Entry> {
+    let begin = format!("<!-- {marker}:begin -->");
+    let end = format!("<!-- {marker}:end -->");
+    assert_eq!(
+        README.matches(&begin).count(),
+        1,
+        "README needs one {begin}"
+    );
+    assert_eq!(README.matches(&end).count(), 1, "README needs one {end}");
+    let (_, rest) = README.split_once(&begin).unwrap_or_default();
+    let (list, _) = rest.split_once(&end).unwrap_or_default();
     let mut out = BTreeMap::new();
     for row in list.lines().filter(|l| l.starts_with("| `")) {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
@@ -201,12 +212,21 @@ async fn label_families_are_served_only_once_used() {
 }
 
 #[tokio::test]
-async fn readme_metrics_list_is_the_registry() {
-    let registry = used_metrics().await.registry();
-    let (text, _) = metrics::encode(&registry).expect("encode");
+async fn readme_metrics_lists_are_the_registries() {
+    let used = used_metrics().await;
+    for (registry, marker) in [
+        (used.registry(), METRICS_LIST),
+        (used.probes_registry(), PROBES_LIST),
+    ] {
+        readme_list_is(&registry, marker);
+    }
+}
+
+fn readme_list_is(registry: &prometheus_client::registry::Registry, marker: &str) {
+    let (text, _) = metrics::encode(registry).expect("encode");
     let served = served(&text);
-    let documented = documented();
-    assert!(!documented.is_empty(), "README's metrics list has no rows");
+    let documented = documented(marker);
+    assert!(!documented.is_empty(), "README's {marker} has no rows");
     let mut problems = Vec::new();
     for (name, entry) in &served {
         match documented.get(name) {
@@ -222,17 +242,18 @@ async fn readme_metrics_list_is_the_registry() {
     }
     assert!(
         problems.is_empty(),
-        "README's metrics list and the registry disagree:\n{}",
+        "README's {marker} and the registry disagree:\n{}",
         problems.join("\n")
     );
 }
 
-/// kubelet's metric: name, type, label names and (histograms) bucket bounds.
+/// kubelet's metric: name, type, label names, (histograms) bucket bounds and stability level.
 struct Kubelet {
     name: &'static str,
     kind: &'static str,
     labels: &'static [&'static str],
     buckets: Buckets,
+    stability: &'static str,
 }
 
 /// A histogram's bounds: literal, or kubelet's `metrics.ExponentialBuckets(.005, 2.5, 14)`.
@@ -263,7 +284,13 @@ const fn metric(
         kind,
         labels,
         buckets: Buckets::None,
+        stability: "ALPHA",
     }
+}
+
+/// `k` at another stability level than `ALPHA`.
+const fn at(stability: &'static str, k: Kubelet) -> Kubelet {
+    Kubelet { stability, ..k }
 }
 
 const fn histogram(
@@ -276,6 +303,7 @@ const fn histogram(
         kind: "histogram",
         labels,
         buckets,
+        stability: "ALPHA",
     }
 }
 
@@ -349,23 +377,31 @@ const KUBELET: &[Kubelet] = &[
     metric("kubelet_evictions", "counter", &["eviction_signal"]),
     metric("kubelet_graceful_shutdown_start_time_seconds", "gauge", &[]),
     metric("kubelet_graceful_shutdown_end_time_seconds", "gauge", &[]),
-    metric(
-        "prober_probe_total",
-        "counter",
-        &[
-            "probe_type",
-            "result",
-            "container",
-            "pod",
-            "namespace",
-            "pod_uid",
-        ],
+];
+
+/// What kubelet serves on `/metrics/probes`.
+const KUBELET_PROBES: &[Kubelet] = &[
+    at(
+        "BETA",
+        metric(
+            "prober_probe_total",
+            "counter",
+            &[
+                "probe_type",
+                "result",
+                "container",
+                "pod",
+                "namespace",
+                "pod_uid",
+            ],
+        ),
     ),
     histogram(
         "prober_probe_duration_seconds",
         &["probe_type", "container", "pod", "namespace"],
         DEF_BUCKETS,
     ),
+    metric("process_start_time_seconds", "gauge", &[]),
 ];
 
 /// The `le` bounds a histogram's `_bucket` samples carry, `+Inf` left out, in order of appearance
@@ -396,22 +432,29 @@ fn sample_names(text: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn every_served_metric_is_kubelets_name_type_labels_and_buckets() {
-    let registry = used_metrics().await.registry();
-    {
+    let used = used_metrics().await;
+    for (registry, kubelet) in [
+        (used.registry(), KUBELET),
+        (used.probes_registry(), KUBELET_PROBES),
+    ] {
         let (text, _) = metrics::encode(&registry).expect("encode");
         let family = |k: &Kubelet| k.name;
         let served = served(&text);
         let mut problems = Vec::new();
-        let kubelet: BTreeSet<&str> = KUBELET.iter().map(family).collect();
-        for name in served.keys().filter(|n| !kubelet.contains(n.as_str())) {
+        let names: BTreeSet<&str> = kubelet.iter().map(family).collect();
+        for name in served.keys().filter(|n| !names.contains(n.as_str())) {
             problems.push(format!("served, not a kubelet metric: {name}"));
         }
         let samples = sample_names(&text);
-        for k in KUBELET {
+        for k in kubelet {
             let Some(entry) = served.get(family(k)) else {
                 problems.push(format!("kubelet's {} is not served", k.name));
                 continue;
             };
+            let help = format!("# HELP {} [{}] ", k.name, k.stability);
+            if !text.lines().any(|l| l.starts_with(&help)) {
+                problems.push(format!("{}: no help line starting {help:?}", k.name));
+            }
             if entry.kind != k.kind {
                 problems.push(format!(
                     "{}: type {} (kubelet: {})",
@@ -456,7 +499,7 @@ async fn every_served_metric_is_kubelets_name_type_labels_and_buckets() {
         let stray: Vec<&String> = samples
             .iter()
             .filter(|s| {
-                !KUBELET.iter().any(|k| {
+                !kubelet.iter().any(|k| {
                     *s == k.name
                         || (k.kind == "histogram"
                             && ["_bucket", "_sum", "_count"]

@@ -303,7 +303,8 @@ def monitor_common(r, spec, endpoints_key):
     check(spec.get("selector", {}).get("matchLabels") == r.ds["spec"]["selector"]["matchLabels"], f"selector {spec.get('selector')}")
     check(spec.get("namespaceSelector") == {"matchNames": [r.namespace]}, f"namespaceSelector {spec.get('namespaceSelector')}")
     eps = spec.get(endpoints_key, [])
-    check(len(eps) == 1 and eps[0].get("port") == "read-only" and eps[0].get("path") == "/metrics" and eps[0].get("scheme") == "http",
+    check([e.get("path") for e in eps] == ["/metrics", "/metrics/probes"]
+          and all(e.get("port") == "read-only" and e.get("scheme") == "http" for e in eps),
           f"{endpoints_key} {eps}")
     ports = {p["name"]: p for p in r.container.get("ports", [])}
     check(ports.get("read-only", {}).get("containerPort") == r.config().get("readOnlyPort"), f"ports {ports}")

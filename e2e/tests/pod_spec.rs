@@ -447,6 +447,26 @@ async fn probes_flip_readiness_and_restart_on_liveness_failure() -> anyhow::Resu
             .any(|m| m == "Killing: Container main failed liveness probe, will be restarted"),
         "{messages:#?}"
     );
+    // The probes counted where kubelet serves them (`/metrics/probes`, not `/metrics`), while the
+    // pod's probe workers live.
+    let probes = agent.get("/metrics/probes").await?;
+    for series in [
+        format!(
+            "prober_probe_total{{probe_type=\"Liveness\",result=\"failed\",container=\"main\",pod=\"{name}\",namespace=\"default\""
+        ),
+        format!(
+            "prober_probe_total{{probe_type=\"Readiness\",result=\"successful\",container=\"main\",pod=\"{name}\",namespace=\"default\""
+        ),
+        "# HELP prober_probe_total [BETA] ".to_string(),
+        "process_start_time_seconds ".to_string(),
+    ] {
+        assert!(
+            probes.contains(&series),
+            "no {series:?} in /metrics/probes:\n{probes}"
+        );
+    }
+    let metrics = agent.get("/metrics").await?;
+    assert!(!metrics.contains("prober_probe_total"), "{metrics}");
     cluster.delete_pod("default", &name).await?;
     Ok(())
 }

@@ -68,7 +68,7 @@ mod tests {
                 eviction_signal: "memory.available",
             })
             .inc();
-        let expected = "# HELP kubelet_evictions Cumulative number of pod evictions by eviction signal.\n\
+        let expected = "# HELP kubelet_evictions [ALPHA] Cumulative number of pod evictions by eviction signal\n\
                         # TYPE kubelet_evictions counter\n\
                         kubelet_evictions{eviction_signal=\"memory.available\"} 1\n";
         let (text, _) = crate::metrics::encode(&registry).expect("encode");

@@ -101,6 +101,7 @@ mod tests {
                 base: super::super::ServerState {
                     status: crate::status::StatusManager::default(),
                     registry: Arc::new(metrics.registry()),
+                    probes: Arc::new(metrics.probes_registry()),
                     pleg: crate::pleg::PlegHealth::default(),
                     stats: crate::stats::tests::unreachable_provider(),
                 },

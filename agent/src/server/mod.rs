@@ -1,5 +1,6 @@
 //! kubelet's HTTP endpoints: `/healthz` on the healthz port; on the read-only port `/healthz`,
-//! `/pods` (a v1 PodList with live status), `/metrics` and `/stats/summary` ([`stats_summary`]);
+//! `/pods` (a v1 PodList with live status), `/metrics`, `/metrics/probes` and `/stats/summary`
+//! ([`stats_summary`]);
 //! and the kubelet port ([`api`]: TLS, authenticated, with logs, exec, attach and port-forward as
 //! well, and [`configz`]).
 
@@ -29,6 +30,8 @@ use crate::status::StatusManager;
 pub struct ServerState {
     pub status: StatusManager,
     pub registry: Arc<Registry>,
+    /// `/metrics/probes`' registry.
+    pub probes: Arc<Registry>,
     pub pleg: PlegHealth,
     /// `/stats/summary`.
     pub stats: crate::stats::StatsProvider,
@@ -56,7 +59,15 @@ async fn pods(State(state): State<ServerState>) -> Response {
 }
 
 async fn metrics_handler(State(state): State<ServerState>) -> Response {
-    match metrics::encode(&state.registry) {
+    serve_metrics(&state.registry)
+}
+
+async fn probe_metrics_handler(State(state): State<ServerState>) -> Response {
+    serve_metrics(&state.probes)
+}
+
+fn serve_metrics(registry: &Registry) -> Response {
+    match metrics::encode(registry) {
         Ok((body, content_type)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics").into_response(),
     }
@@ -76,6 +87,7 @@ pub fn read_only_router(state: ServerState) -> Router {
         .route("/pods", get(pods))
         .route("/pods/", get(pods))
         .route("/metrics", get(metrics_handler))
+        .route("/metrics/probes", get(probe_metrics_handler))
         .route("/stats/summary", get(stats_summary::handler))
         .with_state(state)
 }
@@ -92,6 +104,7 @@ mod tests {
         ServerState {
             status: StatusManager::default(),
             registry: Arc::new(m.registry()),
+            probes: Arc::new(m.probes_registry()),
             pleg: PlegHealth::default(),
             stats: crate::stats::tests::unreachable_provider(),
         }
@@ -143,5 +156,9 @@ mod tests {
         let (code, body) = get_body(read_only_router(state()), "/metrics").await;
         assert_eq!(code, StatusCode::OK);
         assert!(body.contains("kubelet_running_pods"), "{body}");
+        let (code, body) = get_body(read_only_router(state()), "/metrics/probes").await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("process_start_time_seconds "), "{body}");
+        assert!(!body.contains("kubelet_running_pods"), "{body}");
     }
 }

@@ -1176,6 +1176,7 @@ fn server_state(stats: StatsProvider) -> crate::server::ServerState {
     crate::server::ServerState {
         status: crate::status::StatusManager::default(),
         registry: std::sync::Arc::new(crate::metrics::Metrics::default().registry()),
+        probes: std::sync::Arc::new(crate::metrics::Metrics::default().probes_registry()),
         pleg: crate::pleg::PlegHealth::default(),
         stats,
     }
