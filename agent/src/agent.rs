@@ -145,6 +145,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
     let (pressure_tx, pressure) = crate::eviction::PressureView::channel();
     // Whether the node is shutting down: the node status and pod admission read it.
     let (shutdown_switch, shutdown) = crate::nodeshutdown::channel();
+    let cgroup_settings = crate::cm::setup::settings(config, &options.cgroup_mount)?;
     let stats = crate::stats::StatsProvider::new(
         cri.clone(),
         crate::stats::StatsConfig {
@@ -152,7 +153,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
             root_dir: options.root_dir.clone(),
             pod_logs_dir: config.pod_logs_dir.clone(),
             cgroup_mount: options.cgroup_mount.clone(),
-            cgroup_root: config.cgroup_root.clone(),
+            cgroups: cgroup_settings.clone(),
             host: crate::node::host::HostPaths::default(),
         },
     );
@@ -180,7 +181,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         node = %options.node_name,
         "connected to container runtime"
     );
-    let cgroups = crate::cm::setup::start(&cri, config, &options.cgroup_mount).await?;
+    let cgroups = crate::cm::setup::start(&cri, config, &cgroup_settings).await?;
 
     // Sources: the static pod folder and, joined to a cluster, the API server.
     let (file_tx, file_rx) = watch::channel(PodSet::default());

@@ -111,17 +111,6 @@ fn pod_level_qos(
     })
 }
 
-/// The pod's cgroup parent under `cgroup_root` (kubelet's cgroupRoot, "/" by default).
-pub fn pod_cgroup_parent(pod: &Pod, cgroup_root: &str) -> String {
-    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-    let root = cgroup_root.trim_end_matches('/');
-    match qos_class(pod) {
-        QosClass::Guaranteed => format!("{root}/kubepods/pod{uid}"),
-        QosClass::Burstable => format!("{root}/kubepods/burstable/pod{uid}"),
-        QosClass::BestEffort => format!("{root}/kubepods/besteffort/pod{uid}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,24 +200,5 @@ mod tests {
                 "{pod_resources}"
             );
         }
-    }
-
-    #[test]
-    fn cgroup_parent_by_qos() {
-        assert_eq!(
-            pod_cgroup_parent(&pod(serde_json::json!({})), "/"),
-            "/kubepods/besteffort/podu1"
-        );
-        assert_eq!(
-            pod_cgroup_parent(&pod(serde_json::json!({"requests": {"cpu": "1"}})), "/"),
-            "/kubepods/burstable/podu1"
-        );
-        assert_eq!(
-            pod_cgroup_parent(
-                &pod(serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}})),
-                "/mk"
-            ),
-            "/mk/kubepods/podu1"
-        );
     }
 }

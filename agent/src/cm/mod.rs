@@ -79,6 +79,34 @@ pub struct CgroupSettings {
     pub mount: PathBuf,
 }
 
+impl CgroupSettings {
+    fn root(&self) -> CgroupName {
+        CgroupName::parse(&self.cgroup_root, self.driver)
+    }
+
+    /// `kubepods`' directory below each hierarchy's mount point.
+    pub fn kubepods_dir(&self) -> String {
+        self.root().child("kubepods").to_dir(self.driver)
+    }
+
+    /// The directories pod `uid`'s cgroup has under each QoS class (kubelet's
+    /// `GetPodContainerName` for each), when only its UID is known; none without `cgroupsPerQOS`.
+    pub fn pod_dir_candidates(&self, uid: &str) -> Vec<String> {
+        if !self.cgroups_per_qos || uid.is_empty() {
+            return Vec::new();
+        }
+        let kubepods = self.root().child("kubepods");
+        [
+            kubepods.clone(),
+            kubepods.child("burstable"),
+            kubepods.child("besteffort"),
+        ]
+        .into_iter()
+        .map(|qos| qos.child(format!("pod{uid}")).to_dir(self.driver))
+        .collect()
+    }
+}
+
 /// This node's pod cgroups. Cheap to clone; shared by the pod workers.
 #[derive(Debug, Clone)]
 pub struct PodCgroups {
@@ -88,6 +116,7 @@ pub struct PodCgroups {
 #[derive(Debug)]
 struct Inner {
     fs: CgroupFs,
+    settings: CgroupSettings,
     driver: CgroupDriver,
     root: CgroupName,
     per_qos: bool,
@@ -101,6 +130,7 @@ impl PodCgroups {
         Self {
             inner: Arc::new(Inner {
                 fs: CgroupFs::detect(&settings.mount),
+                settings: settings.clone(),
                 driver: settings.driver,
                 root: CgroupName::parse(&settings.cgroup_root, settings.driver),
                 per_qos: settings.cgroups_per_qos,
@@ -282,12 +312,7 @@ impl PodCgroups {
         }
         self.track(uid, None)?;
         let mut result = Ok(false);
-        for class in [
-            QosClass::Guaranteed,
-            QosClass::Burstable,
-            QosClass::BestEffort,
-        ] {
-            let dir = self.dir(&self.qos_cgroup(class).child(format!("pod{uid}")));
+        for dir in self.inner.settings.pod_dir_candidates(uid) {
             if self.inner.fs.all_dirs(&dir).iter().all(|d| !d.is_dir()) {
                 continue;
             }

@@ -20,20 +20,29 @@ async fn runtime_driver(cri: &CriClient) -> Option<CgroupDriver> {
     }
 }
 
-/// Checks the driver and makes the QoS cgroups; the pods' cgroups are made by the pod workers.
-pub async fn start(
-    cri: &CriClient,
+/// The node's cgroup layout as configured (`cgroupDriver`, `cgroupRoot`, `cgroupsPerQOS`), the
+/// cgroup filesystem at `mount`.
+pub fn settings(
     config: &KubeletConfiguration,
     mount: &std::path::Path,
-) -> Result<PodCgroups, CgroupError> {
-    let configured: CgroupDriver = config.cgroup_driver.parse()?;
-    let driver = CgroupDriver::reconcile(configured, runtime_driver(cri).await)?;
-    let cgroups = PodCgroups::new(&CgroupSettings {
-        driver,
+) -> Result<CgroupSettings, CgroupError> {
+    Ok(CgroupSettings {
+        driver: config.cgroup_driver.parse()?,
         cgroup_root: config.cgroup_root.clone(),
         cgroups_per_qos: config.cgroups_per_qos,
         mount: mount.to_path_buf(),
-    });
+    })
+}
+
+/// Checks the configured driver against the runtime's and makes the QoS cgroups; the pods'
+/// cgroups are made by the pod workers.
+pub async fn start(
+    cri: &CriClient,
+    config: &KubeletConfiguration,
+    settings: &CgroupSettings,
+) -> Result<PodCgroups, CgroupError> {
+    CgroupDriver::reconcile(settings.driver, runtime_driver(cri).await)?;
+    let cgroups = PodCgroups::new(settings);
     let allocatable = if config.enforce_node_allocatable.iter().any(|e| e == "pods") {
         let host = read_host_info(&HostPaths::default());
         let kube = parse_reserved("kubeReserved", &config.kube_reserved)?;

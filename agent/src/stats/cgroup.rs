@@ -3,9 +3,9 @@
 //! cAdvisor does: the working set is usage less inactive file pages (`total_inactive_file` on v1,
 //! `inactive_file` on v2).
 //!
-//! To read a pod's memory: `memory(&memory_dir(cgroup_mount, &qos::pod_cgroup_parent(pod, cgroup_root)))`,
-//! where `cgroup_mount` is the agent's `--cgroup-mount` (default `/sys/fs/cgroup`) and `cgroup_root` is the
-//! KubeletConfiguration's `cgroupRoot`.
+//! To read a pod's memory: `memory(&memory_dir(cgroup_mount, dir))`, where `cgroup_mount` is the
+//! agent's `--cgroup-mount` (default `/sys/fs/cgroup`) and `dir` the pod cgroup's directory in the
+//! driver's form (`crate::cm::CgroupSettings::pod_dir_candidates`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -190,28 +190,19 @@ pub fn process_count(dir: &Path) -> Result<u64, CgroupError> {
     Ok(count)
 }
 
-/// The memory figures of `pod`'s cgroup (the pod cgroup kubelet's cgroupfs layout gives it under
-/// `cgroup_root`).
-pub fn pod_memory(
+/// The directory of the pod with UID `uid` when only the UID is known: whichever of its QoS
+/// classes' places (in the driver's form: `/kubepods/burstable/pod<uid>`, or
+/// `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`) exists in the
+/// memory hierarchy.
+pub fn find_pod_cgroup_dir(
     cgroup_mount: &Path,
-    cgroup_root: &str,
-    pod: &k8s_openapi::api::core::v1::Pod,
-) -> Result<MemoryUsage, CgroupError> {
-    memory(&memory_dir(
-        cgroup_mount,
-        &crate::qos::pod_cgroup_parent(pod, cgroup_root),
-    ))
-}
-
-/// The cgroup parent of the pod with UID `uid` when only the UID is known: whichever of the three
-/// QoS places (`kubepods/pod<uid>`, `kubepods/burstable/pod<uid>`, `kubepods/besteffort/pod<uid>`
-/// under `cgroup_root`) exists in the memory hierarchy.
-pub fn find_pod_cgroup_parent(cgroup_mount: &Path, cgroup_root: &str, uid: &str) -> Option<String> {
-    let root = cgroup_root.trim_end_matches('/');
-    ["", "/burstable", "/besteffort"]
-        .iter()
-        .map(|qos| format!("{root}/kubepods{qos}/pod{uid}"))
-        .find(|parent| memory_dir(cgroup_mount, parent).is_dir())
+    layout: &crate::cm::CgroupSettings,
+    uid: &str,
+) -> Option<String> {
+    layout
+        .pod_dir_candidates(uid)
+        .into_iter()
+        .find(|dir| memory_dir(cgroup_mount, dir).is_dir())
 }
 
 fn read(path: &Path) -> Result<String, CgroupError> {

@@ -64,8 +64,8 @@ pub struct StatsConfig {
     pub pod_logs_dir: PathBuf,
     /// Where cgroupfs is mounted (`/sys/fs/cgroup`).
     pub cgroup_mount: PathBuf,
-    /// KubeletConfiguration `cgroupRoot`.
-    pub cgroup_root: String,
+    /// The pods' cgroup layout (`cgroupDriver`, `cgroupRoot`, `cgroupsPerQOS`).
+    pub cgroups: crate::cm::CgroupSettings,
     pub host: HostPaths,
 }
 
@@ -281,7 +281,7 @@ impl Inner {
         });
         let memory = node::root_memory(&config.cgroup_mount, &config.host)
             .map(|m| memory_of_cgroup(&m, time.clone()));
-        let pods_parent = format!("{}/kubepods", config.cgroup_root.trim_end_matches('/'));
+        let pods_parent = config.cgroups.kubepods_dir();
         let pods_dir = cgroup::memory_dir(&config.cgroup_mount, &pods_parent);
         let system_containers = match std::fs::metadata(&pods_dir) {
             Ok(meta) => {
@@ -421,7 +421,7 @@ impl Inner {
 
 /// The pod cgroup's figures (process count only when `processes`), found by the pod's UID.
 fn read_pod_cgroup(config: &StatsConfig, uid: &str, processes: bool) -> Option<PodCgroup> {
-    let parent = cgroup::find_pod_cgroup_parent(&config.cgroup_mount, &config.cgroup_root, uid)?;
+    let parent = cgroup::find_pod_cgroup_dir(&config.cgroup_mount, &config.cgroups, uid)?;
     let memory_dir = cgroup::memory_dir(&config.cgroup_mount, &parent);
     Some(PodCgroup {
         cpu_nanos: cgroup::cpu_usage_nanos(&cgroup::cpu_dir(&config.cgroup_mount, &parent)).ok(),

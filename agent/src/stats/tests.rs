@@ -2,6 +2,7 @@
 //! container-stats fallback with pod cgroups), CPU rates, the filesystem walks, and a whole scrape
 //! over the fake CRI runtime with recorded cgroup files, logs and volumes in a temporary tree.
 
+use crate::cm::{CgroupDriver, CgroupSettings};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -42,7 +43,7 @@ pub(crate) fn unreachable_provider() -> StatsProvider {
             root_dir: "/nonexistent".into(),
             pod_logs_dir: "/nonexistent/logs".into(),
             cgroup_mount: "/nonexistent/cgroup".into(),
-            cgroup_root: "/".into(),
+            cgroups: layout(Path::new("/nonexistent/cgroup"), CgroupDriver::Cgroupfs),
             host: HostPaths::under(Path::new("/nonexistent")),
         },
     )
@@ -868,14 +869,37 @@ fn process_count_and_pod_cgroup_lookup() {
     std::fs::write(pod.join("cgroup.procs"), "").expect("write");
     std::fs::write(pod.join("ctr1/cgroup.procs"), "10\n11\n").expect("write");
     assert_eq!(cgroup::process_count(&pod).expect("count"), 2);
+    let cgroupfs = layout(mount.path(), CgroupDriver::Cgroupfs);
     assert_eq!(
-        cgroup::find_pod_cgroup_parent(mount.path(), "/", "u1").as_deref(),
+        cgroup::find_pod_cgroup_dir(mount.path(), &cgroupfs, "u1").as_deref(),
         Some("/kubepods/burstable/podu1")
     );
     assert_eq!(
-        cgroup::find_pod_cgroup_parent(mount.path(), "/", "u2"),
+        cgroup::find_pod_cgroup_dir(mount.path(), &cgroupfs, "u2"),
         None
     );
+    // With the systemd driver the pod's cgroup is a slice, its UID's dashes written as `_`.
+    let slice = "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podu_3.slice";
+    std::fs::create_dir_all(mount.path().join("memory").join(slice)).expect("mkdir");
+    let systemd = layout(mount.path(), CgroupDriver::Systemd);
+    assert_eq!(
+        cgroup::find_pod_cgroup_dir(mount.path(), &systemd, "u-3"),
+        Some(format!("/{slice}"))
+    );
+    assert_eq!(
+        cgroup::find_pod_cgroup_dir(mount.path(), &systemd, "u1"),
+        None
+    );
+    assert_eq!(systemd.kubepods_dir(), "/kubepods.slice");
+}
+
+fn layout(mount: &Path, driver: CgroupDriver) -> CgroupSettings {
+    CgroupSettings {
+        driver,
+        cgroup_root: "/".into(),
+        cgroups_per_qos: true,
+        mount: mount.to_path_buf(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -910,7 +934,7 @@ impl Harness {
                 root_dir: root.join("root"),
                 pod_logs_dir: root.join("logs"),
                 cgroup_mount: root.join("cgroup"),
-                cgroup_root: "/".into(),
+                cgroups: layout(&root.join("cgroup"), CgroupDriver::Cgroupfs),
                 host: HostPaths::under(&root.join("host")),
             },
         );
