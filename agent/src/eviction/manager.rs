@@ -323,7 +323,14 @@ impl EvictionManager {
     /// (and its clean-up) the next pass runs at once, as kubelet's.
     pub async fn run(mut self, cancel: CancellationToken) {
         tracing::info!(
-            thresholds = ?self.config.thresholds.0,
+            thresholds = %self
+                .config
+                .thresholds
+                .0
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
             period = ?self.config.monitoring_period,
             transition = ?self.config.pressure_transition_period,
             "eviction manager: starting control loop"

@@ -1823,3 +1823,24 @@ async fn the_loop_observes_every_monitoring_period_and_stops_when_cancelled() {
         .expect("no panic");
     node.stop().await;
 }
+
+#[test]
+fn thresholds_print_as_the_configuration_writes_them() {
+    let all = EvictionThresholds::parse_all(
+        &map(&[("memory.available", "100Mi"), ("nodefs.available", "15%")]),
+        &map(&[("memory.available", "500Mi")]),
+        &map(&[("memory.available", "1m30s")]),
+        &map(&[]),
+    )
+    .expect("thresholds");
+    let mut printed: Vec<String> = all.0.iter().map(ToString::to_string).collect();
+    printed.sort();
+    assert_eq!(
+        printed,
+        [
+            "memory.available<100Mi",
+            "memory.available<500Mi for 90s",
+            "nodefs.available<15%",
+        ]
+    );
+}

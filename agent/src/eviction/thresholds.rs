@@ -180,6 +180,31 @@ impl ThresholdValue {
     }
 }
 
+/// As the configuration writes it: `100Mi`, `10%`.
+impl std::fmt::Display for ThresholdValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ThresholdValue::Quantity(q) => write!(f, "{q}"),
+            // Stored as f32: 0.15 is 0.150000006; three decimals of a percent are what is meant.
+            ThresholdValue::Percentage(p) => {
+                write!(f, "{}%", (f64::from(*p) * 100_000.0).round() / 1000.0)
+            }
+        }
+    }
+}
+
+/// As kubelet's flags write it: `memory.available<100Mi`, with a soft threshold's grace period
+/// after it (`memory.available<500Mi for 1m30s`).
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}<{}", self.signal.as_str(), self.value)?;
+        if !self.is_hard() {
+            write!(f, " for {:?}", self.grace_period)?;
+        }
+        Ok(())
+    }
+}
+
 /// One eviction threshold (`evictionapi.Threshold`; the operator is always `LessThan`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Threshold {
