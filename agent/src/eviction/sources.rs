@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, watch};
 use super::manager::{NodeReclaim, ObserveError, ReclaimError, StatsSource};
 use crate::container_gc::ContainerGc;
 use crate::image_gc::GcError;
-use crate::image_gc::manager::{classify, sandbox_images};
+use crate::image_gc::manager::list_images;
 use crate::image_gc::policy::{ImageRecords, ImageState};
 use crate::sources::PodSet;
 use crate::stats::StatsProvider;
@@ -110,24 +110,7 @@ impl ImageReclaim {
 
     /// Lists the images and records them (first seen now, unless seen before).
     pub async fn detect(&self) -> Result<Vec<ImageState>, GcError> {
-        let images = self
-            .cri
-            .list_images(api::ListImagesRequest { filter: None })
-            .await
-            .map_err(GcError::ListImages)?
-            .images;
-        let containers = self
-            .cri
-            .list_containers(api::ListContainersRequest { filter: None })
-            .await
-            .map_err(GcError::ListContainers)?
-            .containers;
-        let status = self
-            .cri
-            .status(api::StatusRequest { verbose: true })
-            .await
-            .map_err(GcError::Status)?;
-        let listed = classify(&images, &containers, &sandbox_images(&status.info));
+        let listed = list_images(&self.cri).await?;
         Ok(self.records.lock().await.detect(&listed, SystemTime::now()))
     }
 

@@ -154,6 +154,30 @@ fn image_names(image: &api::Image) -> impl Iterator<Item = String> + '_ {
         .map(normalize_reference)
 }
 
+/// The runtime's images, classified against every container of the runtime (of any node, in any
+/// state) and the sandbox images its status names.
+pub async fn list_images(cri: &CriClient) -> Result<Vec<ListedImage>, GcError> {
+    let images = cri
+        .list_images(api::ListImagesRequest { filter: None })
+        .await
+        .map_err(GcError::ListImages)?
+        .images;
+    let containers = cri
+        .list_containers(api::ListContainersRequest { filter: None })
+        .await
+        .map_err(GcError::ListContainers)?
+        .containers;
+    let status = cri
+        .status(api::StatusRequest { verbose: true })
+        .await
+        .map_err(GcError::Status)?;
+    Ok(classify(
+        &images,
+        &containers,
+        &sandbox_images(&status.info),
+    ))
+}
+
 /// The images a round sees: in use when a container's image (its ID or the reference it was
 /// created from) names it; protected when pinned or one of the sandbox images.
 pub fn classify(
@@ -276,26 +300,7 @@ impl ImageGcManager {
 
     /// One round at `now`: detect, remove old images, then free space if over the threshold.
     pub async fn garbage_collect(&mut self, now: SystemTime) -> Result<Round, GcError> {
-        let images = self
-            .cri
-            .list_images(api::ListImagesRequest { filter: None })
-            .await
-            .map_err(GcError::ListImages)?
-            .images;
-        // Every container of the runtime, of any node and in any state.
-        let containers = self
-            .cri
-            .list_containers(api::ListContainersRequest { filter: None })
-            .await
-            .map_err(GcError::ListContainers)?
-            .containers;
-        let status = self
-            .cri
-            .status(api::StatusRequest { verbose: true })
-            .await
-            .map_err(GcError::Status)?;
-        let sandbox = sandbox_images(&status.info);
-        let listed = classify(&images, &containers, &sandbox);
+        let listed = list_images(&self.cri).await?;
         let states = self.records.detect(&listed, now);
         let mut round = Round {
             images: states.len(),
