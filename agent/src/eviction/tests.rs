@@ -1187,10 +1187,9 @@ mod node {
 
     use crate::kuberuntime::labels;
     use crate::metrics::Metrics;
-    use crate::pleg::Relist;
 
-    use crate::pod_workers::test_context::{TestContext, test_context};
-    use crate::pod_workers::{KillRequest, PodKiller, PodWorkers};
+    use crate::pod_workers::PodKiller;
+    use crate::pod_workers::test_context::{RunningNode, TestContext, run_node, test_context};
 
     use crate::sources::PodSet;
     use crate::status::StatusManager;
@@ -1198,8 +1197,6 @@ mod node {
     pub const NODE: &str = "eviction-node";
     /// kubelet's PLEG relist period.
     const RELIST: Duration = Duration::from_secs(1);
-    /// kubelet's housekeeping period.
-    const HOUSEKEEPING: Duration = Duration::from_secs(2);
     /// A pod's start: a relist to be seen, a turn, a relist to see the result.
     pub const CONVERGE: Duration = Duration::from_secs(5);
 
@@ -1215,46 +1212,6 @@ mod node {
         driver: JoinHandle<()>,
         _server: ServerHandle,
         _dir: tempfile::TempDir,
-    }
-
-    struct Driver {
-        workers: PodWorkers,
-        finished: mpsc::UnboundedReceiver<String>,
-        desired: watch::Receiver<PodSet>,
-        events: mpsc::Receiver<String>,
-        probes: mpsc::UnboundedReceiver<String>,
-        relists: watch::Receiver<Option<Relist>>,
-        kills: mpsc::UnboundedReceiver<KillRequest>,
-    }
-
-    impl Driver {
-        async fn run(mut self, cancel: CancellationToken) {
-            let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    changed = self.desired.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        let set = self.desired.borrow_and_update().clone();
-                        self.workers.update(&set);
-                    }
-                    Some(uid) = self.events.recv() => self.workers.wake(&uid),
-                    Some(uid) = self.probes.recv() => self.workers.wake_for_probe(&uid),
-                    Some(uid) = self.finished.recv() => self.workers.on_finished(&uid),
-                    Some(request) = self.kills.recv() => {
-                        let _ = request.reply.send(self.workers.kill(&request.uid, request.kill));
-                    }
-                    _ = housekeeping.tick() => {
-                        let relist = self.relists.borrow().clone();
-                        if let Some(relist) = relist {
-                            self.workers.clean_up_orphans(&relist.pods);
-                        }
-                    }
-                }
-            }
-        }
     }
 
     impl TestNode {
@@ -1275,22 +1232,11 @@ mod node {
                 pleg,
             } = test_context(&endpoint, root, NODE, events.clone(), RELIST, false);
             let cancel = CancellationToken::new();
-            let (events_tx, events_rx) = mpsc::channel(1024);
-            let (relist_tx, relist_rx) = watch::channel(None);
-            tokio::spawn(pleg.run(events_tx, relist_tx, cancel.clone()));
-            let (workers, finished) = PodWorkers::new(ctx);
-            let (desired_tx, desired_rx) = watch::channel(PodSet::default());
-            let (killer, kills) = PodKiller::channel();
-            let driver = Driver {
-                workers,
-                finished,
-                desired: desired_rx,
-                events: events_rx,
-                probes: probe_rx,
-                relists: relist_rx,
-                kills,
-            };
-            let driver = tokio::spawn(driver.run(cancel.clone()));
+            let RunningNode {
+                desired: desired_tx,
+                killer,
+                driver,
+            } = run_node(ctx, pleg, probe_rx, (), cancel.clone());
             desired_tx.send_replace(PodSet {
                 pods: pods
                     .iter()

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use mk_fake_runtime::{FakeRuntime, Op, ServerHandle};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,17 +25,16 @@ use super::*;
 use crate::config::ShutdownGracePeriodByPodPriority;
 use crate::events::EventRecorder;
 use crate::kuberuntime::labels;
-use crate::pleg::Relist;
-use crate::pod_workers::test_context::{TestContext, test_context};
-use crate::pod_workers::{KillPod, KillRequest, PodKiller, PodWorkers};
+use crate::pod_workers::test_context::{
+    LoopHooks, RunningNode, TestContext, run_node, test_context,
+};
+use crate::pod_workers::{KillPod, KillRequest, PodKiller};
 use crate::sources::{PodSet, manifest};
 use crate::status::StatusManager;
 
 const NODE: &str = "shutdown-node";
 /// kubelet's PLEG relist period.
 const RELIST: Duration = Duration::from_secs(1);
-/// kubelet's housekeeping period.
-const HOUSEKEEPING: Duration = Duration::from_secs(2);
 /// A pod's start or stop takes a relist to be seen, a turn, and a relist to see the result.
 const CONVERGE: Duration = Duration::from_secs(5);
 
@@ -103,50 +102,16 @@ struct Received {
     kill: KillPod,
 }
 
-/// The agent's sync loop without admission; it records the kill requests it serves.
-struct Driver {
-    workers: PodWorkers,
-    finished: mpsc::UnboundedReceiver<String>,
-    desired: watch::Receiver<PodSet>,
-    events: mpsc::Receiver<String>,
-    probes: mpsc::UnboundedReceiver<String>,
-    relists: watch::Receiver<Option<Relist>>,
-    kills: mpsc::UnboundedReceiver<KillRequest>,
-    received: Arc<Mutex<Vec<Received>>>,
-}
+/// Records the kill requests the sync loop receives.
+struct RecordKills(Arc<Mutex<Vec<Received>>>);
 
-impl Driver {
-    async fn run(mut self, cancel: CancellationToken) {
-        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                changed = self.desired.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let set = self.desired.borrow_and_update().clone();
-                    self.workers.update(&set);
-                }
-                Some(uid) = self.events.recv() => self.workers.wake(&uid),
-                Some(uid) = self.probes.recv() => self.workers.wake_for_probe(&uid),
-                Some(uid) = self.finished.recv() => self.workers.on_finished(&uid),
-                Some(request) = self.kills.recv() => {
-                    if let Ok(mut received) = self.received.lock() {
-                        received.push(Received {
-                            uid: request.uid.clone(),
-                            kill: request.kill.clone(),
-                        });
-                    }
-                    let _ = request.reply.send(self.workers.kill(&request.uid, request.kill));
-                }
-                _ = housekeeping.tick() => {
-                    let relist = self.relists.borrow().clone();
-                    if let Some(relist) = relist {
-                        self.workers.clean_up_orphans(&relist.pods);
-                    }
-                }
-            }
+impl LoopHooks for RecordKills {
+    fn on_kill(&mut self, request: &KillRequest) {
+        if let Ok(mut received) = self.0.lock() {
+            received.push(Received {
+                uid: request.uid.clone(),
+                kill: request.kill.clone(),
+            });
         }
     }
 }
@@ -189,27 +154,21 @@ impl TestNode {
             false,
         );
         let cancel = CancellationToken::new();
-        let (events_tx, events_rx) = mpsc::channel(1024);
-        let (relist_tx, relist_rx) = watch::channel(None);
         // The PLEG and the workers outlive the agent's token: the manager cancels it at the end,
         // and the test still looks at the node after.
         let node_life = CancellationToken::new();
-        tokio::spawn(pleg.run(events_tx, relist_tx, node_life.clone()));
-        let (workers, finished) = PodWorkers::new(ctx);
-        let (desired_tx, desired_rx) = watch::channel(PodSet::default());
-        let (killer, kills) = PodKiller::channel();
         let received = Arc::new(Mutex::new(Vec::new()));
-        let driver = Driver {
-            workers,
-            finished,
-            desired: desired_rx,
-            events: events_rx,
-            probes: probe_rx,
-            relists: relist_rx,
-            kills,
-            received: received.clone(),
-        };
-        let driver = tokio::spawn(driver.run(node_life));
+        let RunningNode {
+            desired: desired_tx,
+            killer,
+            driver,
+        } = run_node(
+            ctx,
+            pleg,
+            probe_rx,
+            RecordKills(received.clone()),
+            node_life,
+        );
         desired_tx.send_replace(set(pods));
         Self {
             fake,

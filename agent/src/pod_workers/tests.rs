@@ -10,21 +10,19 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use mk_fake_runtime::{FakeRuntime, Op, ServerHandle};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::events::EventRecorder;
 use crate::kuberuntime::labels;
-use crate::pleg::Relist;
 use crate::sources::manifest;
+use test_context::HOUSEKEEPING;
 
 const NODE: &str = "test-node";
 /// kubelet's PLEG relist period.
 const RELIST: Duration = Duration::from_secs(1);
-/// kubelet's housekeeping period (orphans are looked for this often).
-const HOUSEKEEPING: Duration = Duration::from_secs(2);
 /// kubelet's runtime request timeout.
 const CRI_TIMEOUT: Duration = Duration::from_secs(120);
 /// A pod's start takes a relist to be seen, a turn, and a relist to see the result.
@@ -85,53 +83,17 @@ fn set(pods: &[&Arc<Pod>]) -> PodSet {
     }
 }
 
-/// The agent's sync loop, without admission: desired pods to the workers, PLEG events, probe wakes,
-/// finished workers, and orphan housekeeping.
-struct Driver {
-    workers: PodWorkers,
-    finished: mpsc::UnboundedReceiver<String>,
-    desired: watch::Receiver<PodSet>,
-    events: mpsc::Receiver<String>,
-    probes: mpsc::UnboundedReceiver<String>,
-    relists: watch::Receiver<Option<Relist>>,
-    kills: mpsc::UnboundedReceiver<KillRequest>,
-    phases: watch::Sender<BTreeMap<String, Phase>>,
-}
+/// Publishes the workers' phases after every turn of the sync loop.
+struct PublishPhases(watch::Sender<BTreeMap<String, Phase>>);
 
-impl Driver {
-    async fn run(mut self, cancel: CancellationToken) {
-        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                changed = self.desired.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let set = self.desired.borrow_and_update().clone();
-                    self.workers.update(&set);
-                }
-                Some(uid) = self.events.recv() => self.workers.wake(&uid),
-                Some(uid) = self.probes.recv() => self.workers.wake_for_probe(&uid),
-                Some(uid) = self.finished.recv() => self.workers.on_finished(&uid),
-                Some(request) = self.kills.recv() => {
-                    let _ = request.reply.send(self.workers.kill(&request.uid, request.kill));
-                }
-                _ = housekeeping.tick() => {
-                    let relist = self.relists.borrow().clone();
-                    if let Some(relist) = relist {
-                        self.workers.clean_up_orphans(&relist.pods);
-                    }
-                }
-            }
-            let phases = self
-                .workers
-                .workers
-                .iter()
-                .map(|(uid, w)| (uid.clone(), *w.phase.borrow()))
-                .collect();
-            self.phases.send_replace(phases);
-        }
+impl test_context::LoopHooks for PublishPhases {
+    fn after_turn(&mut self, workers: &PodWorkers) {
+        let phases = workers
+            .workers
+            .iter()
+            .map(|(uid, w)| (uid.clone(), *w.phase.borrow()))
+            .collect();
+        self.0.send_replace(phases);
     }
 }
 
@@ -168,24 +130,18 @@ impl Agent {
             evented,
         );
         let cancel = CancellationToken::new();
-        let (events_tx, events_rx) = mpsc::channel(1024);
-        let (relist_tx, relist_rx) = watch::channel(None);
-        tokio::spawn(pleg.run(events_tx, relist_tx, cancel.clone()));
-        let (workers, finished) = PodWorkers::new(ctx);
-        let (desired_tx, desired_rx) = watch::channel(PodSet::default());
         let (phases_tx, phases) = watch::channel(BTreeMap::new());
-        let (killer, kills) = PodKiller::channel();
-        let driver = Driver {
-            kills,
-            workers,
-            finished,
-            desired: desired_rx,
-            events: events_rx,
-            probes: probe_rx,
-            relists: relist_rx,
-            phases: phases_tx,
-        };
-        let driver = tokio::spawn(driver.run(cancel.clone()));
+        let test_context::RunningNode {
+            desired: desired_tx,
+            killer,
+            driver,
+        } = test_context::run_node(
+            ctx,
+            pleg,
+            probe_rx,
+            PublishPhases(phases_tx),
+            cancel.clone(),
+        );
         desired_tx.send_replace(desired);
         Agent {
             desired: desired_tx,
