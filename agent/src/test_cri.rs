@@ -1,7 +1,43 @@
-//! What the unit tests that drive the fake CRI runtime through the agent's CRI client share:
-//! kubelet-shaped sandbox and container configs, and a container run and started in one call.
+//! What the unit tests that drive the fake CRI runtime through the agent's CRI client share: the
+//! fake runtime served in a temporary directory with a client of it, kubelet-shaped sandbox and
+//! container configs, and a container run and started in one call.
 
-use mk_cri::{CriClient, api};
+use std::time::Duration;
+
+use mk_cri::{CriClient, CriMetrics, api};
+use mk_fake_runtime::{FakeRuntime, ServerHandle};
+
+/// A fake CRI runtime served on `<dir>/cri.sock`, and the agent's CRI client of it.
+pub struct FakeCri {
+    pub dir: tempfile::TempDir,
+    pub fake: FakeRuntime,
+    pub server: ServerHandle,
+    pub cri: CriClient,
+}
+
+/// Serves a new fake runtime that holds `images`.
+pub fn serve_fake(images: &[&str]) -> FakeCri {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeRuntime::new();
+    for image in images {
+        fake.add_image(image);
+    }
+    let server = fake
+        .serve_unix(dir.path().join("cri.sock"))
+        .expect("fake CRI");
+    let cri = CriClient::new(
+        &server.endpoint(),
+        Duration::from_secs(5),
+        CriMetrics::default(),
+    )
+    .expect("CRI client");
+    FakeCri {
+        dir,
+        fake,
+        server,
+        cri,
+    }
+}
 
 /// A sandbox config for pod `pod` (UID `uid-<pod>`, namespace `default`).
 pub fn sandbox_config(pod: &str) -> api::PodSandboxConfig {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use mk_cri::{CriClient, CriMetrics, api};
+use mk_cri::{CriClient, api};
 use mk_fake_runtime::{FakeRuntime, Op, ServerHandle};
 use tokio::sync::watch;
 
@@ -661,18 +661,12 @@ struct Harness {
 
 impl Harness {
     fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let fake = FakeRuntime::new();
-        fake.add_image("busybox");
-        let server = fake
-            .serve_unix(dir.path().join("cri.sock"))
-            .expect("fake CRI");
-        let cri = CriClient::new(
-            &server.endpoint(),
-            Duration::from_secs(5),
-            CriMetrics::default(),
-        )
-        .expect("CRI client");
+        let test_cri::FakeCri {
+            dir,
+            fake,
+            server,
+            cri,
+        } = test_cri::serve_fake(&["busybox"]);
         let (desired, _) = watch::channel(PodSet {
             synced: true,
             ..PodSet::default()

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use mk_cri::{CriClient, CriMetrics, api};
+use mk_cri::{CriClient, api};
 use mk_fake_runtime::{FakeRuntime, Op, ServerHandle};
 
 use super::manager::{classify, normalize_reference, sandbox_images};
@@ -23,17 +23,12 @@ struct Harness {
 
 impl Harness {
     fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let fake = FakeRuntime::new();
-        let server = fake
-            .serve_unix(dir.path().join("cri.sock"))
-            .expect("fake CRI");
-        let cri = CriClient::new(
-            &server.endpoint(),
-            Duration::from_secs(5),
-            CriMetrics::default(),
-        )
-        .expect("CRI client");
+        let test_cri::FakeCri {
+            dir,
+            fake,
+            server,
+            cri,
+        } = test_cri::serve_fake(&[]);
         Self {
             _dir: dir,
             fake,

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mk_cri::{CriClient, CriMetrics, api};
+use mk_cri::{CriClient, api};
 use mk_fake_runtime::{FakeRuntime, Op, ServerHandle};
 
 use super::rotation::{COMPRESS_SUFFIX, TIMESTAMP_FORMAT};
@@ -26,18 +26,12 @@ struct Harness {
 
 impl Harness {
     fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let fake = FakeRuntime::new();
-        fake.add_image("busybox");
-        let server = fake
-            .serve_unix(dir.path().join("cri.sock"))
-            .expect("fake CRI");
-        let cri = CriClient::new(
-            &server.endpoint(),
-            Duration::from_secs(5),
-            CriMetrics::default(),
-        )
-        .expect("CRI client");
+        let test_cri::FakeCri {
+            dir,
+            fake,
+            server,
+            cri,
+        } = test_cri::serve_fake(&["busybox"]);
         Self {
             dir,
             fake,

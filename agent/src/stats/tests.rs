@@ -915,17 +915,12 @@ struct Harness {
 
 impl Harness {
     fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let fake = FakeRuntime::new();
-        let server = fake
-            .serve_unix(dir.path().join("cri.sock"))
-            .expect("fake CRI");
-        let cri = CriClient::new(
-            &server.endpoint(),
-            Duration::from_secs(5),
-            CriMetrics::default(),
-        )
-        .expect("CRI client");
+        let test_cri::FakeCri {
+            dir,
+            fake,
+            server,
+            cri,
+        } = test_cri::serve_fake(&[]);
         let root = dir.path();
         let provider = StatsProvider::new(
             cri.clone(),
