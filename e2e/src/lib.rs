@@ -662,7 +662,8 @@ pub async fn remove_node_objects(node: &str) -> Result<()> {
     remove_sandboxes(&cri(), node).await
 }
 
-async fn remove_sandboxes(cri: &CriClient, node: &str) -> Result<()> {
+/// Stops and removes every sandbox labelled with `node`'s name on the runtime `cri` reaches.
+pub async fn remove_sandboxes(cri: &CriClient, node: &str) -> Result<()> {
     let sandboxes = cri
         .list_pod_sandbox(api::ListPodSandboxRequest {
             filter: Some(api::PodSandboxFilter {

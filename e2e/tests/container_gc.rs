@@ -501,27 +501,7 @@ impl Drop for OtherNode {
             rt.block_on(async {
                 let cri =
                     CriClient::new(&endpoint, Duration::from_secs(60), CriMetrics::default())?;
-                let sandboxes = cri
-                    .list_pod_sandbox(api::ListPodSandboxRequest {
-                        filter: Some(api::PodSandboxFilter {
-                            label_selector: HashMap::from([(NODE_LABEL.to_string(), node)]),
-                            ..Default::default()
-                        }),
-                    })
-                    .await?
-                    .items;
-                for s in sandboxes {
-                    let _ = cri
-                        .stop_pod_sandbox(api::StopPodSandboxRequest {
-                            pod_sandbox_id: s.id.clone(),
-                        })
-                        .await;
-                    let _ = cri
-                        .remove_pod_sandbox(api::RemovePodSandboxRequest {
-                            pod_sandbox_id: s.id,
-                        })
-                        .await;
-                }
+                mk_e2e::remove_sandboxes(&cri, &node).await?;
                 anyhow::Ok(())
             })
         });
