@@ -6,6 +6,7 @@
 //! typed errors and kubelet's `kubelet_runtime_operations_*` metrics.
 
 mod client;
+mod deadline;
 mod endpoint;
 mod error;
 mod metrics;

@@ -6,9 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::net::UnixListener;
+use tonic::transport::Server;
+use tonic::transport::server::Router;
+use tower::layer::util::{Identity, Stack};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
+
+pub use crate::deadline::DeadlineLayer;
 
 /// Largest message accepted or sent (kubelet's and containerd's 16 MiB).
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
@@ -30,6 +35,15 @@ pub enum ServeError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// The server every CRI service of the project is served by: tonic's, with [`DeadlineLayer`] so an
+/// expired `grpc-timeout` is answered `DEADLINE_EXCEEDED` (tonic alone says `CANCELLED`).
+pub fn builder() -> Server<Stack<DeadlineLayer, Identity>> {
+    Server::builder().layer(DeadlineLayer)
+}
+
+/// A router made from [`builder`].
+pub type CriRouter = Router<Stack<DeadlineLayer, Identity>>;
+
 fn socket_identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::symlink_metadata(path)
         .ok()
@@ -49,7 +63,7 @@ pub struct UnixServer {
 impl UnixServer {
     /// Binds `path` (creating its directory, replacing a stale socket) and serves `router` on it
     /// in a task of the current tokio runtime.
-    pub fn bind(path: &Path, router: tonic::transport::server::Router) -> Result<Self, ServeError> {
+    pub fn bind(path: &Path, router: CriRouter) -> Result<Self, ServeError> {
         let io = |action: &'static str| {
             let path = path.to_path_buf();
             move |source| ServeError::Io {

@@ -47,7 +47,7 @@ impl DockerShim {
     pub fn serve_unix(&self, listen: impl AsRef<Path>) -> Result<ServerHandle, DockerShimError> {
         let path = crate::socket_path(&listen.as_ref().to_string_lossy())?;
         tokio::runtime::Handle::try_current().map_err(|_| DockerShimError::NoRuntime)?;
-        let router = tonic::transport::Server::builder()
+        let router = mk_cri::server::builder()
             .add_service(self.runtime_service())
             .add_service(self.image_service());
         let server = UnixServer::bind(&path, router)?;

@@ -32,7 +32,7 @@ impl FakeRuntime {
     /// restart is simulated.
     pub fn serve_unix(&self, path: impl AsRef<Path>) -> Result<ServerHandle, FakeError> {
         tokio::runtime::Handle::try_current().map_err(|_| FakeError::NoRuntime)?;
-        let router = tonic::transport::Server::builder()
+        let router = mk_cri::server::builder()
             .add_service(self.runtime_service())
             .add_service(self.image_service());
         let server = UnixServer::bind(path.as_ref(), router)?;
