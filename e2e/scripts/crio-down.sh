@@ -45,7 +45,16 @@ fi
 # shellcheck source-path=SCRIPTDIR source=lib/teardown.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/teardown.sh"
 
-# 1. The daemon: TERM, then KILL after 10 s. cri-o leaves its containers running when it stops.
+# 1. Its supervisor (lib/crio-supervise.sh, which restarts crio after a crash of its own), so that
+#    it does not start crio again; then the daemon: TERM, then KILL after 10 s. cri-o leaves its
+#    containers running when it stops.
+if [[ -f $statedir/supervisor.pid ]]; then
+  supervisor=$(<"$statedir/supervisor.pid")
+  if [[ $supervisor =~ ^[0-9]+$ ]] && alive "$supervisor" &&
+    { tr '\0' ' ' <"/proc/$supervisor/cmdline"; } 2>/dev/null | grep -qF "crio-supervise.sh $statedir "; then
+    stop_pids 50 "$supervisor"
+  fi
+fi
 daemon=$(pids_matching "crio --config $config" | head -n 1 || true)
 if [[ -z $daemon && -f $statedir/crio.pid ]]; then
   daemon=$(<"$statedir/crio.pid")
@@ -54,6 +63,14 @@ fi
 if [[ -n $daemon ]]; then
   say "stopping crio pid $daemon"
   stop_pids 100 "$daemon"
+elif [[ -f $statedir/crio.log && ! -f $statedir/crashes.log ]]; then
+  say "crio was not running (it ended before this script); last lines of $statedir/crio.log:"
+  tail -n 40 "$statedir/crio.log" >&2
+fi
+# What the supervisor saw: crio's crashes during the run (each restarted), or how it ended.
+if [[ -s $statedir/crashes.log ]]; then
+  say "crio ended while it was in use; from $statedir/crashes.log:"
+  cat "$statedir/crashes.log" >&2
 fi
 
 # 2. Containers still running in our runc root, then their conmon monitors (whose command lines name

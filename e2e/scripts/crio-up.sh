@@ -252,29 +252,19 @@ EOF
 
   say "starting crio: config $config, log $log (bridge $bridge, subnet $subnet)"
   started=$(date +%s%N)
+  rm -f "$pidfile" "$statedir/supervisor.pid"
+  # Under a supervisor that restarts it after a crash of its own, as its systemd unit does
+  # (lib/crio-supervise.sh; crashes are recorded in crashes.log and printed by crio-down.sh).
   # setsid: its own session, so a ctrl-c in the caller's terminal reaches the caller's EXIT trap
   # (which runs crio-down.sh) rather than killing crio halfway.
-  # --registries-conf(-dir): hidden flags; cri-o ignores CONTAINERS_REGISTRIES_CONF.
-  setsid "$crio" --config "$config" --config-dir "$statedir/crio.conf.d" \
-    --registries-conf "$statedir/registries.conf" --registries-conf-dir "$statedir/registries.conf.d" \
-    </dev/null >>"$log" 2>&1 &
+  setsid bash "$here/lib/crio-supervise.sh" "$statedir" "$bindir" </dev/null >/dev/null 2>&1 &
   launched=$!
-  pid=""
   for _ in $(seq 1 300); do
-    if [[ -z $pid ]]; then
-      for c in /proc/[0-9]*/cmdline; do
-        if { tr '\0' ' ' <"$c"; } 2>/dev/null | grep -qF -- "crio --config $config"; then
-          pid=${c#/proc/}
-          pid=${pid%/cmdline}
-          echo "$pid" >"$pidfile"
-          break
-        fi
-      done
-    fi
+    pid=$(running_pid) || pid=""
     if [[ -n $pid ]] && answers; then
       break
     fi
-    if ! kill -0 "$launched" 2>/dev/null && { [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; }; then
+    if ! kill -0 "$launched" 2>/dev/null && [[ -z $pid ]]; then
       say "crio exited during start-up; last lines of $log:"
       tail -n 30 "$log" >&2
       exit 1
@@ -286,7 +276,6 @@ EOF
     tail -n 30 "$log" >&2
     exit 1
   fi
-  [[ -f $pidfile ]] || echo "$launched" >"$pidfile"
   say "crio up (pid $(<"$pidfile")) in $((($(date +%s%N) - started) / 1000000)) ms"
 fi
 
