@@ -48,11 +48,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/teardown.sh"
 # 1. Its supervisor (lib/crio-supervise.sh, which restarts crio after a crash of its own), so that
 #    it does not start crio again; then the daemon: TERM, then KILL after 10 s. cri-o leaves its
 #    containers running when it stops.
+supervised=0
 if [[ -f $statedir/supervisor.pid ]]; then
   supervisor=$(<"$statedir/supervisor.pid")
   if [[ $supervisor =~ ^[0-9]+$ ]] && alive "$supervisor" &&
     { tr '\0' ' ' <"/proc/$supervisor/cmdline"; } 2>/dev/null | grep -qF "crio-supervise.sh $statedir "; then
-    stop_pids 50 "$supervisor"
+    say "stopping crio's supervisor pid $supervisor (and crio with it)"
+    stop_pids 100 "$supervisor"
+    supervised=1
   fi
 fi
 daemon=$(pids_matching "crio --config $config" | head -n 1 || true)
@@ -63,7 +66,7 @@ fi
 if [[ -n $daemon ]]; then
   say "stopping crio pid $daemon"
   stop_pids 100 "$daemon"
-elif [[ -f $statedir/crio.log && ! -f $statedir/crashes.log ]]; then
+elif ((!supervised)) && [[ -f $statedir/crio.log && ! -f $statedir/crashes.log ]]; then
   say "crio was not running (it ended before this script); last lines of $statedir/crio.log:"
   tail -n 40 "$statedir/crio.log" >&2
 fi

@@ -22,8 +22,9 @@ restarts=0
 echo "$$" >"$statedir/supervisor.pid"
 
 child=""
-# crio-down.sh stops the supervisor first; a TERM that reaches it stops crio as well.
-trap '[[ -n $child ]] && kill -TERM "$child" 2>/dev/null; exit 0' TERM INT
+# crio-down.sh stops the supervisor first; a TERM that reaches it stops crio as well and waits for it
+# (crio-down.sh stops crio itself if that takes too long).
+trap 'if [[ -n $child ]]; then kill -TERM "$child" 2>/dev/null; wait "$child"; fi; exit 0' TERM INT
 
 while true; do
   start_line=$(($(wc -l <"$log" 2>/dev/null || echo 0) + 1))
