@@ -89,6 +89,27 @@ async fn node_registers_turns_ready_and_renews_its_lease() -> anyhow::Result<()>
             .iter()
             .any(|a| a.type_ == "InternalIP")
     );
+    if !cluster.is_standin() {
+        // The version skew policy: a kubelet at most three minors older than its API server,
+        // never newer (kubeadm and `kubectl version` check the same).
+        let server = cluster.client.apiserver_version().await?;
+        let minor = |v: &str| -> Option<u32> {
+            v.trim_start_matches('v')
+                .split('.')
+                .nth(1)?
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        };
+        let server_minor = minor(&server.git_version).expect("the API server's version");
+        let kubelet_minor = minor(&info.kubelet_version).expect("kubeletVersion");
+        assert!(
+            kubelet_minor <= server_minor && kubelet_minor + 3 >= server_minor,
+            "kubeletVersion {} is outside the skew kubelets may have with API server {}",
+            info.kubelet_version,
+            server.git_version
+        );
+    }
 
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "kube-node-lease");
     let timeout = periods().lease_created();

@@ -795,7 +795,7 @@ mod tests {
     #[test]
     fn kubelet_version_is_semver_with_build_metadata() {
         let rest = KUBELET_VERSION
-            .strip_prefix("v1.33.0+mini.")
+            .strip_prefix("v1.34.0+mini.")
             .expect("prefix");
         assert_eq!(rest, env!("CARGO_PKG_VERSION"));
     }

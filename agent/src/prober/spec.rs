@@ -241,7 +241,7 @@ fn expand(input: &str, vars: &HashMap<&str, &str>) -> String {
 }
 
 /// kubelet's User-Agent for probes: `kube-probe/<major>.<minor>` of the kubelet version
-/// (`v1.33.0+mini.0.1.0` gives `kube-probe/1.33`).
+/// (`v1.34.0+mini.0.1.0` gives `kube-probe/1.34`).
 pub fn user_agent(kubelet_version: &str) -> String {
     let mut parts = kubelet_version
         .trim_start_matches('v')
@@ -434,7 +434,7 @@ mod tests {
 
     #[test]
     fn user_agent_uses_major_and_minor() {
-        assert_eq!(user_agent("v1.33.0+mini.0.1.0"), "kube-probe/1.33");
+        assert_eq!(user_agent("v1.34.0+mini.0.1.0"), "kube-probe/1.34");
         assert_eq!(user_agent("v1.30.2"), "kube-probe/1.30");
         assert!(user_agent(crate::version::KUBELET_VERSION).starts_with("kube-probe/1."));
     }
