@@ -308,7 +308,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         config,
         cancel.clone(),
     );
-    crate::image_gc::spawn(cri.clone(), config, cancel.clone());
+    let image_gc = crate::image_gc::spawn(cri.clone(), config, cancel.clone());
     // The eviction manager reclaims disk through this handle (`ContainerGc::collect`).
     let container_gc = crate::container_gc::spawn(
         crate::container_gc::GcSources {
@@ -372,20 +372,8 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
     let (runnable_tx, runnable_rx) = watch::channel(PodSet::default());
     let reclaim = Arc::new(crate::eviction::sources::GcReclaim {
         containers: container_gc.clone(),
-        images: crate::eviction::sources::ImageReclaim::new(
-            cri.clone(),
-            config.image_minimum_gc_age,
-        ),
+        images: image_gc,
         desired: desired_rx.clone(),
-    });
-    // The images present at start are first seen now, as kubelet's image manager sees them.
-    tokio::spawn({
-        let reclaim = reclaim.clone();
-        async move {
-            if let Err(e) = reclaim.images.detect().await {
-                tracing::warn!(error = %e, "eviction manager: listing the images failed");
-            }
-        }
     });
     crate::eviction::manager::spawn(
         eviction_config,

@@ -1,21 +1,19 @@
 //! What the eviction manager reads and reclaims through on a real node: the stats provider's
 //! summary (and whether the image filesystem is the node's), container garbage collection's
-//! `collect`, and kubelet's `DeleteUnusedImages` over image garbage collection's classification.
+//! `collect`, and kubelet's `DeleteUnusedImages` of the agent's one image garbage collector.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use mk_cri::{CriClient, api};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 
 use super::manager::{NodeReclaim, ObserveError, ReclaimError, StatsSource};
 use crate::container_gc::ContainerGc;
-use crate::image_gc::GcError;
-use crate::image_gc::manager::list_images;
-use crate::image_gc::policy::{ImageRecords, ImageState};
+use crate::image_gc::ImageGcManager;
 use crate::sources::PodSet;
 use crate::stats::StatsProvider;
 use crate::stats::types::Summary;
@@ -89,79 +87,11 @@ impl StatsSource for ProviderStats {
     }
 }
 
-/// kubelet's `DeleteUnusedImages`: every image no container uses, that is neither pinned nor the
-/// sandbox image and was first seen at least `imageMinimumGCAge` ago, least recently used first.
-/// First sightings are recorded from [`ImageReclaim::detect`] (at start) and every reclaim, as
-/// kubelet's image manager records them.
-pub struct ImageReclaim {
-    cri: CriClient,
-    min_age: Duration,
-    records: Mutex<ImageRecords>,
-}
-
-impl ImageReclaim {
-    pub fn new(cri: CriClient, min_age: Duration) -> Self {
-        Self {
-            cri,
-            min_age,
-            records: Mutex::new(ImageRecords::default()),
-        }
-    }
-
-    /// Lists the images and records them (first seen now, unless seen before).
-    pub async fn detect(&self) -> Result<Vec<ImageState>, GcError> {
-        let listed = list_images(&self.cri).await?;
-        Ok(self.records.lock().await.detect(&listed, SystemTime::now()))
-    }
-
-    /// Removes the unused images; returns their IDs. A failed removal is logged and skipped.
-    pub async fn delete_unused(&self) -> Result<Vec<String>, GcError> {
-        tracing::info!("attempting to delete unused images");
-        let now = SystemTime::now();
-        let states = self.detect().await?;
-        let mut candidates = unused_images(&states, self.min_age, now);
-        candidates.sort_by_key(|i| (i.last_used, i.first_detected));
-        let mut removed = Vec::new();
-        for image in candidates {
-            tracing::info!(image_id = %image.id, size = image.size, "removing image to free bytes");
-            match self
-                .cri
-                .remove_image(api::RemoveImageRequest {
-                    image: Some(api::ImageSpec {
-                        image: image.id.clone(),
-                        ..Default::default()
-                    }),
-                })
-                .await
-            {
-                Ok(_) => {
-                    self.records.lock().await.forget(&image.id);
-                    removed.push(image.id);
-                }
-                Err(e) => {
-                    tracing::error!(image_id = %image.id, error = %e, "failed to remove image");
-                }
-            }
-        }
-        Ok(removed)
-    }
-}
-
-/// The images [`ImageReclaim::delete_unused`] may remove at `now`.
-pub fn unused_images(states: &[ImageState], min_age: Duration, now: SystemTime) -> Vec<ImageState> {
-    states
-        .iter()
-        .filter(|i| !i.in_use && !i.protected)
-        .filter(|i| now.duration_since(i.first_detected).unwrap_or_default() >= min_age)
-        .cloned()
-        .collect()
-}
-
 /// Node-level disk reclaim on a real node: container garbage collection's `collect` (with the
-/// sources' readiness), then [`ImageReclaim`].
+/// sources' readiness), then the image garbage collector's `delete_unused_images`.
 pub struct GcReclaim {
     pub containers: ContainerGc,
-    pub images: ImageReclaim,
+    pub images: Arc<ImageGcManager>,
     /// The pods the sources want: `synced` once every source has listed.
     pub desired: watch::Receiver<PodSet>,
 }
@@ -183,7 +113,7 @@ impl NodeReclaim for GcReclaim {
 
     fn delete_unused_images(&self) -> BoxFuture<'_, Result<(), ReclaimError>> {
         async move {
-            let removed = self.images.delete_unused().await?;
+            let removed = self.images.delete_unused_images().await?;
             tracing::info!(
                 images = removed.len(),
                 "eviction manager: deleted unused images"

@@ -17,7 +17,8 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{
-    FsUsage, ImageGcPolicy, ImageRecords, ListedImage, PlanError, Removal, free_space, old_images,
+    FsUsage, ImageGcPolicy, ImageRecords, ImageState, ListedImage, PlanError, Removal, free_space,
+    old_images, unused_images,
 };
 use crate::config::KubeletConfiguration;
 
@@ -212,13 +213,16 @@ pub fn classify(
         .collect()
 }
 
-/// Garbage collects the runtime's unused images.
+/// Garbage collects the runtime's unused images. One per agent, shared (as kubelet's image GC
+/// manager) by the periodic rounds and the eviction manager's disk reclaim
+/// ([`Self::delete_unused_images`]), so both know each image since the same first sighting.
 pub struct ImageGcManager {
     cri: CriClient,
     policy: ImageGcPolicy,
     period: Duration,
     fs_stat: FsStatter,
-    records: ImageRecords,
+    /// Held only between awaits, never across one.
+    records: std::sync::Mutex<ImageRecords>,
     /// When garbage collection began (imageMaximumGCAge counts from there at the earliest).
     began: SystemTime,
 }
@@ -230,7 +234,7 @@ impl ImageGcManager {
             policy,
             period: IMAGE_GC_PERIOD,
             fs_stat: Arc::new(statvfs_usage),
-            records: ImageRecords::default(),
+            records: std::sync::Mutex::default(),
             began: SystemTime::now(),
         }
     }
@@ -252,7 +256,25 @@ impl ImageGcManager {
     }
 
     /// Runs a round at once and then every period until `cancel` (a round under way finishes).
-    pub async fn run(mut self, cancel: CancellationToken) {
+    /// With the high threshold at 100 (garbage collection off, as kubelet) the rounds only record
+    /// the images, as kubelet's image manager keeps detecting them for the eviction manager.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        if !self.policy.enabled() {
+            tracing::info!(
+                "imageGCHighThresholdPercent is set 100, image garbage collection is off"
+            );
+            let mut ticks = tokio::time::interval(self.period);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                if let Err(e) = self.detect(SystemTime::now()).await {
+                    tracing::warn!(error = %e, "listing the images failed");
+                }
+            }
+        }
         tracing::info!(
             high_threshold = self.policy.high_threshold_percent,
             low_threshold = self.policy.low_threshold_percent,
@@ -298,10 +320,38 @@ impl ImageGcManager {
         }
     }
 
-    /// One round at `now`: detect, remove old images, then free space if over the threshold.
-    pub async fn garbage_collect(&mut self, now: SystemTime) -> Result<Round, GcError> {
+    /// Lists the runtime's images and records them (first seen at `now` unless seen before).
+    async fn detect(&self, now: SystemTime) -> Result<Vec<ImageState>, GcError> {
         let listed = list_images(&self.cri).await?;
-        let states = self.records.detect(&listed, now);
+        Ok(self.records().detect(&listed, now))
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, ImageRecords> {
+        // A panic while recording leaves records that are still whole: go on with them.
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// kubelet's `DeleteUnusedImages`, the eviction manager's disk reclaim: removes every image
+    /// that may go ([`unused_images`]: unused, unprotected, older than imageMinimumGCAge), least
+    /// recently used first, whatever the thresholds. A failed removal is logged and skipped.
+    pub async fn delete_unused_images(&self) -> Result<Vec<Removal>, GcError> {
+        let now = SystemTime::now();
+        let states = self.detect(now).await?;
+        let mut round = Round {
+            images: states.len(),
+            ..Round::default()
+        };
+        for removal in unused_images(&self.policy, &states, now) {
+            self.remove(removal, &mut round).await;
+        }
+        Ok(round.removed)
+    }
+
+    /// One round at `now`: detect, remove old images, then free space if over the threshold.
+    pub async fn garbage_collect(&self, now: SystemTime) -> Result<Round, GcError> {
+        let states = self.detect(now).await?;
         let mut round = Round {
             images: states.len(),
             ..Round::default()
@@ -346,7 +396,7 @@ impl ImageGcManager {
     }
 
     /// Removes one image; a failure is logged and counted.
-    async fn remove(&mut self, removal: Removal, round: &mut Round) -> bool {
+    async fn remove(&self, removal: Removal, round: &mut Round) -> bool {
         tracing::info!(
             image_id = %removal.id,
             size = removal.size,
@@ -364,7 +414,7 @@ impl ImageGcManager {
             .await;
         match result {
             Ok(_) => {
-                self.records.forget(&removal.id);
+                self.records().forget(&removal.id);
                 round.removed.push(removal);
                 true
             }
@@ -410,13 +460,15 @@ impl ImageGcManager {
     }
 }
 
-/// Starts image garbage collection as the configuration asks (none when
-/// imageGCHighThresholdPercent is 100, as kubelet).
-pub fn spawn(cri: CriClient, config: &KubeletConfiguration, cancel: CancellationToken) {
-    let policy = ImageGcPolicy::from_config(config);
-    if !policy.enabled() {
-        tracing::info!("imageGCHighThresholdPercent is set 100, image garbage collection is off");
-        return;
-    }
-    tokio::spawn(ImageGcManager::new(cri, policy).run(cancel));
+/// Starts image garbage collection as the configuration asks (detection only when
+/// imageGCHighThresholdPercent is 100, as kubelet) and returns the manager, for the eviction
+/// manager's disk reclaim.
+pub fn spawn(
+    cri: CriClient,
+    config: &KubeletConfiguration,
+    cancel: CancellationToken,
+) -> Arc<ImageGcManager> {
+    let manager = Arc::new(ImageGcManager::new(cri, ImageGcPolicy::from_config(config)));
+    tokio::spawn(manager.clone().run(cancel));
+    manager
 }

@@ -263,24 +263,36 @@ pub fn free_space(
         u128::from(fs.capacity) * u128::from(100 - policy.low_threshold_percent.min(100)) / 100;
     let available = u128::from(fs.available.min(fs.capacity));
     let bytes_to_free = u64::try_from(target.saturating_sub(available)).unwrap_or(u64::MAX);
+    Ok(SpacePlan {
+        usage_percent,
+        bytes_to_free,
+        candidates: unused_images(policy, images, now),
+    })
+}
+
+/// The images that may go to free space, in the order they go: not in use, not protected, first
+/// seen at least `imageMinimumGCAge` ago, least recently used first. What a round over the high
+/// threshold removes until it has freed enough, and what kubelet's `DeleteUnusedImages` (the
+/// eviction manager's disk reclaim) removes entirely.
+pub fn unused_images(
+    policy: &ImageGcPolicy,
+    images: &[ImageState],
+    now: SystemTime,
+) -> Vec<Removal> {
     let mut eligible: Vec<&ImageState> = images
         .iter()
         .filter(|i| collectable(i))
         .filter(|i| since(now, i.first_detected) >= policy.min_age)
         .collect();
     eligible.sort_by(|a, b| eviction_order(a, b));
-    Ok(SpacePlan {
-        usage_percent,
-        bytes_to_free,
-        candidates: eligible
-            .into_iter()
-            .map(|i| Removal {
-                id: i.id.clone(),
-                size: i.size,
-                reason: Reason::Space,
-            })
-            .collect(),
-    })
+    eligible
+        .into_iter()
+        .map(|i| Removal {
+            id: i.id.clone(),
+            size: i.size,
+            reason: Reason::Space,
+        })
+        .collect()
 }
 
 /// kubelet's `byLastUsedAndDetected`: never used before used, least recently used first, ties

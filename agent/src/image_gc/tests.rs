@@ -112,7 +112,7 @@ async fn over_the_threshold_unused_images_go_least_recently_used_first() {
         .await
         .expect("stop");
     // 61 MiB of 100: 61% ≥ 60%; down to below 50% frees at least 11 MiB: one old image.
-    let mut gc = h.manager(policy(60, 50, Duration::ZERO, Duration::ZERO), 100 * MI);
+    let gc = h.manager(policy(60, 50, Duration::ZERO, Duration::ZERO), 100 * MI);
     let round = gc.garbage_collect(SystemTime::now()).await.expect("round");
     assert_eq!(round.images, 5);
     assert_eq!(round.usage_percent, 61);
@@ -128,7 +128,7 @@ async fn over_the_threshold_unused_images_go_least_recently_used_first() {
 
     // Everything unused: only the pinned image and the ones containers use (running or
     // exited) are left; what could not be freed is the shortfall.
-    let mut all = h.manager(policy(1, 0, Duration::ZERO, Duration::ZERO), 100 * MI);
+    let all = h.manager(policy(1, 0, Duration::ZERO, Duration::ZERO), 100 * MI);
     let round = all.garbage_collect(SystemTime::now()).await.expect("round");
     assert_eq!(removed_ids(&round), vec![second.as_str()]);
     assert_eq!(round.bytes_to_free, 41 * MI);
@@ -145,7 +145,7 @@ async fn under_the_threshold_nothing_is_removed() {
     let h = Harness::start();
     h.fake.add_image_with_size("a:1", 10 * MI);
     h.fake.add_image_with_size("b:1", 10 * MI);
-    let mut gc = h.manager(policy(85, 80, Duration::ZERO, Duration::ZERO), 100 * MI);
+    let gc = h.manager(policy(85, 80, Duration::ZERO, Duration::ZERO), 100 * MI);
     let round = gc.garbage_collect(SystemTime::now()).await.expect("round");
     assert_eq!(round.usage_percent, 20);
     assert_eq!(round.bytes_to_free, 0);
@@ -157,7 +157,7 @@ async fn under_the_threshold_nothing_is_removed() {
 async fn images_younger_than_the_minimum_age_wait() {
     let h = Harness::start();
     let young = h.fake.add_image_with_size("young:1", 50 * MI);
-    let mut gc = h.manager(
+    let gc = h.manager(
         policy(10, 5, Duration::from_secs(120), Duration::ZERO),
         100 * MI,
     );
@@ -186,7 +186,7 @@ async fn images_unused_past_the_maximum_age_go_whatever_the_usage() {
     let container = h.run_container("p", "used:1").await;
     let start = SystemTime::now();
     let hour = Duration::from_secs(3600);
-    let mut gc = h
+    let gc = h
         .manager(policy(85, 80, Duration::ZERO, hour), 1000 * MI)
         .with_began(start);
     assert!(
@@ -216,7 +216,7 @@ async fn the_last_use_is_remembered_between_rounds() {
     let was_used = h.fake.add_image_with_size("was-used:1", 10 * MI);
     let container = h.run_container("p", "was-used:1").await;
     let never = h.fake.add_image_with_size("never:1", 10 * MI);
-    let mut gc = h.manager(policy(15, 10, Duration::ZERO, Duration::ZERO), 100 * MI);
+    let gc = h.manager(policy(15, 10, Duration::ZERO, Duration::ZERO), 100 * MI);
     let start = SystemTime::now();
     let round = gc.garbage_collect(start).await.expect("round");
     assert_eq!(removed_ids(&round), vec![never.as_str()]);
@@ -237,7 +237,7 @@ async fn a_failed_removal_is_counted_and_the_next_image_takes_its_place() {
     let h = Harness::start();
     let first = h.fake.add_image_with_size("a:1", 30 * MI);
     let second = h.fake.add_image_with_size("b:1", 30 * MI);
-    let mut gc = h.manager(policy(50, 40, Duration::ZERO, Duration::ZERO), 100 * MI);
+    let gc = h.manager(policy(50, 40, Duration::ZERO, Duration::ZERO), 100 * MI);
     // Both first detected now: ties are broken by ID.
     let (first, second) = if first < second {
         (first, second)
@@ -259,7 +259,7 @@ async fn a_failed_removal_is_counted_and_the_next_image_takes_its_place() {
 async fn runtime_failures_end_the_round_with_an_error() {
     let h = Harness::start();
     h.fake.add_image_with_size("a:1", 90 * MI);
-    let mut gc = h.manager(policy(50, 40, Duration::ZERO, Duration::ZERO), 100 * MI);
+    let gc = h.manager(policy(50, 40, Duration::ZERO, Duration::ZERO), 100 * MI);
     h.fake.fail_next(Op::ListImages, tonic::Code::Unavailable);
     assert!(matches!(
         gc.garbage_collect(SystemTime::now()).await,
@@ -270,7 +270,7 @@ async fn runtime_failures_end_the_round_with_an_error() {
         gc.garbage_collect(SystemTime::now()).await,
         Err(GcError::ImageFsInfo(_))
     ));
-    let mut zero = h
+    let zero = h
         .manager(policy(50, 40, Duration::ZERO, Duration::ZERO), 0)
         .with_fs_stat(Arc::new(|_| {
             Ok(FsUsage {
@@ -282,7 +282,7 @@ async fn runtime_failures_end_the_round_with_an_error() {
         zero.garbage_collect(SystemTime::now()).await,
         Err(GcError::InvalidCapacity { .. })
     ));
-    let mut missing = h
+    let missing = h
         .manager(policy(50, 40, Duration::ZERO, Duration::ZERO), 0)
         .with_fs_stat(Arc::new(|_| Err(nix::errno::Errno::ENOENT)));
     match missing.garbage_collect(SystemTime::now()).await {
@@ -420,4 +420,42 @@ fn a_high_threshold_of_100_turns_gc_off() {
     );
     assert_eq!(default.min_age, Duration::from_secs(120));
     assert!(default.max_age.is_zero());
+}
+
+/// kubelet's `DeleteUnusedImages`, the eviction manager's disk reclaim: every unused image past
+/// imageMinimumGCAge goes, whatever the thresholds (even with garbage collection off), and the
+/// minimum age counts from the first sighting of the manager's periodic rounds, which it shares.
+#[tokio::test]
+async fn delete_unused_images_removes_every_unused_image_past_the_minimum_age() {
+    let h = Harness::start();
+    let pause = h.fake.add_image_with_size("registry.k8s.io/pause:3.10", MI);
+    assert!(h.fake.set_image_pinned("registry.k8s.io/pause:3.10", true));
+    let used = h.fake.add_image_with_size("busybox:1.36", 10 * MI);
+    let unused1 = h.fake.add_image_with_size("old:1", 20 * MI);
+    let unused2 = h.fake.add_image_with_size("old:2", 20 * MI);
+    h.run_container("web", "busybox:1.36").await;
+
+    // Off (high threshold 100) and a minimum age of an hour: a first reclaim only records.
+    let min_age = Duration::from_secs(3600);
+    let gc = h.manager(policy(100, 80, min_age, Duration::ZERO), 100 * MI);
+    assert_eq!(
+        gc.delete_unused_images().await.expect("reclaim"),
+        Vec::new(),
+        "nothing is old enough yet"
+    );
+    // A periodic round an hour and a second ago saw them first: the reclaim may now remove them.
+    let earlier = SystemTime::now() - min_age - Duration::from_secs(1);
+    let fresh = h.manager(policy(100, 80, min_age, Duration::ZERO), 100 * MI);
+    let round = fresh.garbage_collect(earlier).await.expect("round");
+    assert!(round.removed.is_empty(), "off: the round only records");
+    let removed = fresh.delete_unused_images().await.expect("reclaim");
+    let mut ids: Vec<&str> = removed.iter().map(|r| r.id.as_str()).collect();
+    ids.sort_unstable();
+    let mut want = vec![unused1.as_str(), unused2.as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    for kept in [&pause, &used] {
+        assert!(h.fake.has_image(kept), "{kept} kept");
+    }
+    assert!(!h.fake.has_image(&unused1) && !h.fake.has_image(&unused2));
 }

@@ -134,9 +134,10 @@ mod tests {
         http::Request<()>,
         Response = http::Response<tonic::body::Body>,
         Error = std::convert::Infallible,
-        Future = impl Future<Output = Result<http::Response<tonic::body::Body>, std::convert::Infallible>>
-                     + Send
-                     + 'static,
+        Future = impl Future<
+            Output = Result<http::Response<tonic::body::Body>, std::convert::Infallible>,
+        > + Send
+                 + 'static,
     > + Clone {
         tower::service_fn(move |_: http::Request<()>| async move {
             tokio::time::sleep(delay).await;
