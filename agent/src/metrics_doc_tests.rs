@@ -1,5 +1,6 @@
 //! README's metrics lists (between `<!-- metrics-list:begin -->` and `<!-- metrics-list:end -->`
-//! for `/metrics`, `<!-- probe-metrics-list:…` for `/metrics/probes`) are the agent's registries:
+//! for `/metrics`, `<!-- probe-metrics-list:…` for `/metrics/probes`) are the agent's registries
+//! (and `<!-- cadvisor-metrics-list:…` what `/metrics/cadvisor` renders of a full fixture):
 //! every metric an endpoint serves is listed with its name, type and labels as a scraper sees them
 //! in the classic text format, and nothing else is listed. And what is served is kubelet's:
 //! [`KUBELET`] and [`KUBELET_PROBES`] list upstream's names, types, labels, buckets and stability
@@ -29,6 +30,8 @@ const README: &str = include_str!("../../README.md");
 const METRICS_LIST: &str = "metrics-list";
 /// README's list of `/metrics/probes`.
 const PROBES_LIST: &str = "probe-metrics-list";
+/// README's list of `/metrics/cadvisor`.
+const CADVISOR_LIST: &str = "cadvisor-metrics-list";
 
 /// One metric as served or as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,9 +225,23 @@ async fn readme_metrics_lists_are_the_registries() {
     }
 }
 
+/// `/metrics/cadvisor` is rendered from the stats, not a registry: its fixture has every series.
+#[test]
+fn readme_cadvisor_list_is_what_is_rendered() {
+    let (summary, ids) = crate::server::cadvisor_metrics::fixture();
+    readme_list_matches(
+        &crate::server::cadvisor_metrics::render(&summary, &ids),
+        CADVISOR_LIST,
+    );
+}
+
 fn readme_list_is(registry: &prometheus_client::registry::Registry, marker: &str) {
     let (text, _) = metrics::encode(registry).expect("encode");
-    let served = served(&text);
+    readme_list_matches(&text, marker);
+}
+
+fn readme_list_matches(text: &str, marker: &str) {
+    let served = served(text);
     let documented = documented(marker);
     assert!(!documented.is_empty(), "README's {marker} has no rows");
     let mut problems = Vec::new();

@@ -303,7 +303,7 @@ def monitor_common(r, spec, endpoints_key):
     check(spec.get("selector", {}).get("matchLabels") == r.ds["spec"]["selector"]["matchLabels"], f"selector {spec.get('selector')}")
     check(spec.get("namespaceSelector") == {"matchNames": [r.namespace]}, f"namespaceSelector {spec.get('namespaceSelector')}")
     eps = spec.get(endpoints_key, [])
-    check([e.get("path") for e in eps] == ["/metrics", "/metrics/probes"]
+    check([e.get("path") for e in eps] == ["/metrics", "/metrics/probes", "/metrics/cadvisor"]
           and all(e.get("port") == "read-only" and e.get("scheme") == "http" for e in eps),
           f"{endpoints_key} {eps}")
     ports = {p["name"]: p for p in r.container.get("ports", [])}

@@ -120,6 +120,38 @@ async fn logs_exec_and_port_forward_through_the_kubelet_port() -> Result<()> {
     );
     ensure!(metrics.contains("\nscrape_error 0\n"), "{metrics}");
 
+    // cAdvisor's container metrics: the running container with its runtime ID, image name (not an
+    // image ID) and cgroup (which holds the ID, whatever the runtime's prefix), and the node's root
+    // cgroup.
+    let (code, cadvisor) = get(&agent, Some(&admin), "/metrics/cadvisor").await?;
+    ensure!(code == 200, "/metrics/cadvisor: {code} {cadvisor}");
+    let line = cadvisor
+        .lines()
+        .find(|l| {
+            l.starts_with("container_memory_working_set_bytes{container=\"main\",")
+                && l.contains(&format!("namespace=\"default\",pod=\"{pod}\"}}"))
+        })
+        .with_context(|| format!("no working set of main in {cadvisor}"))?;
+    let label = |name: &str| -> String {
+        let key = format!("{name}=\"");
+        line.split_once(&key)
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(value, _)| value.to_owned())
+            .unwrap_or_default()
+    };
+    let (id, image, runtime_id) = (label("id"), label("image"), label("name"));
+    ensure!(
+        !runtime_id.is_empty() && image.contains("busybox") && id.contains(&runtime_id),
+        "container labels: {line}"
+    );
+    println!("/metrics/cadvisor: {line}");
+    ensure!(
+        cadvisor.contains(
+            "\ncontainer_cpu_usage_seconds_total{container=\"\",id=\"/\",image=\"\",name=\"\",namespace=\"\",pod=\"\"} "
+        ),
+        "{cadvisor}"
+    );
+
     // Exec, proxied to the runtime's streaming server.
     let tls = connect(&agent, Some(&admin)).await?;
     let path = format!(

@@ -7,8 +7,8 @@
 //!   (`/{namespace}/{pod}[/{uid}]`) ask the runtime for a streaming URL through CRI and proxy the
 //!   client's upgraded connection (SPDY or WebSocket) to it, as the kubelet does since it stopped
 //!   redirecting; `/run/...` (POST) runs a command and answers its output.
-//! * `/metrics/resource`: node, pod and container CPU and memory for metrics-server
-//!   ([`super::resource_metrics`]).
+//! * everything of the read-only port ([`super::read_only_router`]), `/metrics/resource` and
+//!   `/metrics/cadvisor` included.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::auth::{Auth, AuthError, PeerCertificate};
 use super::logs::{LogError, LogOptions, stream_log};
-use super::{ServerState, read_only_router, resource_metrics};
+use super::{ServerState, read_only_router};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -51,7 +51,6 @@ pub fn api_router(state: ApiState, auth: Auth) -> Router {
         .route("/attach/{namespace}/{pod}/{uid}/{container}", any(attach))
         .route("/portForward/{namespace}/{pod}", any(port_forward))
         .route("/portForward/{namespace}/{pod}/{uid}", any(port_forward))
-        .route("/metrics/resource", get(resource_metrics))
         .route("/run/{namespace}/{pod}/{container}", post(run))
         .route("/run/{namespace}/{pod}/{uid}/{container}", post(run))
         .with_state(state.clone());
@@ -222,24 +221,6 @@ async fn container_logs(
 }
 
 use futures::StreamExt as _;
-
-async fn resource_metrics(State(state): State<ApiState>) -> Response {
-    let summary = match state.base.stats.summary(true).await {
-        Ok(summary) => Some(summary),
-        Err(e) => {
-            tracing::warn!(error = %e, "resource metrics: stats unavailable");
-            None
-        }
-    };
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        resource_metrics::render(summary.as_ref(), summary.is_none()),
-    )
-        .into_response()
-}
 
 /// A streaming option set to "1" or "true".
 fn flag(query: &[(String, String)], name: &str) -> bool {

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cadvisor_metrics;
 pub mod configz;
 pub mod https;
 pub mod logs;
@@ -80,7 +81,7 @@ pub fn healthz_router(state: ServerState) -> Router {
         .with_state(state)
 }
 
-/// The read-only port's router.
+/// The read-only port's router (kubelet's default handlers; the kubelet port serves them too).
 pub fn read_only_router(state: ServerState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -88,6 +89,8 @@ pub fn read_only_router(state: ServerState) -> Router {
         .route("/pods/", get(pods))
         .route("/metrics", get(metrics_handler))
         .route("/metrics/probes", get(probe_metrics_handler))
+        .route("/metrics/resource", get(resource_metrics::handler))
+        .route("/metrics/cadvisor", get(cadvisor_metrics::handler))
         .route("/stats/summary", get(stats_summary::handler))
         .with_state(state)
 }

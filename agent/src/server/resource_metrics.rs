@@ -6,11 +6,15 @@
 
 use std::fmt::Write as _;
 
+use axum::extract::State;
+use axum::response::{IntoResponse as _, Response};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::ServerState;
 
 use crate::stats::types::{CpuStats, MemoryStats, Summary};
 
-fn escape(value: &str) -> String {
+pub(super) fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -23,12 +27,12 @@ fn nanos(t: &Time) -> i128 {
 
 /// Seconds since the epoch, whole seconds and the fraction apart: exact where a plain division of
 /// the nanoseconds is not.
-fn epoch_seconds(t: &Time) -> f64 {
+pub(super) fn epoch_seconds(t: &Time) -> f64 {
     let ns = nanos(t);
     (ns / 1_000_000_000) as f64 + (ns % 1_000_000_000) as f64 / 1e9
 }
 
-fn millis(t: &Time) -> i128 {
+pub(super) fn millis(t: &Time) -> i128 {
     nanos(t) / 1_000_000
 }
 
@@ -40,6 +44,25 @@ fn cpu_sample(cpu: Option<&CpuStats>) -> Option<(f64, &Time)> {
 fn memory_sample(memory: Option<&MemoryStats>) -> Option<(f64, &Time)> {
     let memory = memory?;
     Some((memory.working_set_bytes? as f64, &memory.time))
+}
+
+/// Serves [`render`] of the stats provider's CPU-and-memory Summary.
+pub async fn handler(State(state): State<ServerState>) -> Response {
+    let summary = match state.stats.summary(true).await {
+        Ok(summary) => Some(summary),
+        Err(e) => {
+            tracing::warn!(error = %e, "resource metrics: stats unavailable");
+            None
+        }
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(summary.as_ref(), summary.is_none()),
+    )
+        .into_response()
 }
 
 /// The text exposition (format 0.0.4), as the kubelet writes it; `scrape_error` when the summary

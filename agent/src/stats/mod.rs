@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod fs;
+pub mod identities;
 pub mod node;
 pub mod provider;
 pub mod types;

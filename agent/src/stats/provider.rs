@@ -27,6 +27,7 @@ use mk_cri::{CriClient, CriError, api};
 
 use super::cgroup;
 use super::fs::{self, DiskUsage, FsInfo};
+use super::identities::Identities;
 use super::node;
 use super::types::{
     ContainerStats, CpuStats, FsStats, InterfaceStats, MemoryStats, NetworkStats, NodeStats,
@@ -134,6 +135,20 @@ impl StatsProvider {
     /// memory of the node, its system containers, the pods and their containers (kubelet's
     /// `GetCPUAndMemoryStats`).
     pub async fn summary(&self, only_cpu_and_memory: bool) -> Result<Summary, StatsError> {
+        Ok(self.gather(only_cpu_and_memory, false).await?.0)
+    }
+
+    /// The full Summary with the runtime IDs, images and cgroups of its pods' containers and
+    /// sandboxes (`/metrics/cadvisor`'s labels).
+    pub async fn summary_with_identities(&self) -> Result<(Summary, Identities), StatsError> {
+        self.gather(false, true).await
+    }
+
+    async fn gather(
+        &self,
+        only_cpu_and_memory: bool,
+        identify: bool,
+    ) -> Result<(Summary, Identities), StatsError> {
         let cri = &self.inner.cri;
         let mine = HashMap::from([(
             labels::NODE_NAME.to_string(),
@@ -172,12 +187,34 @@ impl StatsProvider {
         let sandboxes = sandboxes.map_err(StatsError::ListPodSandbox)?.items;
         let containers = containers.map_err(StatsError::ListContainers)?.containers;
         let usage = usage?;
+        // The images' names, for containers the runtime reports by image ID (containerd 1.x).
+        let images = if identify {
+            match cri
+                .list_images(api::ListImagesRequest { filter: None })
+                .await
+            {
+                Ok(r) => r.images,
+                Err(e) => {
+                    tracing::debug!(error = %e, "stats: listing the images failed");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let inner = self.inner.clone();
-        let summary = tokio::task::spawn_blocking(move || {
-            inner.assemble(sandboxes, containers, usage, image_fs, only_cpu_and_memory)
+        let gathered = tokio::task::spawn_blocking(move || {
+            let identities = if identify {
+                super::identities::identify(&inner.config, &sandboxes, &containers, &images)
+            } else {
+                Identities::default()
+            };
+            let summary =
+                inner.assemble(sandboxes, containers, usage, image_fs, only_cpu_and_memory);
+            (summary, identities)
         })
         .await?;
-        Ok(summary)
+        Ok(gathered)
     }
 
     /// ListPodSandboxStats, or ListContainerStats where the runtime lacks it or fails it.
