@@ -1,6 +1,7 @@
 //! The agent's Prometheus metrics under kubelet's names, types, labels and buckets, so existing
 //! dashboards and alerts keep working.
 
+pub mod process;
 mod unsuffixed_counter;
 
 pub use unsuffixed_counter::UnsuffixedCounter;
@@ -267,6 +268,17 @@ pub fn encode(registry: &Registry) -> Result<(String, &'static str), std::fmt::E
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, registry)?;
     Ok((to_classic_text(&text), TEXT_CONTENT_TYPE))
+}
+
+/// `/metrics` as kubelet serves it: [`encode`] of the registry, then the process collector's
+/// families ([`process`], read now).
+pub fn encode_with_process(registry: &Registry) -> Result<(String, &'static str), std::fmt::Error> {
+    let (mut text, content_type) = encode(registry)?;
+    match process::sample() {
+        Some(sample) => text.push_str(&process::render(&sample)),
+        None => tracing::debug!("/proc/self/stat unreadable: no process metrics"),
+    }
+    Ok((text, content_type))
 }
 
 /// The sample's metric name: what precedes its labels or its value.

@@ -217,12 +217,10 @@ async fn label_families_are_served_only_once_used() {
 #[tokio::test]
 async fn readme_metrics_lists_are_the_registries() {
     let used = used_metrics().await;
-    for (registry, marker) in [
-        (used.registry(), METRICS_LIST),
-        (used.probes_registry(), PROBES_LIST),
-    ] {
-        readme_list_is(&registry, marker);
-    }
+    let (text, _) = metrics::encode_with_process(&used.registry()).expect("encode");
+    readme_list_matches(&text, METRICS_LIST);
+    let (text, _) = metrics::encode(&used.probes_registry()).expect("encode");
+    readme_list_matches(&text, PROBES_LIST);
 }
 
 /// `/metrics/cadvisor` is rendered from the stats, not a registry: its fixture has every series.
@@ -233,11 +231,6 @@ fn readme_cadvisor_list_is_what_is_rendered() {
         &crate::server::cadvisor_metrics::render(&summary, &ids),
         CADVISOR_LIST,
     );
-}
-
-fn readme_list_is(registry: &prometheus_client::registry::Registry, marker: &str) {
-    let (text, _) = metrics::encode(registry).expect("encode");
-    readme_list_matches(&text, marker);
 }
 
 fn readme_list_matches(text: &str, marker: &str) {
@@ -394,6 +387,22 @@ const KUBELET: &[Kubelet] = &[
     metric("kubelet_evictions", "counter", &["eviction_signal"]),
     metric("kubelet_graceful_shutdown_start_time_seconds", "gauge", &[]),
     metric("kubelet_graceful_shutdown_end_time_seconds", "gauge", &[]),
+    // client_golang's process collector (legacyregistry registers it), Linux.
+    at("", metric("process_cpu_seconds_total", "counter", &[])),
+    at("", metric("process_max_fds", "gauge", &[])),
+    at(
+        "",
+        metric("process_network_receive_bytes_total", "counter", &[]),
+    ),
+    at(
+        "",
+        metric("process_network_transmit_bytes_total", "counter", &[]),
+    ),
+    at("", metric("process_open_fds", "gauge", &[])),
+    at("", metric("process_resident_memory_bytes", "gauge", &[])),
+    at("", metric("process_start_time_seconds", "gauge", &[])),
+    at("", metric("process_virtual_memory_bytes", "gauge", &[])),
+    at("", metric("process_virtual_memory_max_bytes", "gauge", &[])),
 ];
 
 /// What kubelet serves on `/metrics/probes`.
@@ -450,11 +459,11 @@ fn sample_names(text: &str) -> BTreeSet<String> {
 #[tokio::test]
 async fn every_served_metric_is_kubelets_name_type_labels_and_buckets() {
     let used = used_metrics().await;
-    for (registry, kubelet) in [
-        (used.registry(), KUBELET),
-        (used.probes_registry(), KUBELET_PROBES),
+    for (encoded, kubelet) in [
+        (metrics::encode_with_process(&used.registry()), KUBELET),
+        (metrics::encode(&used.probes_registry()), KUBELET_PROBES),
     ] {
-        let (text, _) = metrics::encode(&registry).expect("encode");
+        let (text, _) = encoded.expect("encode");
         let family = |k: &Kubelet| k.name;
         let served = served(&text);
         let mut problems = Vec::new();
@@ -468,8 +477,15 @@ async fn every_served_metric_is_kubelets_name_type_labels_and_buckets() {
                 problems.push(format!("kubelet's {} is not served", k.name));
                 continue;
             };
-            let help = format!("# HELP {} [{}] ", k.name, k.stability);
-            if !text.lines().any(|l| l.starts_with(&help)) {
+            // client_golang's own collectors' help texts carry no stability level.
+            let help = match k.stability {
+                "" => format!("# HELP {} ", k.name),
+                level => format!("# HELP {} [{level}] ", k.name),
+            };
+            if !text.lines().any(|l| {
+                l.strip_prefix(&help)
+                    .is_some_and(|rest| !k.stability.is_empty() || !rest.starts_with('['))
+            }) {
                 problems.push(format!("{}: no help line starting {help:?}", k.name));
             }
             if entry.kind != k.kind {

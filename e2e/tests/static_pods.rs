@@ -100,6 +100,24 @@ async fn manifest_becomes_a_running_container_with_cri_logs() -> anyhow::Result<
     ] {
         assert!(metrics.contains(name), "missing {name} in\n{metrics}");
     }
+    // The process collector's figures are the agent's own: its resident memory as /proc says.
+    let served_rss: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("process_resident_memory_bytes");
+    let pid = agent.pid().expect("the agent runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    let ratio = served_rss / (rss_kib * 1024.0);
+    assert!(
+        (0.5..2.0).contains(&ratio),
+        "process_resident_memory_bytes {served_rss} vs VmRSS {rss_kib} KiB"
+    );
     assert_eq!(agent.get("/healthz").await?, "ok");
     Ok(())
 }

@@ -60,15 +60,15 @@ async fn pods(State(state): State<ServerState>) -> Response {
 }
 
 async fn metrics_handler(State(state): State<ServerState>) -> Response {
-    serve_metrics(&state.registry)
+    serve_metrics(metrics::encode_with_process(&state.registry))
 }
 
 async fn probe_metrics_handler(State(state): State<ServerState>) -> Response {
-    serve_metrics(&state.probes)
+    serve_metrics(metrics::encode(&state.probes))
 }
 
-fn serve_metrics(registry: &Registry) -> Response {
-    match metrics::encode(registry) {
+fn serve_metrics(encoded: Result<(String, &'static str), std::fmt::Error>) -> Response {
+    match encoded {
         Ok((body, content_type)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics").into_response(),
     }
