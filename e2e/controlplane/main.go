@@ -5,6 +5,10 @@
 //
 //	controlplane kube-apiserver --etcd-servers=... ...
 //	ln -s controlplane kubectl && ./kubectl get nodes
+//
+// e2e/scripts/controlplane-build.sh stamps the version of k8s.io/kubernetes in go.mod into
+// component-base's and client-go's version variables (-ldflags -X, as Kubernetes' own builds do), so
+// /version and `kubectl version` say v1.37.x rather than v0.0.0-master.
 package main
 
 import (

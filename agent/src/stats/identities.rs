@@ -122,14 +122,16 @@ pub fn identify(
     found
 }
 
-/// `image` itself, or when it is an image ID, the first tag of that image (the ID when untagged).
+/// `image` itself, or when it is an image ID (`sha256:<hex>` as containerd says, bare hex as cri-o
+/// says), the first tag of that image (the ID when untagged).
 fn image_name(images: &[api::Image], image: String) -> String {
-    if !image.starts_with("sha256:") {
+    let hex = image.strip_prefix("sha256:").unwrap_or(&image);
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return image;
     }
     images
         .iter()
-        .find(|i| i.id == image)
+        .find(|i| i.id.strip_prefix("sha256:").unwrap_or(&i.id) == hex)
         .and_then(|i| i.repo_tags.first().cloned())
         .unwrap_or(image)
 }
@@ -166,16 +168,29 @@ mod tests {
 
     #[test]
     fn an_image_id_is_named_by_its_first_tag() {
-        let images = [api::Image {
-            id: "sha256:abc".into(),
-            repo_tags: vec!["docker.io/library/nginx:1".into(), "nginx:one".into()],
-            ..Default::default()
-        }];
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let images = [
+            api::Image {
+                id: format!("sha256:{a}"),
+                repo_tags: vec!["docker.io/library/nginx:1".into(), "nginx:one".into()],
+                ..Default::default()
+            },
+            // cri-o's IDs are bare.
+            api::Image {
+                id: b.clone(),
+                repo_tags: vec!["busybox:1.36".into()],
+                ..Default::default()
+            },
+        ];
         assert_eq!(
-            image_name(&images, "sha256:abc".into()),
+            image_name(&images, format!("sha256:{a}")),
             "docker.io/library/nginx:1"
         );
-        assert_eq!(image_name(&images, "sha256:def".into()), "sha256:def");
+        assert_eq!(image_name(&images, a.clone()), "docker.io/library/nginx:1");
+        assert_eq!(image_name(&images, b.clone()), "busybox:1.36");
+        assert_eq!(image_name(&images, format!("sha256:{b}")), "busybox:1.36");
+        let unknown = format!("sha256:{}", "c".repeat(64));
+        assert_eq!(image_name(&images, unknown.clone()), unknown);
         assert_eq!(image_name(&images, "busybox:1.36".into()), "busybox:1.36");
     }
 
