@@ -68,18 +68,12 @@ impl Harness {
     }
 
     async fn with_standin(standin: StandinHandle) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let fake = FakeRuntime::new();
-        fake.add_image("busybox");
-        let cri_server = fake
-            .serve_unix(dir.path().join("cri.sock"))
-            .expect("fake CRI");
-        let cri = CriClient::new(
-            &cri_server.endpoint(),
-            Duration::from_secs(5),
-            CriMetrics::default(),
-        )
-        .expect("CRI client");
+        let crate::test_cri::FakeCri {
+            dir,
+            fake,
+            server: cri_server,
+            cri,
+        } = crate::test_cri::serve_fake(&["busybox"]);
         let client = client_for(&standin.url());
         let paths = fake_host(&dir.path().join("host"));
         let root_dir = dir.path().join("var/lib/kubelet");

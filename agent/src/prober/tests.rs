@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mk_cri::{CriMetrics, api};
+use mk_cri::api;
 use mk_fake_runtime::{ExecResult, FakeRuntime, Op, ServerHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -29,18 +29,12 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let fake = FakeRuntime::new();
-        fake.add_image("busybox");
-        let server = fake
-            .serve_unix(dir.path().join("cri.sock"))
-            .expect("fake CRI");
-        let cri = CriClient::new(
-            &server.endpoint(),
-            Duration::from_secs(5),
-            CriMetrics::default(),
-        )
-        .expect("CRI client");
+        let crate::test_cri::FakeCri {
+            dir,
+            fake,
+            server,
+            cri,
+        } = crate::test_cri::serve_fake(&["busybox"]);
         let (events, events_rx) = EventRecorder::with_queue(1000);
         let (tx, wake) = mpsc::unbounded_channel();
         let metrics = ProbeMetrics::default();

@@ -150,7 +150,7 @@ pub async fn handler(State(state): State<ServerState>) -> Response {
         Ok((summary, ids)) => (
             [(
                 axum::http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
+                crate::metrics::TEXT_CONTENT_TYPE,
             )],
             render(&summary, &ids),
         )
