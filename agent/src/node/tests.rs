@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
 use kube_standin::{Standin, StandinHandle, StandinOptions};
-use mk_cri::{CriClient, CriMetrics};
+use mk_cri::CriClient;
 use mk_fake_runtime::{FakeRuntime, ServerHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -497,17 +497,12 @@ async fn registration_waits_for_an_unreachable_api_server() {
         .expect("free port")
         .port();
     let url = format!("http://127.0.0.1:{port}");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake = FakeRuntime::new();
-    let server = fake
-        .serve_unix(dir.path().join("cri.sock"))
-        .expect("fake CRI");
-    let cri = CriClient::new(
-        &server.endpoint(),
-        Duration::from_secs(5),
-        CriMetrics::default(),
-    )
-    .expect("CRI client");
+    let crate::test_cri::FakeCri {
+        dir,
+        fake: _fake,
+        server: _server,
+        cri,
+    } = crate::test_cri::serve_fake(&[]);
     let mut options = NodeOptions::new(NODE, dir.path());
     options.host_paths = fake_host(&dir.path().join("host"));
     let cancel = CancellationToken::new();
